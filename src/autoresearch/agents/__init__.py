@@ -1,0 +1,56 @@
+"""Agent backends: the researcher that proposes the next change.
+
+Protocol (see base.py): `propose(ctx, workdir) -> Proposal`. The agent edits files in
+`workdir` (a clean worktree at the incumbent) and returns a one-line description; the
+harness — not the agent — checks, commits and judges what changed. An agent failing to
+propose is data (`Proposal.error`), never an exception out of the loop.
+
+Backends are plugins: every built-in is registered under the entry-point group
+`autoresearch.agents` exactly as a third-party package would register its own.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+from ..errors import AgentError
+from .base import Agent, Proposal
+
+GROUP = "autoresearch.agents"
+
+# Used only when the package runs from a source tree without installed metadata.
+_BUILTIN = {
+    "mutate": "autoresearch.agents.mutate:MutateAgent",
+    "command": "autoresearch.agents.command:CommandAgent",
+}
+
+
+def available() -> dict[str, str]:
+    found = dict(_BUILTIN)
+    for ep in metadata.entry_points(group=GROUP):
+        found[ep.name] = ep.value
+    return found
+
+
+def create(name: str, cfg, ledger=None) -> Agent:
+    registry = available()
+    if name not in registry:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(registry), n=1)
+        hint = f"did you mean `{close[0]}`?" if close else f"available: {', '.join(sorted(registry))}"
+        raise AgentError(f"unknown agent `{name}` (agent.name): {hint}")
+    target = registry[name]
+    for ep in metadata.entry_points(group=GROUP):
+        if ep.name == name:
+            cls = ep.load()
+            break
+    else:
+        module, _, attr = target.partition(":")
+        import importlib
+
+        cls = getattr(importlib.import_module(module), attr)
+    return cls(cfg, ledger)
+
+
+__all__ = ["Agent", "Proposal", "available", "create"]

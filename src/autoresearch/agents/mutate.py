@@ -1,0 +1,163 @@
+"""`mutate`: a non-LLM researcher that perturbs numeric constants. Needs nothing.
+
+It is the honest baseline and the offline default. Each proposal changes one
+hyper-parameter-like constant (a module-level `NAME = number` line, or a `key = number`
+line in a config file) of the editable files, multiplicatively in log space:
+
+- greedy around the best: the worktree it edits is always at the incumbent;
+- adaptive step (the 1/5 success rule): the step grows when recent proposals were kept
+  and shrinks when they were not;
+- random restart: after `RESTART_AFTER` proposals in a row without a keep, one bold
+  proposal changes several constants at once with a large step.
+
+It is stateless between proposals: its state (step, streak) is recomputed from the
+history in the context, so it behaves the same after a resume. Names containing "seed"
+are never touched (a seed change is noise, not research). It never repeats a change
+already in the history.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .base import Proposal
+from .context import Context
+
+ASSIGN = re.compile(
+    r"^(?P<indent>[ \t]*)(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<sep>[ \t]*(?::[ \t]*[A-Za-z_][\w\[\], ]*[ \t]*)?[=:][ \t]*)"
+    r"(?P<value>[-+]?(?:\d[\d_]*\.\d*|\.\d+|\d[\d_]*)(?:[eE][-+]?\d+)?)(?P<rest>[ \t]*(?:#.*)?)$"
+)
+BASE_STEP = 0.35
+RESTART_AFTER = 8
+SKIP_NAMES = re.compile(r"seed|version|port|year|verbose|debug", re.IGNORECASE)
+
+
+@dataclass
+class Constant:
+    path: str
+    line: int
+    name: str
+    text: str  # the number as written
+    is_int: bool
+
+    @property
+    def value(self) -> float:
+        return float(self.text.replace("_", ""))
+
+
+class MutateAgent:
+    name = "mutate"
+
+    def __init__(self, cfg, ledger=None):
+        self.cfg = cfg
+
+    def propose(self, ctx: Context, workdir: Path) -> Proposal:
+        constants = find_constants(workdir, ctx.files)
+        if not constants:
+            return Proposal("", error="no numeric constants (NAME = number lines) found in the editable files: "
+                                      "the mutate agent has nothing to change")
+        n = len(ctx.history)
+        rng = random.Random(f"{self.cfg.agent.seed}:{ctx.tag}:{n}")
+        streak = _misses_since_keep(ctx)
+        step = adaptive_step(ctx)
+        restart = streak >= RESTART_AFTER and streak % RESTART_AFTER == 0
+        tried = ctx.tried_descriptions()
+        for _ in range(50):
+            if restart:
+                picks = rng.sample(constants, k=min(len(constants), rng.randint(2, 3)))
+                changes = [(c, perturb(c, rng, 1.0)) for c in picks]
+            else:
+                c = rng.choice(constants)
+                changes = [(c, perturb(c, rng, step))]
+            changes = [(c, new) for c, new in changes if new != c.text]
+            if not changes:
+                continue
+            desc = ("restart: " if restart else "") + ", ".join(f"{c.name} {c.text} -> {new}" for c, new in changes)
+            if " ".join(desc.lower().split()) in tried:
+                continue
+            apply(workdir, changes)
+            why = (f"random restart after {streak} proposals without a keep" if restart
+                   else f"step {step:.2f} in log space (adaptive: {streak} misses since the last keep)")
+            return Proposal(desc, rationale=why, tokens_in=0, tokens_out=0, cost_usd=0.0)
+        return Proposal("", error="every nearby change of the constants was already tried")
+
+
+def find_constants(workdir: Path, files: dict[str, str]) -> list[Constant]:
+    found: list[Constant] = []
+    for path, text in files.items():
+        lines = text.splitlines()
+        top = [i for i, ln in enumerate(lines) if ASSIGN.match(ln) and not ASSIGN.match(ln).group("indent")]
+        candidates = top or [i for i, ln in enumerate(lines) if ASSIGN.match(ln)]
+        for i in candidates:
+            m = ASSIGN.match(lines[i])
+            name, value = m.group("name"), m.group("value")
+            if SKIP_NAMES.search(name):
+                continue
+            is_int = not any(ch in value for ch in ".eE")
+            if float(value.replace("_", "")) == 0:
+                continue  # no scale to perturb multiplicatively
+            found.append(Constant(path, i, name, value, is_int))
+    return found
+
+
+def perturb(c: Constant, rng: random.Random, step: float) -> str:
+    v = c.value
+    factor = math.exp(rng.gauss(0.0, step))
+    if c.is_int:
+        new = int(round(v * factor))
+        if new == int(v):
+            new = int(v) + (1 if factor >= 1 else -1)
+        if v >= 1 and new < 1:
+            new = 1
+        return str(new)
+    if 0.5 < v < 1:  # momentum-like: perturb the distance to 1 so it never crosses 1
+        new = 1 - (1 - v) * factor
+    elif 0 < v <= 0.5:
+        new = min(v * factor, 0.99)
+    else:
+        new = v * factor
+    return _fmt(new, c.text)
+
+
+def _fmt(x: float, like: str) -> str:
+    if "e" in like.lower() or (x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5)):
+        return f"{x:.2e}"
+    return f"{x:.4g}" if "." in f"{x:.4g}" or "e" in f"{x:.4g}" else f"{x:.4g}.0"
+
+
+def apply(workdir: Path, changes: list[tuple[Constant, str]]) -> None:
+    by_file: dict[str, list[tuple[Constant, str]]] = {}
+    for c, new in changes:
+        by_file.setdefault(c.path, []).append((c, new))
+    for path, items in by_file.items():
+        p = workdir / path
+        text = p.read_text(encoding="utf-8")
+        lines = text.splitlines(keepends=True)
+        for c, new in items:
+            raw = lines[c.line]
+            ending = raw[len(raw.rstrip("\r\n")):]
+            m = ASSIGN.match(raw.rstrip("\r\n"))
+            lines[c.line] = m.group("indent") + m.group("name") + m.group("sep") + new + m.group("rest") + ending
+        p.write_text("".join(lines), encoding="utf-8")
+
+
+def _misses_since_keep(ctx: Context) -> int:
+    n = 0
+    for e in reversed(ctx.history):
+        if e.kind == "baseline" or e.status == "keep":
+            break
+        n += 1
+    return n
+
+
+def adaptive_step(ctx: Context, window: int = 10) -> float:
+    recent = [e for e in ctx.history if e.kind != "baseline" and e.status != "running"][-window:]
+    if not recent:
+        return BASE_STEP
+    rate = sum(e.status == "keep" for e in recent) / len(recent)
+    # 1/5 rule: at a keep rate of 20% the step stays; above it grows, below it shrinks.
+    return float(min(1.5, max(0.05, BASE_STEP * math.exp(2.0 * (rate - 0.2)) * (0.97 ** _misses_since_keep(ctx)))))

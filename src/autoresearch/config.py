@@ -1,0 +1,335 @@
+"""autoresearch.toml -> a typed, validated Config.
+
+Guarantees:
+- Every key has a default that works, except what only the project can say (the run
+  command when there is nothing to infer it from).
+- Unknown sections and keys, wrong types, impossible values, missing files and globs
+  that match nothing raise ConfigError naming the key, what is wrong, and the fix
+  (with a close-match suggestion for typos).
+- Zero config: a folder with the original three files (prepare.py, train.py,
+  program.md) and no toml gets the original's settings.
+- `Config.snapshot()` is the resolved config as plain data; the ledger stores it with
+  every run so a result can always be explained.
+
+Not covered here: whether the run command actually works (the judge finds out).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, get_args, get_origin, get_type_hints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import ConfigError
+
+CONFIG_NAME = "autoresearch.toml"
+ORIGINAL_FILES = ("prepare.py", "train.py", "program.md")
+
+
+@dataclass
+class ExperimentConfig:
+    run: str = ""
+    budget_s: float = 300.0
+    timeout_s: Optional[float] = None  # default: 2 x budget + 60
+    grace_s: float = 5.0
+    editable: list[str] = field(default_factory=list)
+    protected: list[str] = field(default_factory=list)
+    seed: int = 42
+    checks: str = ""
+    checks_timeout_s: float = 600.0
+    env: dict[str, str] = field(default_factory=dict)
+    env_allow: list[str] = field(default_factory=list)
+    sandbox: str = "auto"  # auto | bwrap | none
+    network: bool = False
+
+
+@dataclass
+class MetricConfig:
+    name: str = "val_bpb"
+    direction: str = "min"
+    pattern: str = ""
+    record: list[str] = field(default_factory=list)
+    memory: str = "peak_vram_mb"
+    floor: Optional[float] = None
+
+
+@dataclass
+class AgentConfig:
+    name: str = "mutate"
+    command: str = ""
+    timeout_s: float = 900.0
+    repair_attempts: int = 2
+    seed: int = 0
+    model: str = ""
+    base_url: str = ""
+    api_key_env: str = ""
+    temperature: float = 0.7
+    max_output_tokens: int = 8192
+    max_usd: float = 0.0
+    max_tokens: int = 0
+    context_tokens: int = 60000
+    allowed_tools: list[str] = field(default_factory=list)
+    extra_args: list[str] = field(default_factory=list)
+    prices: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass
+class PolicyConfig:
+    name: str = "greedy"
+    margin: float = 0.0
+    alpha: float = 0.05
+    calibration_runs: int = 3
+    max_runs: int = 4
+    too_good_sigma: float = 8.0
+
+
+@dataclass
+class StopConfig:
+    max_experiments: int = 0  # 0 = no limit
+    max_hours: float = 0.0
+    target: Optional[float] = None
+    max_consecutive_failures: int = 0
+
+
+@dataclass
+class EngineConfig:
+    name: str = "local"
+    workers: int = 1
+    gpus: list[str] = field(default_factory=list)
+    address: str = ""
+    proposals_ahead: int = 1
+    hardware: str = ""
+
+
+SECTIONS: dict[str, type] = {
+    "experiment": ExperimentConfig,
+    "metric": MetricConfig,
+    "agent": AgentConfig,
+    "policy": PolicyConfig,
+    "stop": StopConfig,
+    "engine": EngineConfig,
+}
+
+CHOICES = {
+    ("metric", "direction"): ("min", "max"),
+    ("policy", "name"): ("greedy", "threshold", "confirm"),
+    ("experiment", "sandbox"): ("auto", "bwrap", "none"),
+}
+
+
+@dataclass
+class Config:
+    root: Path
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    metric: MetricConfig = field(default_factory=MetricConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    stop: StopConfig = field(default_factory=StopConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    source: str = "defaults"  # the toml path, or "zero-config"
+
+    @property
+    def timeout_s(self) -> float:
+        t = self.experiment.timeout_s
+        return float(t) if t is not None else 2 * self.experiment.budget_s + 60
+
+    @property
+    def program_path(self) -> Path:
+        return self.root / "program.md"
+
+    def lower_is_better(self) -> bool:
+        return self.metric.direction == "min"
+
+    def is_editable(self, path: str) -> bool:
+        return _matches(path, self.experiment.editable) and not self.is_protected(path)
+
+    def is_protected(self, path: str) -> bool:
+        return _matches(path, self.experiment.protected) or path == CONFIG_NAME
+
+    def snapshot(self) -> dict[str, Any]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS} | {
+            "timeout_s_resolved": self.timeout_s,
+            "source": self.source,
+        }
+
+
+def _matches(path: str, globs: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(path, g) or Path(path).match(g) for g in globs)
+
+
+def load(root: str | os.PathLike, overrides: Optional[dict[str, dict[str, Any]]] = None) -> Config:
+    """Load and validate the project at `root`; `overrides` are CLI values per section."""
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise ConfigError(f"project folder {root} does not exist: create it or pass the right path")
+    path = root / CONFIG_NAME
+    if path.exists():
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path} is not valid TOML ({e}): fix the syntax at that line") from None
+        source = str(path)
+    elif all((root / f).exists() for f in ORIGINAL_FILES):
+        raw = _zero_config()
+        source = "zero-config"
+    else:
+        raise ConfigError(
+            f"no {CONFIG_NAME} in {root}: run `autoresearch init --here` to write one, "
+            f"or `autoresearch init DIR --template quickstart` to start from a template"
+        )
+    for section, values in (overrides or {}).items():
+        raw.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+    cfg = Config(root=root, source=source)
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown section [{section}] in {CONFIG_NAME}{_suggest(section, SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"`{section}` must be a table ([{section}]), got {type(values).__name__}")
+        setattr(cfg, section, _build(section, SECTIONS[section], values))
+    _check(cfg)
+    return cfg
+
+
+def _zero_config() -> dict[str, dict[str, Any]]:
+    # The original: `uv run train.py`, 5 minute budget, killed past 10 minutes.
+    return {
+        "experiment": {
+            "run": f"{_python()} train.py",
+            "budget_s": 300,
+            "timeout_s": 600,
+            "editable": ["train.py"],
+            "protected": ["prepare.py"],
+        },
+        "metric": {"name": "val_bpb", "direction": "min", "record": ["peak_vram_mb"], "memory": "peak_vram_mb"},
+    }
+
+
+def _python() -> str:
+    return "python3" if not sys.executable else sys.executable
+
+
+def _build(section: str, cls: type, values: dict[str, Any]):
+    hints = get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"unknown key `{section}.{key}`{_suggest(key, known)}")
+        kwargs[key] = _coerce(f"{section}.{key}", hints[key], value)
+        choices = CHOICES.get((section, key))
+        if choices and kwargs[key] not in choices:
+            raise ConfigError(
+                f"`{section}.{key}` must be one of {', '.join(map(repr, choices))}, got {value!r}"
+            )
+    return cls(**kwargs)
+
+
+def _coerce(key: str, typ: Any, value: Any) -> Any:
+    origin = get_origin(typ)
+    if origin is Optional or (origin is not None and type(None) in get_args(typ)):
+        inner = [a for a in get_args(typ) if a is not type(None)][0]
+        return None if value is None else _coerce(key, inner, value)
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"`{key}` must be a number, got {value!r}: write e.g. {key.split('.')[-1]} = 300")
+        return float(value)
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"`{key}` must be a whole number, got {value!r}")
+        return value
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"`{key}` must be true or false, got {value!r}")
+        return value
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"`{key}` must be a string, got {value!r}: put it in quotes")
+        return value
+    if origin is list:
+        if isinstance(value, str):
+            value = [value]  # a lone glob is a list of one: forgiving, not ambiguous
+        if not isinstance(value, list):
+            raise ConfigError(f"`{key}` must be a list, got {value!r}: write e.g. [\"train.py\"]")
+        (inner,) = get_args(typ)
+        return [_coerce(f"{key}[{i}]", inner, v) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"`{key}` must be a table, got {value!r}")
+        _, inner = get_args(typ)
+        return {str(k): _coerce(f"{key}.{k}", inner, v) for k, v in value.items()}
+    raise AssertionError(f"config type {typ} for {key} not handled")  # harness bug
+
+
+def _suggest(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f": did you mean `{close[0]}`?" if close else f": known ones are {', '.join(sorted(options))}"
+
+
+def _check(cfg: Config) -> None:
+    e, m = cfg.experiment, cfg.metric
+    if not e.run.strip():
+        raise ConfigError("`experiment.run` is empty: set the command that runs one experiment, e.g. run = \"python train.py\"")
+    if e.budget_s <= 0:
+        raise ConfigError(f"`experiment.budget_s` must be positive (got {e.budget_s:g}): e.g. budget_s = 300")
+    if e.timeout_s is not None and e.timeout_s <= e.budget_s:
+        raise ConfigError(
+            f"`experiment.timeout_s` must be greater than `experiment.budget_s` (got {e.timeout_s:g} <= {e.budget_s:g}): "
+            "raise timeout_s or lower budget_s"
+        )
+    if e.grace_s < 0:
+        raise ConfigError(f"`experiment.grace_s` must be >= 0 (got {e.grace_s:g})")
+    if not e.editable:
+        raise ConfigError("`experiment.editable` is empty: list the files an agent may change, e.g. editable = [\"train.py\"]")
+    if not m.name.strip():
+        raise ConfigError("`metric.name` is empty: name the metric the run prints, e.g. name = \"val_bpb\"")
+    if m.pattern:
+        import re
+
+        try:
+            rx = re.compile(m.pattern)
+        except re.error as err:
+            raise ConfigError(f"`metric.pattern` is not a valid regular expression ({err})") from None
+        if rx.groups < 1:
+            raise ConfigError("`metric.pattern` needs one capture group around the number, e.g. 'loss=([0-9.]+)'")
+    if cfg.agent.repair_attempts < 0:
+        raise ConfigError("`agent.repair_attempts` must be >= 0")
+    if cfg.engine.workers < 1:
+        raise ConfigError(f"`engine.workers` must be at least 1 (got {cfg.engine.workers})")
+    if cfg.policy.name == "confirm" and cfg.policy.max_runs < 2:
+        raise ConfigError("`policy.max_runs` must be at least 2 for the confirm policy")
+    if not (0 < cfg.policy.alpha < 0.5):
+        raise ConfigError(f"`policy.alpha` must be between 0 and 0.5 (got {cfg.policy.alpha:g})")
+    files = tracked_or_present(cfg.root)
+    for key in ("editable", "protected"):
+        for g in getattr(e, key):
+            if not any(_matches(f, [g]) for f in files):
+                raise ConfigError(
+                    f"`experiment.{key}` glob {g!r} matches no file in {cfg.root}: fix the pattern or create the file"
+                )
+    both = [f for f in files if _matches(f, e.editable) and _matches(f, e.protected)]
+    if both:
+        raise ConfigError(
+            f"{both[0]} is both editable and protected: remove it from `experiment.editable` or `experiment.protected`"
+        )
+    if not cfg.program_path.exists():
+        raise ConfigError(f"program.md is missing in {cfg.root}: write the research direction there in plain English")
+
+
+def tracked_or_present(root: Path) -> list[str]:
+    """Project files as relative posix paths (skipping .git and the harness's own folder)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in (".git", ".autoresearch", "__pycache__", ".venv", "node_modules")]
+        for name in filenames:
+            out.append(Path(dirpath, name).relative_to(root).as_posix())
+    return out

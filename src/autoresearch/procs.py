@@ -1,0 +1,224 @@
+"""Process trees: start one in its own session, watch it, and make sure all of it dies.
+
+Guarantees:
+- The command runs in a new session (its own process group), stdin from /dev/null,
+  stdout and stderr appended to a log *file* — never a pipe, so a grandchild that keeps
+  the output open cannot hang the harness.
+- Every process carries `AUTORESEARCH_MARKER=<marker>` in its environment. Killing a
+  tree means: SIGTERM to the group, a grace period, SIGKILL to the group, then SIGKILL
+  to any process still carrying the marker (one that escaped with setsid). When the
+  main process exits by itself, whatever it left behind is killed the same way.
+- `kill_marked(marker)` finds and kills leftovers of a harness that died (SIGKILL):
+  that is how a restart leaves no orphan.
+- Peak RSS is the maximum, over samples, of the summed RSS of the group's processes.
+
+Not covered: processes that scrub their own environment *and* leave the process group;
+memory on the GPU (the experiment reports its own, e.g. peak_vram_mb).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+MARKER_VAR = "AUTORESEARCH_MARKER"
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+@dataclass
+class ProcResult:
+    exit_code: Optional[int]
+    wall_s: float
+    timed_out: bool
+    interrupted: bool
+    peak_rss_mb: float
+    pid: int
+
+
+def run_tree(
+    cmd: str,
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    log_path: Path,
+    timeout_s: float,
+    grace_s: float,
+    marker: str,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_start: Callable[[int], None] = lambda pid: None,
+    on_tick: Callable[[float], None] = lambda elapsed: None,
+    wrap: Optional[list[str]] = None,
+) -> ProcResult:
+    """Run `cmd` through the shell as its own process tree; see the module docstring."""
+    env = dict(env)
+    env[MARKER_VAR] = marker
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    argv = (wrap or []) + ["/bin/sh", "-c", cmd]
+    start = time.monotonic()
+    with open(log_path, "ab", buffering=0) as log:
+        proc = subprocess.Popen(
+            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=_die_with_parent, close_fds=True,
+        )
+    on_start(proc.pid)
+    pgid = proc.pid
+    peak = 0.0
+    timed_out = interrupted = False
+    tick = 0.02  # short first waits so fast commands cost little; then back off
+    try:
+        while True:
+            try:
+                proc.wait(timeout=tick)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            tick = min(tick * 2, 0.25)
+            elapsed = time.monotonic() - start
+            peak = max(peak, group_rss_mb(pgid))
+            on_tick(elapsed)
+            if elapsed >= timeout_s:
+                timed_out = True
+                break
+            if should_stop():
+                interrupted = True
+                break
+    finally:
+        # Whatever happened (normal exit, timeout, stop, or an exception in the harness),
+        # nothing of this tree survives this function.
+        kill_tree(pgid, marker, grace_s if (timed_out or interrupted) else 0.0, proc)
+    wall = time.monotonic() - start
+    code = proc.returncode
+    return ProcResult(exit_code=code, wall_s=wall, timed_out=timed_out, interrupted=interrupted,
+                      peak_rss_mb=peak, pid=proc.pid)
+
+
+def kill_tree(pgid: int, marker: str, grace_s: float, proc: Optional[subprocess.Popen] = None) -> None:
+    """SIGTERM the group, wait up to `grace_s`, SIGKILL the group and every marked process."""
+    if _group_alive(pgid, proc):
+        _signal_group(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and _group_alive(pgid, proc):
+            time.sleep(0.02)
+    _signal_group(pgid, signal.SIGKILL)
+    kill_marked(marker)
+    if proc is not None:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # pragma: no cover - uninterruptible sleep in the kernel
+            pass
+
+
+def kill_marked(marker: str) -> int:
+    """SIGKILL every process whose environment holds our marker; returns how many."""
+    needle = f"{MARKER_VAR}={marker}".encode() + b"\0"
+    killed = 0
+    me = os.getpid()
+    for pid in _pids():
+        if pid == me:
+            continue
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ + b"\0":
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+    return killed
+
+
+def marked_pids(marker_prefix: str) -> list[int]:
+    """Live (non-zombie) processes whose marker starts with `marker_prefix`."""
+    needle = f"{MARKER_VAR}={marker_prefix}".encode()
+    out = []
+    for pid in _pids():
+        try:
+            if needle in Path(f"/proc/{pid}/environ").read_bytes() and _state(pid) != "Z":
+                out.append(pid)
+        except OSError:
+            continue
+    return out
+
+
+def kill_marked_prefix(marker_prefix: str) -> int:
+    pids = marked_pids(marker_prefix)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(pids)
+
+
+def group_rss_mb(pgid: int) -> float:
+    total = 0
+    for pid in _pids():
+        stat = _stat(pid)
+        if stat and stat[2] == pgid:
+            try:
+                total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
+            except (OSError, IndexError, ValueError):
+                pass
+    return total / 2**20
+
+
+def _group_alive(pgid: int, proc: Optional[subprocess.Popen]) -> bool:
+    if proc is not None and proc.poll() is None:
+        return True
+    for pid in _pids():
+        stat = _stat(pid)
+        if stat and stat[2] == pgid and stat[0] != "Z":
+            return True
+    return False
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _pids() -> Iterator[int]:
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            yield int(name)
+
+
+def _stat(pid: int) -> Optional[tuple[str, int, int]]:
+    """(state, ppid, pgid) from /proc/PID/stat, or None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rest = raw[raw.rfind(")") + 2:].split()
+    return rest[0], int(rest[1]), int(rest[2])
+
+
+def _state(pid: int) -> str:
+    s = _stat(pid)
+    return s[0] if s else "X"
+
+
+def pid_alive(pid: Optional[int]) -> bool:
+    if not pid:
+        return False
+    return _state(pid) not in ("X", "Z")
+
+
+def _die_with_parent() -> None:
+    # Linux: the direct child gets SIGKILL if the harness dies; grandchildren are found
+    # by their marker on the next start (kill_marked_prefix).
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:  # pragma: no cover - not glibc
+        pass

@@ -1,0 +1,72 @@
+"""The agent's file: a small MLP trained on the spiral for a fixed time budget.
+
+Prints `val_loss: <value>` at the end (lower is better). Everything here may change:
+the hyper-parameters below, the architecture, the optimizer, the schedule.
+"""
+
+import os
+import time
+
+import numpy as np
+
+from prepare import BUDGET_S, CLASSES, evaluate, load_data
+
+# Hyper-parameters
+LEARNING_RATE = 0.02
+MOMENTUM = 0.5
+HIDDEN = 12
+BATCH_SIZE = 256
+WEIGHT_DECAY = 0.003
+INIT_SCALE = 0.5
+WARMDOWN = 0.2  # fraction of the budget at the end with a decaying learning rate
+
+seed = int(os.environ.get("AUTORESEARCH_SEED", "42"))
+rng = np.random.default_rng(seed)
+x_train, y_train, _, _ = load_data()
+
+w1 = rng.normal(0, INIT_SCALE, (2, HIDDEN))
+b1 = np.zeros(HIDDEN)
+w2 = rng.normal(0, INIT_SCALE / np.sqrt(HIDDEN), (HIDDEN, CLASSES))
+b2 = np.zeros(CLASSES)
+params = [w1, b1, w2, b2]
+velocity = [np.zeros_like(p) for p in params]
+
+
+def forward(x):
+    h = np.tanh(x @ w1 + b1)
+    logits = h @ w2 + b2
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return h, e / e.sum(axis=1, keepdims=True)
+
+
+def predict(x):
+    return forward(x)[1]
+
+
+start = time.time()
+steps = 0
+while True:
+    progress = (time.time() - start) / BUDGET_S
+    if progress >= 1:
+        break
+    lr = LEARNING_RATE * min(1.0, (1 - progress) / WARMDOWN) if WARMDOWN > 0 else LEARNING_RATE
+    idx = rng.integers(0, len(y_train), BATCH_SIZE)
+    x, y = x_train[idx], y_train[idx]
+    h, p = forward(x)
+    d_logits = p.copy()
+    d_logits[np.arange(len(y)), y] -= 1
+    d_logits /= len(y)
+    grads = [None, None, h.T @ d_logits, d_logits.sum(axis=0)]
+    d_h = (d_logits @ w2.T) * (1 - h**2)
+    grads[0], grads[1] = x.T @ d_h, d_h.sum(axis=0)
+    for p_, g, v in zip(params, grads, velocity):
+        v *= MOMENTUM
+        v += g + WEIGHT_DECAY * p_
+        p_ -= lr * v
+    steps += 1
+
+val_loss = evaluate(predict)
+print(f"num_steps: {steps}")
+print(f"training_seconds: {time.time() - start:.1f}")
+print(f"val_loss: {val_loss:.6f}")
