@@ -166,25 +166,31 @@ class Loop:
             self.ws.reset(wt, parent)
             return None
         if proposal.error:
-            return self.finish_unrun(exp, "crash", f"agent failed: {proposal.error}")
+            return self.finish_unrun(exp, "crash", f"agent failed: {proposal.error}", proposal)
         changed = [p for p in self.ws.changed_paths(wt) if p not in STEERING_FILES]
         outside = [p for p in changed if not self.cfg.is_editable(p)]
         if outside:
             exp.patch = Git(wt)("diff", "HEAD", check=False)  # kept as evidence of what was tried
             self.ws.reset(wt, parent)
             return self.finish_unrun(exp, "violation", f"changed files outside `experiment.editable`: "
-                                                       f"{', '.join(outside[:5])} (refused before running)")
+                                                       f"{', '.join(outside[:5])} (refused before running)", proposal)
         if not changed:
-            return self.finish_unrun(exp, "discard", "the agent changed nothing")
+            return self.finish_unrun(exp, "discard", "the agent changed nothing", proposal)
         try:
             exp.commit = self.ws.commit(wt, changed, self.commit_message(exp), parent)
         except NothingChanged:
-            return self.finish_unrun(exp, "discard", "the change is empty once committed")
+            return self.finish_unrun(exp, "discard", "the change is empty once committed", proposal)
         exp.patch = self.ws.diff(parent, exp.commit)
         self.ledger.begin(exp)
+        self.log_calls(exp, proposal)
         self.ws.pin(exp.id, exp.commit)
         self.count += 1
         return exp
+
+    def log_calls(self, exp: Experiment, proposal: Proposal) -> None:
+        """Every LLM call an agent made for this proposal, linked to its experiment row."""
+        for call in proposal.meta.get("llm_calls", []):
+            self.ledger.log_llm_call(experiment_id=exp.id, tag=self.tag, **call)
 
     def context(self, wt: Path, repair_of: Optional[Experiment]) -> Context:
         root = self.cfg.root
@@ -210,9 +216,12 @@ class Loop:
             hardware=hardware(),
         )
 
-    def finish_unrun(self, exp: Experiment, status: str, reason: str) -> Experiment:
+    def finish_unrun(self, exp: Experiment, status: str, reason: str,
+                     proposal: Optional[Proposal] = None) -> Experiment:
         """A proposal that never ran still becomes a record: begun, then finished at once."""
         self.ledger.begin(exp)
+        if proposal is not None:
+            self.log_calls(exp, proposal)
         self.count += 1
         exp.status, exp.reason = status, reason
         self.ledger.finish(exp)

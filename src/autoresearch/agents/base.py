@@ -20,6 +20,9 @@ class Proposal:
     tokens_out: int = 0
     cost_usd: float = 0.0
     latency_s: Optional[float] = None
+    # meta["llm_calls"]: a list of dicts with the keyword arguments of Ledger.log_llm_call
+    # (backend, model, prompt, reply, tokens_in, tokens_out, cost_usd, latency_s, error);
+    # the loop logs them linked to the experiment's row once it exists.
     meta: dict[str, Any] = field(default_factory=dict)
 
 
