@@ -132,8 +132,8 @@ class Ledger:
         try:
             self._db = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
             self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA busy_timeout=30000")
+            _retry_locked(lambda: self._db.execute("PRAGMA journal_mode=WAL"))  # may skip the busy handler
             self._db.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.DatabaseError as e:
             raise LedgerError(f"cannot open the ledger {self.path} ({e}): move it aside to start a fresh one") from None
@@ -151,6 +151,10 @@ class Ledger:
             for number in range(version + 1, len(MIGRATIONS) + 1):
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
+                    # Re-read under the write lock: another process may have migrated meanwhile.
+                    if self._db.execute("PRAGMA user_version").fetchone()[0] >= number:
+                        self._db.execute("COMMIT")
+                        continue
                     for stmt in _statements(MIGRATIONS[number - 1]):
                         self._db.execute(stmt)
                     self._db.execute(f"PRAGMA user_version = {number}")
@@ -222,7 +226,8 @@ class Ledger:
         return [_from_row(r) for r in rows]
 
     def get(self, exp_id: int) -> Optional[Experiment]:
-        row = self._db.execute("SELECT * FROM experiments WHERE id = ?", (exp_id,)).fetchone()
+        with self._lock:  # the connection is shared: never read inside another thread's transaction
+            row = self._db.execute("SELECT * FROM experiments WHERE id = ?", (exp_id,)).fetchone()
         return _from_row(row) if row else None
 
     def experiments(self, tag: Optional[str] = None) -> list[Experiment]:
@@ -343,6 +348,17 @@ class _Transaction:
             self.ledger._db.execute("ROLLBACK" if exc_type else "COMMIT")
         finally:
             self.ledger._lock.release()
+
+
+def _retry_locked(fn, seconds: float = 30.0):
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _statements(script: str) -> Iterable[str]:

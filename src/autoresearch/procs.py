@@ -100,25 +100,48 @@ def run_tree(
 
 def kill_tree(pgid: int, marker: str, grace_s: float, proc: Optional[subprocess.Popen] = None) -> None:
     """SIGTERM the group, wait up to `grace_s`, SIGKILL the group and every marked process."""
-    if _group_alive(pgid, proc):
+    group_was_alive = _group_alive(pgid, proc)
+    if group_was_alive:
         _signal_group(pgid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline and _group_alive(pgid, proc):
             time.sleep(0.02)
     _signal_group(pgid, signal.SIGKILL)
-    kill_marked(marker)
+    killed = _kill_pids(_marked(marker, exact=True))
     if proc is not None:
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:  # pragma: no cover - uninterruptible sleep in the kernel
             pass
+    # SIGKILL is asynchronous: wait until the processes are really gone, so the next
+    # experiment never starts while this one still holds memory (or a GPU).
+    _wait_gone(killed, lambda: group_was_alive and _group_alive(pgid, None))
 
 
 def kill_marked(marker: str) -> int:
-    """SIGKILL every process whose environment holds our marker; returns how many."""
-    needle = f"{MARKER_VAR}={marker}".encode() + b"\0"
-    killed = 0
+    """SIGKILL every process whose environment holds exactly our marker; returns how many."""
+    killed = _kill_pids(_marked(marker, exact=True))
+    _wait_gone(killed)
+    return len(killed)
+
+
+def marked_pids(marker_prefix: str) -> list[int]:
+    """Live (non-zombie) processes whose marker starts with `marker_prefix`."""
+    return _marked(marker_prefix, exact=False)
+
+
+def kill_marked_prefix(marker_prefix: str) -> int:
+    """SIGKILL every live process whose marker starts with `marker_prefix`, and wait until they are gone."""
+    killed = _kill_pids(marked_pids(marker_prefix))
+    _wait_gone(killed)
+    return len(killed)
+
+
+def _marked(marker: str, exact: bool) -> list[int]:
+    # Entries of /proc/PID/environ are NUL-separated; anchor the match at an entry's start.
+    needle = b"\0" + f"{MARKER_VAR}={marker}".encode() + (b"\0" if exact else b"")
     me = os.getpid()
+    out = []
     for pid in _pids():
         if pid == me:
             continue
@@ -126,36 +149,26 @@ def kill_marked(marker: str) -> int:
             environ = Path(f"/proc/{pid}/environ").read_bytes()
         except OSError:
             continue
-        if needle in environ + b"\0":
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
-            except ProcessLookupError:
-                pass
-    return killed
-
-
-def marked_pids(marker_prefix: str) -> list[int]:
-    """Live (non-zombie) processes whose marker starts with `marker_prefix`."""
-    needle = f"{MARKER_VAR}={marker_prefix}".encode()
-    out = []
-    for pid in _pids():
-        try:
-            if needle in Path(f"/proc/{pid}/environ").read_bytes() and _state(pid) != "Z":
-                out.append(pid)
-        except OSError:
-            continue
+        if needle in b"\0" + environ + b"\0" and _state(pid) not in ("Z", "X"):
+            out.append(pid)
     return out
 
 
-def kill_marked_prefix(marker_prefix: str) -> int:
-    pids = marked_pids(marker_prefix)
+def _kill_pids(pids: list[int]) -> list[int]:
+    killed = []
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
         except ProcessLookupError:
             pass
-    return len(pids)
+    return killed
+
+
+def _wait_gone(pids: list[int], also: Callable[[], bool] = lambda: False, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (any(pid_alive(p) for p in pids) or also()):
+        time.sleep(0.005)
 
 
 def group_rss_mb(pgid: int) -> float:

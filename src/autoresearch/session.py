@@ -7,8 +7,9 @@ Guarantees:
   1. processes left by a dead session (found by their marker) are killed;
   2. `running` rows become `interrupted` (only the lock holder can do this, so no live
      process owns them);
-  3. the branch tip is moved (compare-and-swap) to the incumbent's commit — a commit with
-     no `keep` row (killed between commit and record) is thereby reset;
+  3. lock files a killed git command left on the tag's refs are removed; the branch tip is
+     moved (compare-and-swap) to the incumbent's commit — a commit with no `keep` row
+     (killed between commit and record) is thereby reset;
   4. results.tsv is regenerated.
   Running it twice is the same as running it once.
 """
@@ -71,6 +72,8 @@ def reconcile(ledger: Ledger, ws: Workspace, metric_name: str, tsv_path: Optiona
         notes.append(f"killed {killed} leftover process(es) of an earlier session")
     for exp in ledger.interrupt_stale(ws.tag):
         notes.append(f"#{exp.id} was still running when its session died: marked interrupted")
+    for lock in ws.clear_stale_locks():
+        notes.append(f"removed {lock}, left by a git command killed with its session")
     incumbent = ledger.incumbent(ws.tag)
     if incumbent is not None and incumbent.commit:
         tip = ws.tip()

@@ -11,6 +11,9 @@ Guarantees:
 - Each commit's tree is the parent's tree plus the editable files changed; nothing else.
 - Plain subprocess around the `git` command line; each worktree has its own index, so
   concurrent workers never contend for `index.lock`.
+- `rebase()` replays one experiment's change on a newer best (a cherry-pick in worktree
+  "rebase", committed like any change) or names the conflicting files; `bundle()` packs a
+  commit for a node with no shared filesystem under a temporary ref outside the pins.
 
 Not covered: repositories with submodules inside the editable set.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -26,12 +30,17 @@ from typing import Iterable, Optional
 
 from .errors import WorkspaceError
 
-HARNESS_OUTPUTS = (".autoresearch/", "results.tsv", "progress.png", "report.md", "report.html")
+HARNESS_OUTPUTS = (".autoresearch/", "results.tsv", "progress.png", "report.md", "report.html",
+                   # temp files of an atomic write interrupted by SIGKILL
+                   ".results.tsv.*.tmp", ".progress.png.*.tmp", ".report.md.*.tmp", ".report.html.*.tmp")
 STEERING_FILES = ("program.md", "ideas.md")  # read live from the checkout; may be edited mid-run
 
 
 class GitError(WorkspaceError):
     pass
+
+
+_IDENTITY: dict[str, set[str]] = {}  # folder -> configured user.* keys
 
 
 class Git:
@@ -44,13 +53,17 @@ class Git:
         # Commits must work on a machine with no git identity configured.
         for var, value in (("GIT_AUTHOR_NAME", "autoresearch"), ("GIT_AUTHOR_EMAIL", "autoresearch@localhost"),
                            ("GIT_COMMITTER_NAME", "autoresearch"), ("GIT_COMMITTER_EMAIL", "autoresearch@localhost")):
-            if var not in self.env and not self._configured(var):
+            if var not in self.env and ("user.email" if var.endswith("EMAIL") else "user.name") not in self._identity():
                 self.env[var] = value
 
-    def _configured(self, var: str) -> bool:
-        key = "user.email" if var.endswith("EMAIL") else "user.name"
-        r = subprocess.run(["git", "config", key], cwd=self.cwd, capture_output=True, text=True)
-        return bool(r.stdout.strip())
+    def _identity(self) -> set[str]:
+        """The user.* keys git has configured here; asked once per folder (a Git is made for every call site)."""
+        key = str(self.cwd)
+        if key not in _IDENTITY:
+            r = subprocess.run(["git", "config", "--get-regexp", r"^user\.(name|email)$"], cwd=self.cwd,
+                               capture_output=True, text=True)
+            _IDENTITY[key] = {ln.split()[0] for ln in r.stdout.splitlines() if len(ln.split()) > 1}
+        return _IDENTITY[key]
 
     def __call__(self, *args: str, input: Optional[str] = None, check: bool = True, strip: bool = True) -> str:
         r = subprocess.run(["git", *args], cwd=self.cwd, input=input, capture_output=True, text=True, env=self.env)
@@ -130,12 +143,17 @@ class Workspace:
         """A detached worktree of this tag, clean and at `at` (default: tip); returns the project folder in it."""
         path = self.trees / name
         sha = at or self.tip()
-        if not (path / ".git").exists():
-            self.trees.mkdir(parents=True, exist_ok=True)
-            self.git("worktree", "prune")
-            self.git("worktree", "add", "--force", "--detach", str(path), sha)
-        else:
-            self._reset_top(path, sha)
+        if (path / ".git").exists():
+            try:
+                self._reset_top(path, sha)
+                return path / self.prefix if self.prefix else path
+            except GitError:  # a stale index.lock or a half-made checkout left by a killed harness
+                self.git("worktree", "remove", "--force", str(path), check=False)
+        # Our own scratch space (the caller holds the tag's lock): whatever is left there is rebuilt.
+        shutil.rmtree(path, ignore_errors=True)
+        self.trees.mkdir(parents=True, exist_ok=True)
+        self.git("worktree", "prune")
+        self.git("worktree", "add", "--force", "--detach", str(path), sha)
         return path / self.prefix if self.prefix else path
 
     def _top_of(self, wt: Path) -> Path:
@@ -203,6 +221,12 @@ class Workspace:
         g("update-ref", "--no-deref", "HEAD", sha)
         return sha
 
+    def uncommit(self, wt: Path, base: str) -> None:
+        """Turn commits made in `wt` since `base` (by an agent running git itself) back into plain changes."""
+        g = Git(self._top_of(wt))
+        if g("rev-parse", "HEAD") != base:
+            g("reset", "-q", "--mixed", base)
+
     def advance(self, new: str, expected_old: str) -> None:
         """Move the branch from `expected_old` to `new` atomically, or raise if it moved meanwhile."""
         try:
@@ -212,8 +236,50 @@ class Workspace:
                 f"branch {self.branch} is no longer at {expected_old[:7]} (someone moved it): {e}"
             ) from None
 
+    def clear_stale_locks(self) -> list[str]:
+        """Remove the lock files a killed `git update-ref` left on this tag's refs; returns them.
+
+        Only the holder of the tag's lock may call this: no one else writes these refs."""
+        common = Path(self.git("rev-parse", "--git-common-dir"))
+        common = common if common.is_absolute() else self.top / common
+        candidates = [common / "refs" / "heads" / "autoresearch" / f"{self.tag}.lock"]
+        pins = common / "refs" / "autoresearch" / self.tag
+        if pins.is_dir():
+            candidates += sorted(pins.glob("*.lock"))
+        removed = []
+        for lock in candidates:
+            if lock.is_file():
+                lock.unlink()
+                removed.append(str(lock.relative_to(common)))
+        return removed
+
     def pin(self, exp_id: int, sha: str) -> None:
         self.git("update-ref", f"refs/autoresearch/{self.tag}/{exp_id}", sha)
+
+    def rebase(self, commit: str, onto: str, message: str) -> str:
+        """The change `commit` made to its parent, cherry-picked onto `onto` as a new commit (in worktree
+        "rebase"); raises RebaseConflict naming the files, or NothingChanged if `onto` already has it."""
+        wt = self.worktree("rebase", at=onto)
+        g = Git(self._top_of(wt))
+        if not g.ok("cherry-pick", "--no-commit", commit):
+            files = [self._rel(p) for p in g("diff", "--name-only", "--diff-filter=U", check=False).splitlines()]
+            self.reset(wt, onto)  # also clears the cherry-pick state
+            raise RebaseConflict(files or ["?"])
+        return self.commit(wt, self.changed_paths(wt), message, onto)
+
+    def bundle(self, commit: str, exclude: Optional[str] = None) -> bytes:
+        """A git bundle of `commit` (and its history, less what `exclude` has): code for a node with no
+        shared filesystem. Its one ref is `refs/autoresearch-bundle/<commit>`."""
+        ref = f"refs/autoresearch-bundle/{commit}"  # outside refs/autoresearch/<tag>/: not a pin
+        self.git("update-ref", ref, commit)
+        try:
+            args = ["git", "bundle", "create", "-", ref] + ([f"^{exclude}"] if exclude and exclude != commit else [])
+            r = subprocess.run(args, cwd=self.top, capture_output=True, env=self.git.env)
+            if r.returncode != 0:
+                raise GitError(f"git bundle create failed in {self.top}: {r.stderr.decode(errors='replace').strip()}")
+            return r.stdout
+        finally:
+            self.git("update-ref", "-d", ref, check=False)
 
     def reset(self, wt: Path, sha: str) -> None:
         """Make worktree `wt` exactly `sha` (detached): our own scratch space, not a branch."""
@@ -251,6 +317,12 @@ class Workspace:
 
 class NothingChanged(WorkspaceError):
     pass
+
+
+class RebaseConflict(WorkspaceError):
+    def __init__(self, files: list[str]):
+        super().__init__(f"the change conflicts in {', '.join(files)}")
+        self.files = files
 
 
 def valid_tag(tag: str) -> bool:

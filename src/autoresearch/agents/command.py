@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from ..procs import run_tree
+from ..session import marker_prefix
 from .base import Proposal
 from .context import Context
 
@@ -52,7 +53,8 @@ class CommandAgent:
             }
             res = run_tree(self.cfg.agent.command, cwd=workdir, env=env, log_path=log,
                            timeout_s=self.cfg.agent.timeout_s, grace_s=self.cfg.experiment.grace_s,
-                           marker=f"agent:{ctx.tag}:{n}:{os.getpid()}")
+                           # under the tag's marker prefix: a restart after a SIGKILL finds what it left
+                           marker=f"{marker_prefix(self.cfg.root, ctx.tag)}agent:{n}:{os.getpid()}")
             written = desc_path.read_text(encoding="utf-8").strip() if desc_path.exists() else ""
         output = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
         if res.timed_out:

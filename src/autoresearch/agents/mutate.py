@@ -114,8 +114,8 @@ def perturb(c: Constant, rng: random.Random, step: float) -> str:
         if v >= 1 and new < 1:
             new = 1
         return str(new)
-    if 0.5 < v < 1:  # momentum-like: perturb the distance to 1 so it never crosses 1
-        new = 1 - (1 - v) * factor
+    if 0.5 < v < 1:  # momentum-like: perturb the distance to 1 so it never crosses 1 (nor 0)
+        new = 1 - min((1 - v) * factor, 0.99)
     elif 0 < v <= 0.5:
         new = min(v * factor, 0.99)
     else:
@@ -126,7 +126,11 @@ def perturb(c: Constant, rng: random.Random, step: float) -> str:
 def _fmt(x: float, like: str) -> str:
     if "e" in like.lower() or (x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5)):
         return f"{x:.2e}"
-    return f"{x:.4g}" if "." in f"{x:.4g}" or "e" in f"{x:.4g}" else f"{x:.4g}.0"
+    for digits in (4, 6, 9, 12):  # enough digits that rounding never moves it across 1 or 0 (0.99996 -> "1")
+        text = f"{x:.{digits}g}"
+        if (float(text) < 1) == (x < 1) and (float(text) > 0) == (x > 0):
+            break
+    return text if "." in text or "e" in text else text + ".0"
 
 
 def apply(workdir: Path, changes: list[tuple[Constant, str]]) -> None:

@@ -1,0 +1,348 @@
+"""The ledger's storage contract, as a conformance suite any future backend must pass.
+
+Real SQLite files in tmp dirs; concurrency with real processes; migration from a database file
+built by hand as an older version wrote it.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from autoresearch.errors import LedgerError
+from autoresearch.ledger import MIGRATIONS, TERMINAL, Experiment, Ledger, write_tsv
+
+
+def new(tag: str = "t", description: str = "try something", **kw) -> Experiment:
+    return Experiment(tag=tag, parent="a" * 40, commit="b" * 40, description=description, **kw)
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    led = Ledger(tmp_path / ".autoresearch" / "ledger.db")
+    yield led
+    led.close()
+
+
+def test_begin_writes_running_row(ledger):
+    exp = new()
+    exp_id = ledger.begin(exp)
+    assert exp.id == exp_id
+    row = ledger.get(exp_id)
+    assert row.status == "running" and row.started_at > 0 and row.pid and row.host
+    assert ledger.begin(new()) > exp_id  # ids increase
+
+
+def test_finish_reaches_terminal_and_never_changes(ledger):
+    exp = new()
+    ledger.begin(exp)
+    exp.status, exp.metric, exp.reason = "discard", 1.25, "not better"
+    ledger.finish(exp)
+    row = ledger.get(exp.id)
+    assert row.status == "discard" and row.metric == 1.25 and row.ended_at >= row.started_at
+    exp.status, exp.metric = "keep", 0.5
+    with pytest.raises(LedgerError, match="not running"):
+        ledger.finish(exp)
+    with pytest.raises(LedgerError):
+        ledger.update_running(exp.id, log_path="/elsewhere")
+    row = ledger.get(exp.id)
+    assert row.status == "discard" and row.metric == 1.25 and row.log_path == ""
+
+
+def test_finish_needs_a_terminal_status_and_an_id(ledger):
+    exp = new()
+    with pytest.raises(ValueError):
+        ledger.finish(exp)  # no id
+    ledger.begin(exp)
+    exp.status = "running"
+    with pytest.raises(ValueError):
+        ledger.finish(exp)
+    assert ledger.get(exp.id).status == "running"
+
+
+def test_update_running(ledger):
+    exp = new()
+    ledger.begin(exp)
+    ledger.update_running(exp.id, pid=4242, log_path="/x.log")
+    row = ledger.get(exp.id)
+    assert (row.pid, row.log_path, row.status) == (4242, "/x.log", "running")
+
+
+def test_interrupt_stale_only_touches_running_rows_of_the_tag(ledger):
+    a, b, other = new(), new(), new(tag="other")
+    for e in (a, b, other):
+        ledger.begin(e)
+    b.status = "keep"
+    b.metric = 1.0
+    ledger.finish(b)
+    stale = ledger.interrupt_stale("t")
+    assert [e.id for e in stale] == [a.id]
+    assert ledger.get(a.id).status == "interrupted" and ledger.get(a.id).ended_at
+    assert ledger.get(b.id).status == "keep"
+    assert ledger.get(other.id).status == "running"
+    assert ledger.interrupt_stale("t") == []  # idempotent
+
+
+def test_incumbent_is_latest_keep_of_the_tag(ledger):
+    assert ledger.incumbent("t") is None
+    ids = []
+    for status, metric in (("keep", 3.0), ("discard", 2.5), ("keep", 2.0), ("crash", None), ("discard", 1.0)):
+        e = new(description=f"{status} {metric}")
+        ledger.begin(e)
+        e.status, e.metric = status, metric
+        ledger.finish(e)
+        ids.append(e.id)
+    other = new(tag="u")
+    ledger.begin(other)
+    other.status, other.metric = "keep", 0.1
+    ledger.finish(other)
+    inc = ledger.incumbent("t")
+    assert inc.id == ids[2] and inc.metric == 2.0
+    assert ledger.counts("t") == {"keep": 2, "discard": 2, "crash": 1}
+    assert ledger.tags() == ["t", "u"]
+
+
+def test_every_field_round_trips(ledger):
+    exp = new(kind="repair", patch="--- a\n+++ b\n", rationale="because", agent="mutate", seed=7, budget_s=300.0,
+              timeout_s=660.0, log_path="/l.log", hardware="x86_64-2cpu", worker="w1", repair_of=3,
+              tokens_in=11, tokens_out=22, cost_usd=0.125, agent_latency_s=1.5)
+    ledger.begin(exp)
+    exp.status, exp.reason, exp.exit_code, exp.wall_s = "keep", "better", 0, 12.5
+    exp.metric, exp.metrics = 0.9979, {"peak_vram_mb": 45060.2, "mfu_percent": 39.8}
+    exp.peak_mem_mb, exp.log_tail = 45060.2, "line 1\nline 2"
+    exp.evidence = {"runs": 3, "deltas": [0.1, 0.2], "nested": {"p": 0.01}}
+    ledger.finish(exp)
+    row = ledger.get(exp.id)
+    for name in ("tag", "parent", "commit", "description", "kind", "patch", "rationale", "agent", "seed", "budget_s",
+                 "timeout_s", "status", "reason", "exit_code", "wall_s", "metric", "metrics", "peak_mem_mb",
+                 "log_path", "log_tail", "hardware", "worker", "repair_of", "evidence", "tokens_in", "tokens_out",
+                 "cost_usd", "agent_latency_s", "started_at", "ended_at", "pid", "host"):
+        assert getattr(row, name) == getattr(exp, name), name
+    assert row.to_json()["metrics"]["peak_vram_mb"] == 45060.2
+
+
+def test_nan_metric_is_stored_as_none(ledger):
+    exp = new()
+    ledger.begin(exp)
+    exp.status, exp.metric = "crash", float("nan")
+    ledger.finish(exp)
+    assert ledger.get(exp.id).metric is None
+    assert new(metric=math.inf).to_json()["metric"] is None
+
+
+def test_side_tables(ledger):
+    exp = new()
+    ledger.begin(exp)
+    ledger.add_measurement(exp.id, "c" * 40, 1, 0.5, {"aux": 7.0}, 1.2, "ok")
+    ledger.add_measurement(exp.id, "c" * 40, 2, 0.6, {}, 1.1, "ok")
+    ms = ledger.measurements(commit="c" * 40, tag="t")
+    assert [m["seed"] for m in ms] == [1, 2] and ms[0]["metrics"] == {"aux": 7.0}
+    ledger.log_llm_call(experiment_id=exp.id, tag="t", backend="openai", model="m", prompt="p", reply="r",
+                        tokens_in=5, tokens_out=6, cost_usd=0.01, latency_s=0.2)
+    assert ledger.llm_calls("t")[0]["reply"] == "r"
+    ledger.event("t", "note", "hello", exp.id)
+    assert ledger.events("t")[0]["message"] == "hello"
+    sid = ledger.start_session("t", {"experiment": {"run": "x"}})
+    ledger.end_session(sid)
+    s = ledger.sessions("t")[0]
+    assert s["config"] == {"experiment": {"run": "x"}} and s["ended_at"]
+
+
+def _writer(path: str, tag: str, n: int, barrier) -> None:
+    led = Ledger(path)
+    barrier.wait()
+    for i in range(n):
+        e = Experiment(tag=tag, parent="p", commit=f"{tag}{i}", description=f"{tag} {i}")
+        led.begin(e)
+        e.status, e.metric = ("keep" if i % 3 == 0 else "discard"), float(i)
+        led.finish(e)
+        led.event(tag, "note", f"{i}")
+    led.close()
+
+
+def test_two_processes_writing_at_once_lose_nothing(tmp_path):
+    path = str(tmp_path / "ledger.db")
+    Ledger(path).close()
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_writer, args=(path, tag, 60, barrier)) for tag in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    led = Ledger(path)
+    rows = led.experiments()
+    assert len(rows) == 120 and len({e.id for e in rows}) == 120
+    assert all(e.status in TERMINAL for e in rows)
+    for tag in ("a", "b"):
+        mine = led.experiments(tag)
+        assert [e.commit for e in mine] == [f"{tag}{i}" for i in range(60)]
+        assert len(led.events(tag)) == 60
+
+
+def _opener(path: str, barrier, n: int) -> None:
+    barrier.wait()
+    led = Ledger(path)  # every process finds an empty file and migrates it at the same moment
+    e = Experiment(tag="o", parent="p", commit=f"c{n}", description="x")
+    led.begin(e)
+    led.close()
+
+
+def test_processes_creating_a_new_ledger_at_once(tmp_path):
+    path = str(tmp_path / "fresh.db")
+    ctx = multiprocessing.get_context("fork")
+    for attempt in range(5):
+        Path(path).unlink(missing_ok=True)
+        barrier = ctx.Barrier(4)
+        procs = [ctx.Process(target=_opener, args=(path, barrier, i)) for i in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+        led = Ledger(path)
+        assert len(led.experiments("o")) == 4 and led.schema_version == len(MIGRATIONS)
+        led.close()
+
+
+def test_threads_share_one_ledger(ledger):
+    def work(k: int) -> None:
+        for i in range(30):
+            e = new(tag="th", description=f"{k}-{i}")
+            ledger.begin(e)
+            e.status = "discard"
+            ledger.finish(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rows = ledger.experiments("th")
+    assert len(rows) == 120 and all(e.status == "discard" for e in rows)
+
+
+# -- migrations ------------------------------------------------------------------------------
+# Schema v1 exactly as autoresearch 0.1.0 wrote it. Frozen here on purpose: later migrations
+# must upgrade a file like this one without losing a row.
+V1_SCHEMA = """
+CREATE TABLE experiments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tag TEXT NOT NULL, parent TEXT, "commit" TEXT, description TEXT NOT NULL,
+    kind TEXT NOT NULL, patch TEXT, rationale TEXT, agent TEXT, seed INTEGER,
+    budget_s REAL, timeout_s REAL, status TEXT NOT NULL, reason TEXT,
+    started_at REAL, ended_at REAL, wall_s REAL, exit_code INTEGER,
+    metric REAL, metrics TEXT, peak_mem_mb REAL, log_path TEXT, log_tail TEXT,
+    pid INTEGER, host TEXT, hardware TEXT, worker TEXT, repair_of INTEGER,
+    evidence TEXT, tokens_in INTEGER, tokens_out INTEGER, cost_usd REAL,
+    agent_latency_s REAL
+);
+CREATE INDEX experiments_tag ON experiments(tag, id);
+CREATE TABLE sessions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, tag TEXT NOT NULL, started_at REAL,
+    ended_at REAL, pid INTEGER, host TEXT, config TEXT, note TEXT
+);
+CREATE TABLE measurements (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, experiment_id INTEGER NOT NULL,
+    "commit" TEXT, seed INTEGER, metric REAL, metrics TEXT, wall_s REAL,
+    status TEXT, created_at REAL
+);
+CREATE TABLE llm_calls (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, experiment_id INTEGER, tag TEXT,
+    backend TEXT, model TEXT, prompt TEXT, reply TEXT, tokens_in INTEGER,
+    tokens_out INTEGER, cost_usd REAL, latency_s REAL, error TEXT, created_at REAL
+);
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, tag TEXT, experiment_id INTEGER,
+    kind TEXT, message TEXT, created_at REAL
+);
+"""
+
+
+def test_opens_an_empty_v0_file(tmp_path):
+    path = tmp_path / "ledger.db"
+    sqlite3.connect(path).close()  # an empty database: user_version 0
+    led = Ledger(path)
+    assert led.schema_version == len(MIGRATIONS)
+    e = new()
+    led.begin(e)
+    assert led.get(e.id).status == "running"
+
+
+def test_migrates_a_v1_file_without_losing_rows(tmp_path):
+    path = tmp_path / "ledger.db"
+    db = sqlite3.connect(path)
+    db.executescript(V1_SCHEMA)
+    db.execute(
+        'INSERT INTO experiments (tag, parent, "commit", description, kind, status, metric, metrics, evidence, '
+        "started_at, ended_at, tokens_in, tokens_out, cost_usd) "
+        "VALUES ('old', 'p1', 'c1', 'baseline', 'baseline', 'keep', 0.9979, '{\"peak_vram_mb\": 45060.2}', NULL, "
+        "1.0, 2.0, NULL, NULL, NULL)"
+    )
+    db.execute(
+        'INSERT INTO experiments (tag, parent, "commit", description, kind, status, started_at) '
+        "VALUES ('old', 'c1', 'c2', 'was running when it died', 'candidate', 'running', 3.0)"
+    )
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    led = Ledger(path)
+    assert led.schema_version == len(MIGRATIONS)
+    rows = led.experiments("old")
+    assert [(e.commit, e.status) for e in rows] == [("c1", "keep"), ("c2", "running")]
+    assert rows[0].metrics == {"peak_vram_mb": 45060.2} and rows[0].evidence == {} and rows[0].tokens_in == 0
+    assert led.incumbent("old").commit == "c1"
+    assert [e.id for e in led.interrupt_stale("old")] == [rows[1].id]
+    e = new(tag="old")
+    assert led.begin(e) > rows[1].id
+
+
+def test_refuses_a_newer_file(tmp_path):
+    path = tmp_path / "ledger.db"
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    db.commit()
+    db.close()
+    with pytest.raises(LedgerError, match="newer"):
+        Ledger(path)
+
+
+def test_refuses_a_file_that_is_not_a_database(tmp_path):
+    path = tmp_path / "ledger.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(LedgerError, match="cannot open"):
+        Ledger(path)
+
+
+# -- results.tsv ------------------------------------------------------------------------------
+def test_results_tsv_is_the_original_format(tmp_path, ledger):
+    rows = []
+    history = (("baseline", "keep", 0.997900, 45060.2), ("increase LR", "discard", 0.9985, 45100),
+               ("swap to GeLU\tand  more", "crash", None, None), ("hack", "violation", None, 1.0),
+               ("big", "timeout", None, None), ("ok", "keep", 0.99, 46000.0))
+    for desc, status, metric, mem in history:
+        e = Experiment(tag="t", parent="p" * 40, commit=f"{len(rows):07d}" + "f" * 33, description=desc)
+        ledger.begin(e)
+        e.status, e.metric, e.peak_mem_mb = status, metric, mem
+        ledger.finish(e)
+        rows.append(e)
+    running = Experiment(tag="t", parent="p", commit="r" * 40, description="in flight")
+    ledger.begin(running)
+    path = tmp_path / "results.tsv"
+    write_tsv(path, ledger.experiments("t"), "val_bpb")
+    assert path.read_text() == (
+        "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
+        "0000000\t0.997900\t44.0\tkeep\tbaseline\n"
+        "0000001\t0.998500\t44.0\tdiscard\tincrease LR\n"
+        "0000002\t0.000000\t0.0\tcrash\tswap to GeLU and more\n"
+        "0000003\t0.000000\t0.0\tviolation\thack\n"
+        "0000004\t0.000000\t0.0\ttimeout\tbig\n"
+        "0000005\t0.990000\t44.9\tkeep\tok\n"
+    )
+    assert not list(tmp_path.glob(".results.tsv*"))  # no temp file left

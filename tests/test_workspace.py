@@ -1,0 +1,169 @@
+"""The git side: branch, worktrees, commits, compare-and-swap; on real repositories in tmp dirs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import TRAIN, git, make_project, set_constant
+
+from autoresearch.errors import WorkspaceError
+from autoresearch.workspace import NothingChanged, Workspace, valid_tag
+
+
+@pytest.fixture
+def ws(project):
+    w = Workspace(project, "w")
+    assert w.prepare() is True
+    return w
+
+
+def test_prepare_makes_the_branch_at_head_once(project, ws):
+    assert ws.tip() == git(project, "rev-parse", "HEAD")
+    assert git(project, "rev-parse", "--abbrev-ref", "HEAD") == "main"  # the user's checkout stays put
+    assert Workspace(project, "w").prepare() is False
+
+
+def test_prepare_refuses_uncommitted_tracked_changes(project):
+    (project / "train.py").write_text(TRAIN + "# local edit\n")
+    with pytest.raises(WorkspaceError, match=r"uncommitted changes to tracked files \(train.py\).*commit or stash"):
+        Workspace(project, "w").prepare()
+
+
+def test_prepare_allows_steering_files_and_untracked_junk(project):
+    (project / "program.md").write_text("# new direction\n")
+    (project / "notes.txt").write_text("junk\n")
+    assert Workspace(project, "w").prepare() is True
+
+
+def test_prepare_refuses_a_repo_without_commits_and_bad_tags(tmp_path):
+    root = make_project(tmp_path / "p", commit=False)
+    git(root, "init", "-q")
+    with pytest.raises(WorkspaceError, match="no commit yet"):
+        Workspace(root, "w").prepare()
+    with pytest.raises(WorkspaceError, match="not in a git repository"):
+        Workspace(tmp_path, "w")
+    assert valid_tag("nov25") and valid_tag("run-2_b.1")
+    assert not valid_tag("") and not valid_tag("a b") and not valid_tag("../x") and not valid_tag("-x")
+
+
+def test_harness_outputs_are_ignored_by_git(project, ws):
+    for name in ("results.tsv", "progress.png", "report.md", ".results.tsv.4242.tmp", ".progress.png.1.2.tmp"):
+        (project / name).write_text("x")
+    (project / ".autoresearch" / "x").parent.mkdir(exist_ok=True)
+    (project / ".autoresearch" / "x").write_text("x")
+    assert git(project, "status", "--porcelain") == ""
+    assert git(project, "diff", "HEAD", "--stat") == ""  # nothing tracked was touched to do it
+    ws.ignore_outputs()
+    exclude = (project / ".git" / "info" / "exclude").read_text()
+    assert exclude.count("/results.tsv") == 1  # idempotent
+
+
+def test_worktree_is_detached_and_clean(project, ws):
+    wt = ws.worktree("propose")
+    assert wt == project / ".autoresearch" / "worktrees" / "w" / "propose"
+    assert git(wt, "rev-parse", "HEAD") == ws.tip()
+    assert git(wt, "rev-parse", "--abbrev-ref", "HEAD") == "HEAD"  # detached
+    (wt / "train.py").write_text("dirty")
+    (wt / "new.txt").write_text("untracked")
+    wt2 = ws.worktree("propose")
+    assert wt2 == wt and (wt / "train.py").read_text() == TRAIN and not (wt / "new.txt").exists()
+
+
+def test_commit_makes_one_commit_on_the_parent_without_moving_the_branch(project, ws):
+    parent = ws.tip()
+    wt = ws.worktree("propose")
+    set_constant(wt / "train.py", "X", 2.0)
+    (wt / "prepare.py").write_text("OFFSET = 1.0\n")  # changed but not listed: not committed
+    assert ws.changed_paths(wt) == ["prepare.py", "train.py"]
+    sha = ws.commit(wt, ["train.py"], "X = 2.0\n\nbody", parent)
+    assert git(project, "rev-parse", f"{sha}^") == parent
+    assert git(project, "log", "-1", "--format=%s", sha) == "X = 2.0"
+    assert git(project, "diff", "--name-only", parent, sha) == "train.py"
+    assert ws.tip() == parent, "commit must not move the branch"
+    assert ws.head_of(wt) == sha
+    assert "-X = 3.0" in ws.diff(parent, sha) and "+X = 2.0" in ws.diff(parent, sha)
+    assert ws.file_at(sha, "train.py").count("X = 2.0") == 1
+    assert ws.file_at(sha, "missing.py") is None
+
+
+def test_commit_of_nothing_raises(project, ws):
+    wt = ws.worktree("propose")
+    (wt / "train.py").write_text(TRAIN)  # rewritten identically
+    with pytest.raises(NothingChanged):
+        ws.commit(wt, ["train.py"], "nothing", ws.tip())
+
+
+def test_advance_is_compare_and_swap(project, ws):
+    parent = ws.tip()
+    wt = ws.worktree("propose")
+    set_constant(wt / "train.py", "X", 2.0)
+    a = ws.commit(wt, ["train.py"], "a", parent)
+    ws.reset(wt, parent)
+    set_constant(wt / "train.py", "X", 1.5)
+    b = ws.commit(wt, ["train.py"], "b", parent)
+    ws.advance(a, parent)
+    assert ws.tip() == a
+    with pytest.raises(WorkspaceError, match="no longer at"):
+        ws.advance(b, parent)  # a stale writer cannot overwrite the keep of another
+    assert ws.tip() == a
+
+
+def test_pin_keeps_every_experiment_reachable(project, ws):
+    parent = ws.tip()
+    wt = ws.worktree("propose")
+    set_constant(wt / "train.py", "X", 2.0)
+    sha = ws.commit(wt, ["train.py"], "a", parent)
+    ws.pin(5, sha)
+    ws.reset(wt, parent)
+    git(project, "gc", "-q", "--prune=now")
+    assert ws.exists(sha)
+    assert git(project, "rev-parse", "refs/autoresearch/w/5") == sha
+
+
+def test_restore_and_digests(project, ws):
+    wt = ws.worktree("run0")
+    d0 = ws.digests(wt, ["prepare.py"])
+    (wt / "prepare.py").write_text("OFFSET = 9\n")
+    (wt / "extra.py").write_text("x = 1\n")
+    assert ws.digests(wt, ["prepare.py"]) != d0
+    ws.restore(wt, ["prepare.py", "extra.py"], ws.tip())
+    assert ws.digests(wt, ["prepare.py"]) == d0 and not (wt / "extra.py").exists()
+
+
+def test_project_in_a_subfolder_of_a_bigger_repository(tmp_path):
+    top = tmp_path / "mono"
+    make_project(top / "research" / "tiny", commit=False)
+    (top / "README.md").write_text("the monorepo\n")
+    git(top, "init", "-q")
+    git(top, "add", "-A")
+    git(top, "commit", "-q", "-m", "mono")
+    ws = Workspace(top / "research" / "tiny", "w")
+    ws.prepare()
+    wt = ws.worktree("propose")
+    assert wt.name == "tiny" and (wt / "train.py").exists()
+    set_constant(wt / "train.py", "X", 2.0)
+    (wt.parents[1] / "README.md").write_text("changed from inside the project\n")
+    assert ws.changed_paths(wt) == ["../README.md", "train.py"]
+    sha = ws.commit(wt, ["train.py"], "x", ws.tip())
+    assert git(top, "diff", "--name-only", ws.tip(), sha) == "research/tiny/train.py"
+    assert (top / "README.md").read_text() == "the monorepo\n"
+
+
+def test_recovers_a_worktree_left_half_made_by_a_killed_harness(project, ws):
+    """SIGKILL during `git worktree add` leaves a folder without .git: the next start must cope."""
+    wt = ws.trees / "propose"
+    wt.mkdir(parents=True)
+    (wt / "train.py").write_text("half-written checkout")
+    fresh = ws.worktree("propose")
+    assert (fresh / "train.py").read_text() == TRAIN and git(fresh, "rev-parse", "HEAD") == ws.tip()
+
+
+def test_recovers_from_a_stale_index_lock_in_its_worktree(project, ws):
+    """SIGKILL during `git reset`/`git add` leaves index.lock: the next start must not fail forever."""
+    wt = ws.worktree("run0")
+    gitdir = Path(git(wt, "rev-parse", "--absolute-git-dir"))
+    (gitdir / "index.lock").write_text("")
+    (wt / "train.py").write_text("dirty")
+    again = ws.worktree("run0")
+    assert (again / "train.py").read_text() == TRAIN
