@@ -15,6 +15,7 @@ from importlib import metadata
 
 from ..errors import AgentError
 from .base import Agent, Proposal
+from .select import Choice, choose
 
 GROUP = "autoresearch.agents"
 
@@ -22,6 +23,13 @@ GROUP = "autoresearch.agents"
 _BUILTIN = {
     "mutate": "autoresearch.agents.mutate:MutateAgent",
     "command": "autoresearch.agents.command:CommandAgent",
+    "openai": "autoresearch.agents.openai_api:OpenAIAgent",
+    "anthropic": "autoresearch.agents.anthropic_api:AnthropicAgent",
+    "claude-code": "autoresearch.agents.cli_agents:ClaudeCodeAgent",
+    "codex": "autoresearch.agents.cli_agents:CodexAgent",
+    "aider": "autoresearch.agents.cli_agents:AiderAgent",
+    "opencode": "autoresearch.agents.cli_agents:OpenCodeAgent",
+    "gemini": "autoresearch.agents.cli_agents:GeminiAgent",
 }
 
 
@@ -33,6 +41,9 @@ def available() -> dict[str, str]:
 
 
 def create(name: str, cfg, ledger=None) -> Agent:
+    """The agent registered as `name` (`auto`: the one select.choose() picks)."""
+    if name == "auto":
+        name = choose(cfg).name
     registry = available()
     if name not in registry:
         import difflib
@@ -53,4 +64,4 @@ def create(name: str, cfg, ledger=None) -> Agent:
     return cls(cfg, ledger)
 
 
-__all__ = ["Agent", "Proposal", "available", "create"]
+__all__ = ["Agent", "Choice", "Proposal", "available", "choose", "create"]
