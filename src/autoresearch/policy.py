@@ -8,10 +8,16 @@ evidence it was based on, stored with the experiment.
 - greedy: keep iff strictly better than the incumbent (the original's rule).
 - threshold: keep iff better by more than `policy.margin`.
 - confirm: noise-aware; see policy_confirm.py (registered here by name).
+- auto (the default): confirm where noise is measured (policy.calibration_runs >= 2),
+  else greedy. Zero config (the original's three files, no toml) is greedy, as the original.
+
+Every policy discards a change that only touches a seed (`seed_only_change`): a new
+draw of the noise is never an improvement, whatever the one run says.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
@@ -55,6 +61,9 @@ class Greedy:
         gain = improvement(candidate.metric, incumbent.metric, self.lower)
         evidence = {"runs": 1, "candidate": candidate.metric, "incumbent": incumbent.metric, "delta": -gain
                     if self.lower else gain, "margin": self.margin}
+        evidence |= _one_run_evidence(self.name, candidate, incumbent, gain, ledger)
+        if seed_only_change(candidate.patch):
+            return Verdict(False, "only a seed changed: a different draw of the noise, not an improvement", evidence)
         if gain > self.margin:
             return Verdict(True, f"better than #{incumbent.id} by {gain:.6g}", evidence)
         if gain > 0:
@@ -71,8 +80,16 @@ class Threshold(Greedy):
         self.margin = cfg.policy.margin
 
 
-def make(cfg: Config) -> Policy:
+def resolve(cfg: Config) -> str:
+    """The policy a config means: `auto` is `confirm` where noise is measured (calibration_runs >= 2), else greedy."""
     name = cfg.policy.name
+    if name == "auto":
+        return "confirm" if cfg.policy.calibration_runs >= 2 else "greedy"
+    return name
+
+
+def make(cfg: Config) -> Policy:
+    name = resolve(cfg)
     if name == "greedy":
         return Greedy(cfg)
     if name == "threshold":
@@ -82,3 +99,63 @@ def make(cfg: Config) -> Policy:
 
         return Confirm(cfg)
     raise AssertionError(f"policy {name!r} passed config validation but has no implementation")
+
+
+def _one_run_evidence(name: str, candidate: Experiment, incumbent: Experiment, gain: float,
+                      ledger: Ledger) -> dict[str, Any]:
+    """The common evidence keys for a one-run rule, with the effect in noise units when noise was measured."""
+    from .policy_confirm import pooled_noise  # here: policy_confirm imports this module
+
+    ev: dict[str, Any] = {"test": f"{name}: one run each, no test", "seeds": [candidate.seed],
+                          "mean": candidate.metric, "incumbent_mean": incumbent.metric, "gain": gain}
+    sd, df = pooled_noise(ledger, candidate.tag)
+    if sd:
+        ev |= {"std": sd, "df": df, "effect_sigma": gain / sd}
+    return ev
+
+
+_NUMBER = re.compile(r"(?<![A-Za-z_])[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+_SEED = re.compile(r"seed", re.IGNORECASE)
+
+
+def seed_only_change(patch: str) -> bool:
+    """True when a unified diff only changes a seed: every removed line is replaced by an added
+    line that mentions a seed and differs from it only in numbers (comments and spacing aside).
+
+    Such a change draws the noise again; it is never research. Pure additions or removals,
+    new or deleted files and binary changes are not seed-only (the policy judges them).
+    """
+    groups: list[tuple[list[str], list[str]]] = []
+    minus: list[str] = []
+    plus: list[str] = []
+    for line in patch.splitlines():
+        if line.startswith(("---", "+++")):
+            continue
+        if line.startswith(("new file", "deleted file", "Binary files", "rename ", "similarity ")):
+            return False
+        if line.startswith("-"):
+            if plus:
+                groups.append((minus, plus))
+                minus, plus = [], []
+            minus.append(line[1:])
+        elif line.startswith("+"):
+            plus.append(line[1:])
+        elif minus or plus:
+            groups.append((minus, plus))
+            minus, plus = [], []
+    if minus or plus:
+        groups.append((minus, plus))
+    if not groups:
+        return False
+    for old, new in groups:
+        if len(old) != len(new):
+            return False
+        for a, b in zip(old, new):
+            if not (_SEED.search(a) and _SEED.search(b)) or _shape(a) != _shape(b) or a.strip() == b.strip():
+                return False
+    return True
+
+
+def _shape(line: str) -> str:
+    code = line.split("#", 1)[0]
+    return " ".join(_NUMBER.sub("#", code).split())

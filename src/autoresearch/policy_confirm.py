@@ -1,0 +1,238 @@
+"""`confirm`: the noise-aware acceptance policy. A change is kept only when its runs say so.
+
+Owns: calibrating the run-to-run noise on the baseline, the sequential confirmation of
+a candidate, re-measuring the incumbent, and the evidence of every verdict. Like every
+policy it runs nothing: it returns `more_runs` and the loop measures them into the
+ledger's `measurements` table. A verdict is a pure function of those measurements, so a
+decision interrupted half way resumes exactly where it was.
+
+The rule (all "t" and "p" are the one-sided pooled t-test of stats.py, candidate runs
+against the incumbent's runs, the noise pooled over every commit of the tag measured
+more than once):
+- baseline: measured on `policy.calibration_runs` seeds (seed, seed+1, ...); their spread
+  is the first noise estimate, recorded as an event and as the baseline's evidence.
+- seed-only: a patch whose every changed line only changes a number on a line that
+  mentions a seed is discarded at once (policy.seed_only_change).
+- incumbent re-measure, decided from counts only, never from results (re-measuring
+  only when a candidate looks good would regress unlucky estimates and leave lucky ones
+  frozen): an incumbent with fewer than 2 runs, or a tag with less noise information
+  than the calibration gives, is topped up first; an incumbent with fewer than
+  `calibration_runs` runs gets one fresh run at every second candidate judged against it.
+- look 1 (one run): discard unless t >= 1.1 (clearly more than one standard error
+  better: not worth confirming otherwise). Keep at once only with a clear margin,
+  p <= alpha / 10, and only when the result is not too good to be true.
+- looks 2..max_runs (fresh seeds): keep when p <= alpha; discard when t < 0.75 (the
+  confirmation runs took most of the gain away) or max_runs is reached; else one more.
+  Keeping at any of up to max_runs - 1 looks at level alpha would spend more than alpha
+  against an exactly known incumbent; the screen and the futility stop remove most of
+  those chances, and the benchmark measures what is left (under 1% of null changes kept).
+- too good to be true (more than `too_good_sigma` noise-sigmas better, or better than
+  `metric.floor`): never kept before two confirmation runs; a mean beyond the floor is
+  discarded as impossible.
+- a metric with measured noise exactly 0 is deterministic: strictly better is kept.
+- a confirmation run that crashes or times out discards the candidate (not reproducible).
+
+Measured by benchmarks/noise_gate.py: the false-keep rate stays well under alpha; see
+docs/policy.md for the power and the cost in extra runs, and what trades one for the other.
+Not covered: noise that changes with the change itself (see stats.py), drift of the
+machine over time, and metrics whose noise is not roughly symmetric.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+from . import stats
+from .config import Config
+from .ledger import Experiment, Ledger
+from .policy import Verdict, seed_only_change
+
+TEST = "pooled t (one-sided)"
+
+
+class Confirm:
+    name = "confirm"
+    screen_t = 1.1  # look 1: clearly more than one standard error better to earn confirmation runs
+    futility_t = 0.75  # looks 2+: below this the confirmation runs took most of the gain away
+    clear_fraction = 0.1  # a one-run keep needs p <= alpha * clear_fraction
+    min_reference = 2  # the incumbent is never judged against on fewer runs
+    refresh_every = 2  # every n-th candidate against a thinly measured incumbent re-measures it
+
+    def __init__(self, cfg: Config):
+        p = cfg.policy
+        self.lower = cfg.lower_is_better()
+        self.alpha, self.max_runs, self.too_good = p.alpha, max(2, p.max_runs), p.too_good_sigma
+        self.calibration_runs = max(1, p.calibration_runs)
+        self.floor = cfg.metric.floor
+
+    # -- the decision --------------------------------------------------------------------------
+    def decide(self, candidate: Experiment, incumbent: Optional[Experiment], ledger: Ledger) -> Verdict:
+        if incumbent is None or incumbent.commit is None:
+            return self._calibrate(candidate, ledger)
+        if seed_only_change(candidate.patch):
+            return Verdict(False, "only a seed changed: a different draw of the noise, not an improvement",
+                           {"test": "seed-only patch", "runs": 1, "seeds": [candidate.seed], "mean": candidate.metric,
+                            "rule": "seed-only"})
+        by_commit = _runs_by_commit(ledger, candidate.tag)
+        mine, failed = _runs(by_commit, candidate.commit)
+        if failed:
+            f = failed[0]
+            return Verdict(False, f"a confirmation run (seed {f['seed']}) ended `{f['status']}`: not reproducible",
+                           {"test": TEST, "runs": len(mine), "seeds": [m["seed"] for m in mine], "rule": "failed rerun"})
+        ref, _ = _runs(by_commit, incumbent.commit)
+        want = self._incumbent_runs(candidate, incumbent, ledger, by_commit, ref)
+        if want:
+            return Verdict(False, "re-measuring the incumbent", more_runs=want)
+        if not ref:
+            return Verdict(False, f"the incumbent #{incumbent.id} has no usable run to compare with (its re-runs "
+                                  "failed): discarded", {"test": TEST, "runs": len(mine), "rule": "no reference"})
+        sd, df = _pooled(by_commit)
+        c = stats.compare([m["metric"] for m in mine], [m["metric"] for m in ref], sd, df, self.lower)
+        ev = self._evidence(c, mine, ref)
+        n = len(mine)
+        if c.t is None:
+            return Verdict(False, "no measure of the noise (no commit was run twice): discarded; set "
+                                  "policy.calibration_runs >= 2", ev | {"rule": "no noise estimate"})
+        if sd == 0:
+            ev["test"] = "deterministic (measured noise is 0)"
+            if self._beyond_floor(c.mean):
+                return Verdict(False, f"better than metric.floor {self.floor:g}: impossible, check the evaluation", ev)
+            if c.gain > 0:
+                return Verdict(True, f"better by {c.gain:.6g} and the metric is deterministic", ev)
+            return Verdict(False, f"not better ({c.mean:.6g} vs {c.mean_ref:.6g}; the metric is deterministic)", ev)
+        too_good = (c.effect_sigma is not None and c.effect_sigma > self.too_good) or self._beyond_floor(c.mean)
+        if n == 1:
+            if c.t < self.screen_t:
+                return self._final(False, ev, "screen", f"not better by enough to confirm "
+                                   f"({_sig(c)}; confirming needs t >= {self.screen_t:g})", ledger, candidate)
+            if not too_good and c.p_value <= self.alpha * self.clear_fraction:
+                return self._final(True, ev, "clear margin", f"better by a clear margin on one run ({_sig(c)})",
+                                   ledger, candidate)
+            return Verdict(False, "confirming on fresh seeds", ev, self._more(candidate, mine))
+        if too_good and n < 3:
+            return Verdict(False, "too good to be true: held for confirmation", ev | {"rule": "held"},
+                           self._more(candidate, mine))
+        if self._beyond_floor(c.mean):
+            return self._final(False, ev, "floor", f"mean {c.mean:.6g} is better than metric.floor {self.floor:g}: "
+                               "impossible, check the evaluation", ledger, candidate)
+        if c.p_value <= self.alpha:
+            return self._final(True, ev, "confirmed", f"confirmed over {n} runs ({_sig(c)})", ledger, candidate)
+        if n >= self.max_runs or c.t < self.futility_t:
+            why = f"after {n} runs" + (" (policy.max_runs)" if n >= self.max_runs else "")
+            return self._final(False, ev, "not confirmed", f"not confirmed {why} ({_sig(c)})", ledger, candidate)
+        return Verdict(False, "confirming on fresh seeds", ev, self._more(candidate, mine))
+
+    # -- pieces --------------------------------------------------------------------------------
+    def _calibrate(self, baseline: Experiment, ledger: Ledger) -> Verdict:
+        """The starting point is kept; first its noise is measured on `calibration_runs` seeds."""
+        mine, failed = _runs(_runs_by_commit(ledger, baseline.tag), baseline.commit)
+        done = {m["seed"] for m in mine} | {f["seed"] for f in failed}
+        if len(mine) < self.calibration_runs and len(done) < 2 * self.calibration_runs:
+            return Verdict(False, "calibrating the noise", more_runs=[
+                (baseline.commit, s) for s in _fresh(done, baseline.seed, self.calibration_runs - len(mine))])
+        values = [m["metric"] for m in mine]
+        sd = stats.sd(values)
+        ev = {"test": "calibration", "runs": len(values), "seeds": [m["seed"] for m in mine],
+              "mean": stats.mean(values), "std": sd, "df": len(values) - 1}
+        if failed:
+            ev["failed_runs"] = len(failed)
+        noise = f"noise sd {sd:.4g} over {len(values)} runs" if sd is not None else "noise not measured (one run)"
+        ledger.event(baseline.tag, "calibration", f"baseline {baseline.short}: mean {ev['mean']:.6g}, {noise} "
+                     f"(seeds {', '.join(map(str, ev['seeds']))})", baseline.id)
+        return Verdict(True, f"the starting point; {noise}", ev)
+
+    def _incumbent_runs(self, candidate: Experiment, incumbent: Experiment, ledger: Ledger,
+                        by_commit: dict[str, list[dict[str, Any]]], ref: list[dict[str, Any]]) -> list[tuple[str, int]]:
+        """Fresh runs of the incumbent to take before judging, decided from counts alone."""
+        all_inc = by_commit.get(incumbent.commit, [])
+        here = [m for m in all_inc if m["experiment_id"] == candidate.id]
+        used = {m["seed"] for m in all_inc}
+        _, df = _pooled(by_commit)
+        if len(here) < self.calibration_runs and (len(ref) < self.min_reference or df < self.calibration_runs - 1):
+            return [(incumbent.commit, _fresh(used, incumbent.seed, 1)[0])]
+        if here or len(ref) >= self.calibration_runs:
+            return []
+        judged = sum(1 for e in ledger.experiments(candidate.tag)
+                     if e.parent == incumbent.commit and e.kind != "baseline" and e.id <= candidate.id)
+        if judged % self.refresh_every == 0:
+            return [(incumbent.commit, _fresh(used, incumbent.seed, 1)[0])]
+        return []
+
+    def _more(self, candidate: Experiment, mine: list[dict[str, Any]]) -> list[tuple[str, int]]:
+        used = {m["seed"] for m in mine}
+        return [(candidate.commit, _fresh(used, candidate.seed, 1)[0])]
+
+    def _final(self, keep: bool, ev: dict[str, Any], rule: str, reason: str, ledger: Ledger,
+               candidate: Experiment) -> Verdict:
+        ev["rule"] = rule
+        if keep and ev.get("std") is not None:
+            ledger.event(candidate.tag, "noise", f"noise sd {ev['std']:.4g} ({ev['df']} degrees of freedom, pooled "
+                         f"over the commits measured more than once) when #{candidate.id} was kept", candidate.id)
+        return Verdict(keep, reason, ev)
+
+    def _beyond_floor(self, value: float) -> bool:
+        if self.floor is None:
+            return False
+        return value < self.floor if self.lower else value > self.floor
+
+    def _evidence(self, c: stats.Comparison, mine: list[dict[str, Any]], ref: list[dict[str, Any]]) -> dict[str, Any]:
+        ev: dict[str, Any] = {
+            "test": TEST, "runs": c.n, "mean": c.mean, "std": c.sd, "p_value": c.p_value,
+            "effect_sigma": _finite(c.effect_sigma), "incumbent_mean": c.mean_ref, "incumbent_runs": c.n_ref,
+            "gain": c.gain, "df": c.df, "t": _finite(c.t), "alpha": self.alpha,
+            "seeds": [m["seed"] for m in mine], "incumbent_seeds": [m["seed"] for m in ref],
+        }
+        iv = c.interval(self.alpha) if c.se else None
+        if iv:
+            ev["interval"] = [iv[0], iv[1]]
+            ev["confidence"] = 1 - 2 * self.alpha
+        return ev
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+def pooled_noise(ledger: Ledger, tag: str) -> tuple[Optional[float], int]:
+    """(sd, degrees of freedom) of run-to-run noise, pooled over the tag's commits measured more than once."""
+    return _pooled(_runs_by_commit(ledger, tag))
+
+
+def _pooled(by_commit: dict[str, list[dict[str, Any]]]) -> tuple[Optional[float], int]:
+    return stats.pooled_sd([[m["metric"] for m in _runs(by_commit, c)[0]] for c in by_commit])
+
+
+def _runs_by_commit(ledger: Ledger, tag: str) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for m in ledger.measurements(tag=tag):
+        out.setdefault(m["commit"], []).append(m)
+    return out
+
+
+def _runs(by_commit: dict[str, list[dict[str, Any]]], commit: Optional[str]) -> tuple[list[dict], list[dict]]:
+    """(usable runs, failed runs) of one commit; a seed measured twice counts once."""
+    ok, failed, seen = [], [], set()
+    for m in by_commit.get(commit or "", []):
+        good = m["status"] == "ok" and m["metric"] is not None and math.isfinite(m["metric"])
+        if good and m["seed"] not in seen:
+            seen.add(m["seed"])
+            ok.append(m)
+        elif not good and m["status"] != "interrupted":
+            failed.append(m)
+    return ok, failed
+
+
+def _fresh(used: set[int], start: int, count: int) -> list[int]:
+    out, s = [], start
+    while len(out) < count:
+        if s not in used:
+            out.append(s)
+        s += 1
+    return out
+
+
+def _finite(x: Optional[float]) -> Optional[float]:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _sig(c: stats.Comparison) -> str:
+    eff = f"{c.effect_sigma:+.2f}σ" if c.effect_sigma is not None and math.isfinite(c.effect_sigma) else "?σ"
+    return f"{eff}, p={c.p_value:.3g}, {c.n} vs {c.n_ref} runs"

@@ -1,0 +1,332 @@
+"""Acceptance policies: the statistics, the confirm rule on a real ledger, and real runs through the Loop.
+
+The noisy tiny target: `train.py` (protected) reads `params.txt` (editable: MEAN, NOTE, SEED)
+and prints `score: N(MEAN, 0.1)`, drawn from AUTORESEARCH_SEED and a checksum of params.txt —
+so every version of the file, and every seed, is a fresh draw of the noise (as in real
+training), while NOTE changes nothing but the draw: a pure-noise change.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import zlib
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from conftest import ScriptedAgent, cli, git, ledger_of, make_project, rows_of
+
+from autoresearch import stats
+from autoresearch.config import Config, ExperimentConfig, MetricConfig, PolicyConfig, load
+from autoresearch.errors import ConfigError
+from autoresearch.ledger import Experiment, Ledger
+from autoresearch.loop import Limits, Loop
+from autoresearch.policy import Greedy, make, resolve, seed_only_change
+from autoresearch.policy_confirm import Confirm
+
+SD = 0.1
+PARAMS = "MEAN = 1.0\nNOTE = 0\nSEED = 0\n"
+NOISY = '''\
+"""Frozen: a noisy score whose true mean is params.txt's MEAN."""
+import os
+import random
+import zlib
+
+text = open("params.txt", "rb").read()
+p = dict(line.split(" = ") for line in text.decode().splitlines() if " = " in line)
+rng = random.Random(int(os.environ["AUTORESEARCH_SEED"]) * 1_000_003 + zlib.crc32(text))
+print(f"score: {rng.gauss(float(p['MEAN']), 0.1):.6f}")
+'''
+TOML = '''\
+[experiment]
+run = "python train.py"
+budget_s = 1
+timeout_s = 20
+grace_s = 1
+editable = ["params.txt"]
+protected = ["train.py"]
+
+[metric]
+name = "score"
+direction = "min"
+memory = ""
+
+[policy]
+name = "{policy}"
+'''
+
+
+def draw(params: str, seed: int) -> float:
+    """What the target prints for this params.txt on this seed (the same formula, for choosing test inputs)."""
+    return random.Random(seed * 1_000_003 + zlib.crc32(params.encode())).gauss(float(params.split()[2]), SD)
+
+
+def params(mean: float = 1.0, note: int = 0, seed: int = 0) -> str:
+    return f"MEAN = {mean}\nNOTE = {note}\nSEED = {seed}\n"
+
+
+def noisy_project(root: Path, policy: str) -> Path:
+    return make_project(root, files={"train.py": NOISY, "prepare.py": None, "params.txt": PARAMS,
+                                     "autoresearch.toml": TOML.format(policy=policy)})
+
+
+def write_params(text: str, what: str):
+    def step(ctx, wt: Path) -> str:
+        (wt / "params.txt").write_text(text)
+        return what
+    return step
+
+
+def run_loop(root: Path, steps, tag: str = "t"):
+    out = Loop(load(root), tag, ScriptedAgent(steps), limits=Limits(max_experiments=len(steps))).run()
+    return out, rows_of(root, tag)
+
+
+# -- statistics --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("q,df,t", [(0.95, 1, 6.3138), (0.95, 2, 2.9200), (0.975, 10, 2.2281), (0.95, 30, 1.6973),
+                                    (0.99, 5, 3.3649), (0.95, math.inf, 1.6449)])
+def test_student_t_matches_tables(q, df, t):
+    assert stats.t_ppf(q, df) == pytest.approx(t, abs=2e-4)
+    assert stats.t_sf(t, df) == pytest.approx(1 - q, rel=2e-3)
+    assert stats.t_sf(-t, df) == pytest.approx(q, rel=1e-4)
+
+
+def test_betainc_and_pooled_sd():
+    assert stats.betainc(2, 3, 0.4) == pytest.approx(0.5248, abs=1e-4)  # 1 - sum of binomial terms
+    assert stats.betainc(2, 3, 0.4) + stats.betainc(3, 2, 0.6) == pytest.approx(1.0)
+    sd, df = stats.pooled_sd([[1.0, 3.0], [10.0], [4.0, 5.0, 6.0]])
+    assert df == 3 and sd == pytest.approx(math.sqrt((2 + 2) / 3))
+    assert stats.pooled_sd([[1.0]]) == (None, 0)
+
+
+def test_compare_direction_interval_and_deterministic():
+    lo = stats.compare([0.9, 0.8], [1.0, 1.1, 1.05], 0.05, 10, lower_is_better=True)
+    hi = stats.compare([0.9, 0.8], [1.0, 1.1, 1.05], 0.05, 10, lower_is_better=False)
+    assert lo.gain == pytest.approx(0.2) and hi.gain == pytest.approx(-0.2)
+    assert lo.p_value < 0.001 and hi.p_value > 0.999 and lo.effect_sigma == pytest.approx(4.0)
+    a, b = lo.interval(0.05)
+    assert a < 0.2 < b and a > 0  # the one-sided test passes at 5%: the 90% interval excludes 0
+    det = stats.compare([1.0], [2.0, 2.0], 0.0, 1, True)
+    assert det.p_value == 0.0 and det.t == math.inf
+
+
+def test_seed_only_change():
+    assert seed_only_change("--- a/f\n+++ b/f\n@@ -1 +1 @@\n-SEED = 42\n+SEED = 1337  # lucky\n")
+    assert seed_only_change("@@\n-torch.manual_seed(42)\n+torch.manual_seed(7)\n ctx\n-rng = default_rng(seed + 1)\n"
+                            "+rng = default_rng(seed + 2)\n")
+    assert not seed_only_change("@@\n-SEED = 42\n+SEED = 43\n-LR = 0.1\n+LR = 0.2\n")  # a real change too
+    assert not seed_only_change("@@\n-lr = 0.1\n+lr = 0.2\n")
+    assert not seed_only_change("@@\n+torch.manual_seed(3)\n")  # an added line: judged, not assumed
+    assert not seed_only_change("@@\n-seed = 1\n+seed = 1\n") and not seed_only_change("")
+    assert not seed_only_change("new file mode 100644\n@@\n+seed = 1\n")
+
+
+# -- the confirm rule on a real ledger -------------------------------------------------------------------------
+class Book:
+    """A real ledger with rows and measurements placed by hand, and the policy that reads it."""
+
+    def __init__(self, tmp: Path, **policy):
+        self.cfg = Config(root=tmp, experiment=ExperimentConfig(seed=42), metric=MetricConfig(name="score"),
+                          policy=PolicyConfig(**({"name": "confirm"} | policy)))
+        self.ledger = Ledger(tmp / "ledger.db")
+        self.policy = make(self.cfg)
+        self.n = 0
+
+    def row(self, kind="candidate", parent=None, patch="@@\n-LR = 1\n+LR = 2\n", runs=()) -> Experiment:
+        self.n += 1
+        e = Experiment(tag="t", parent=parent, commit=f"{self.n:040x}", description=kind, kind=kind, patch=patch, seed=42)
+        self.ledger.begin(e)
+        for seed, value in runs:
+            self.measure(e, e.commit, seed, value)
+        e.metric = runs[0][1] if runs else None
+        return e
+
+    def measure(self, e: Experiment, commit: str, seed: int, value, status="ok"):
+        self.ledger.add_measurement(e.id, commit, seed, value, {}, 1.0, status)
+
+    def keep(self, e: Experiment, evidence=None) -> Experiment:
+        e.status, e.evidence = "keep", evidence or {}
+        self.ledger.finish(e)
+        return e
+
+    def baseline(self, values=(1.0, 1.1, 0.9)) -> Experiment:
+        return self.keep(self.row("baseline", runs=[(42 + i, v) for i, v in enumerate(values)]))
+
+
+def test_calibration_asks_for_seeds_then_keeps_with_the_noise(tmp_path):
+    b = Book(tmp_path)
+    base = b.row("baseline", runs=[(42, 1.0)])
+    v = b.policy.decide(base, None, b.ledger)
+    assert not v.keep and v.more_runs == [(base.commit, 43), (base.commit, 44)]
+    b.measure(base, base.commit, 43, 1.1)
+    b.measure(base, base.commit, 44, 0.9)
+    v = b.policy.decide(base, None, b.ledger)
+    assert v.keep and not v.more_runs and v.evidence["runs"] == 3 and v.evidence["seeds"] == [42, 43, 44]
+    assert v.evidence["std"] == pytest.approx(0.1) and v.evidence["test"] == "calibration"
+    assert [e["kind"] for e in b.ledger.events("t")] == ["calibration"] and "sd 0.1" in b.ledger.events("t")[0]["message"]
+
+
+def test_confirm_screens_confirms_and_refuses(tmp_path):
+    b = Book(tmp_path)
+    base = b.baseline()
+    worse = b.row(parent=base.commit, runs=[(42, 1.05)])
+    v = b.policy.decide(worse, base, b.ledger)
+    assert not v.keep and not v.more_runs and v.evidence["rule"] == "screen"  # no runs spent on it
+    good = b.row(parent=base.commit, runs=[(42, 0.82)])  # 1.8 sd better on one run: worth confirming
+    v = b.policy.decide(good, base, b.ledger)
+    assert not v.keep and v.more_runs == [(good.commit, 43)]
+    b.measure(good, good.commit, 43, 0.80)
+    v = b.policy.decide(good, base, b.ledger)
+    assert v.keep and v.evidence["rule"] == "confirmed" and v.evidence["runs"] == 2
+    for key in ("mean", "incumbent_mean", "std", "df", "p_value", "effect_sigma", "interval", "seeds", "test"):
+        assert v.evidence[key] is not None, key
+    assert v.evidence["p_value"] <= 0.05 and v.evidence["interval"][0] > 0 and v.evidence["seeds"] == [42, 43]
+    lucky = b.row(parent=base.commit, runs=[(42, 0.82)])  # the same first run, but it does not reproduce
+    assert b.policy.decide(lucky, base, b.ledger).more_runs == [(lucky.commit, 43)]
+    b.measure(lucky, lucky.commit, 43, 1.1)
+    v = b.policy.decide(lucky, base, b.ledger)  # the gain is gone: stop here, no run wasted on a third
+    assert not v.keep and not v.more_runs and v.evidence["rule"] == "not confirmed" and v.evidence["runs"] == 2
+
+
+def test_seed_only_too_good_floor_and_failed_reruns(tmp_path):
+    b = Book(tmp_path)
+    b.cfg.metric.floor = 0.0
+    b.policy = make(b.cfg)
+    base = b.baseline()
+    seed = b.row(parent=base.commit, patch="@@\n-SEED = 42\n+SEED = 7\n", runs=[(42, 0.2)])
+    v = b.policy.decide(seed, base, b.ledger)
+    assert not v.keep and not v.more_runs and "seed" in v.reason
+    wow = b.row(parent=base.commit, runs=[(42, 0.0001)])  # ~10 sd better: too good to be true
+    for n, seed_ in ((1, 43), (2, 44)):
+        v = b.policy.decide(wow, base, b.ledger)
+        assert not v.keep and v.more_runs == [(wow.commit, seed_)], n  # never kept on one run, nor two
+        b.measure(wow, wow.commit, seed_, 0.0002)
+    assert b.policy.decide(wow, base, b.ledger).keep  # it reproduces: confirmed on three runs
+    impossible = b.row(parent=base.commit, runs=[(42, -0.5)])
+    for seed_ in (43, 44):
+        b.measure(impossible, impossible.commit, seed_, -0.5)
+    v = b.policy.decide(impossible, base, b.ledger)
+    assert not v.keep and "metric.floor" in v.reason
+    flaky = b.row(parent=base.commit, runs=[(42, 0.85)])
+    b.measure(flaky, flaky.commit, 43, None, status="crash")
+    v = b.policy.decide(flaky, base, b.ledger)
+    assert not v.keep and "not reproducible" in v.reason
+
+
+def test_incumbent_is_remeasured_from_counts_never_from_results(tmp_path):
+    b = Book(tmp_path)
+    one = b.keep(b.row("baseline", runs=[(42, 1.0)]))  # e.g. measured under greedy: no noise measured
+    cand = b.row(parent=one.commit, runs=[(42, 2.0)])  # clearly worse; still the incumbent is measured first
+    v = b.policy.decide(cand, one, b.ledger)
+    assert v.more_runs == [(one.commit, 43)] and "incumbent" in v.reason
+    b.measure(cand, one.commit, 43, 1.1)
+    assert b.policy.decide(cand, one, b.ledger).more_runs == [(one.commit, 44)]  # up to calibration_runs
+    b.measure(cand, one.commit, 44, 0.9)
+    assert b.policy.decide(cand, one, b.ledger).evidence["rule"] == "screen"
+    # A kept incumbent with 2 runs gets one fresh run at every second candidate judged against it, whatever they show.
+    b2 = Book(tmp_path / "b2")
+    base = b2.baseline()
+    inc = b2.keep(b2.row(parent=base.commit, runs=[(42, 0.7), (43, 0.75)]))
+    asked = []
+    for i in range(6):
+        c = b2.row(parent=inc.commit, runs=[(42, 2.0 if i % 2 else 0.95)])
+        v = b2.policy.decide(c, inc, b2.ledger)
+        asked.append(bool(v.more_runs and v.more_runs[0][0] == inc.commit))
+        if asked[-1]:
+            b2.measure(c, inc.commit, v.more_runs[0][1], 0.72)
+        c.status = "discard"
+        b2.ledger.finish(c)
+    assert asked == [False, True, False, False, False, False]  # the second; then it has calibration_runs runs
+
+
+def test_deterministic_metric_needs_no_reruns(tmp_path):
+    b = Book(tmp_path)
+    base = b.baseline(values=(1.0, 1.0, 1.0))
+    v = b.policy.decide(b.row(parent=base.commit, runs=[(42, 0.999)]), base, b.ledger)
+    assert v.keep and not v.more_runs and "deterministic" in v.evidence["test"]
+
+
+def test_greedy_evidence_and_seed_rule(tmp_path):
+    b = Book(tmp_path, name="greedy")
+    assert isinstance(b.policy, Greedy)
+    base = b.baseline()
+    v = b.policy.decide(b.row(parent=base.commit, runs=[(42, 0.95)]), base, b.ledger)
+    assert v.keep and v.evidence["effect_sigma"] == pytest.approx(0.5) and v.evidence["runs"] == 1
+    v = b.policy.decide(b.row(parent=base.commit, patch="@@\n-seed=1\n+seed=2\n", runs=[(42, 0.5)]), base, b.ledger)
+    assert not v.keep and "seed" in v.reason
+
+
+def test_auto_policy_and_config_checks(tmp_path):
+    assert resolve(Config(root=tmp_path)) == "confirm" and isinstance(make(Config(root=tmp_path)), Confirm)
+    assert resolve(Config(root=tmp_path, policy=PolicyConfig(calibration_runs=1))) == "greedy"
+    orig = make_project(tmp_path / "orig", files={"autoresearch.toml": None, "train.py": "print('val_bpb: 1')\n"})
+    assert resolve(load(orig)) == "greedy"  # zero config: the original's rule
+    root = noisy_project(tmp_path / "p", "confirm")
+    for bad, word in (("max_runs = 1", "max_runs"), ("calibration_runs = 0", "calibration_runs")):
+        (root / "autoresearch.toml").write_text(TOML.format(policy="confirm") + bad + "\n")
+        with pytest.raises(ConfigError, match=word):
+            load(root)
+
+
+# -- real runs through the Loop ----------------------------------------------------------------------------------
+def lucky_notes(baseline: float, count: int) -> list[int]:
+    """NOTE values whose first run (seed 42) is each luckier than the last, and below the baseline's."""
+    out, best = [], baseline
+    for note in range(1, 5000):
+        v = draw(params(note=note), 42)
+        if v < best - 0.5 * SD:
+            out.append(note)
+            best = v
+            if len(out) == count:
+                return out
+    raise AssertionError("no lucky draws")
+
+
+def test_greedy_keeps_pure_noise_and_confirm_does_not(tmp_path):
+    notes = lucky_notes(draw(PARAMS, 42), 3)
+    steps = lambda: [write_params(params(note=n), f"NOTE = {n} (does nothing)") for n in notes]
+    _, greedy = run_loop(noisy_project(tmp_path / "g", "greedy"), steps())
+    _, confirm = run_loop(noisy_project(tmp_path / "c", "confirm"), steps())
+    assert [e.status for e in greedy[1:]] == ["keep"] * 3  # the ratchet follows the luck
+    assert [e.status for e in confirm[1:]] == ["discard"] * 3
+    assert len(ledger_of(tmp_path / "g").measurements(tag="t")) == 4  # greedy: one run each
+    measured = ledger_of(tmp_path / "c").measurements(tag="t")
+    assert len(measured) > 3 + 3  # calibration and confirmation runs
+    assert any(e.evidence.get("rule") == "not confirmed" for e in confirm[1:])
+
+
+def test_confirm_keeps_a_real_gain_refuses_a_seed_and_confirm_verb_gives_an_interval(tmp_path):
+    root = noisy_project(tmp_path / "p", "confirm")
+    base_value = draw(PARAMS, 42)
+    lucky_seed = next(s for s in range(1, 5000) if draw(params(seed=s), 42) < base_value - 3 * SD)
+    out, rows = run_loop(root, [write_params(params(seed=lucky_seed), f"SEED = {lucky_seed}"),
+                                write_params(params(mean=0.5), "MEAN 1.0 -> 0.5 (5 sd)")])
+    base, seed_row, real = rows
+    assert base.evidence["test"] == "calibration" and base.evidence["runs"] == 3
+    assert seed_row.status == "discard" and "seed" in seed_row.reason and seed_row.metric < base_value - 3 * SD
+    assert real.status == "keep" and out.incumbent.id == real.id
+    ev = real.evidence
+    assert ev["test"].startswith("pooled t") and ev["effect_sigma"] > 3 and ev["p_value"] <= 0.05
+    assert ev["runs"] >= 1 and len(ev["seeds"]) == ev["runs"] and ev["incumbent_runs"] == 3
+    with closing(ledger_of(root)) as led:
+        by_commit = [m for m in led.measurements(tag="t") if m["commit"] == real.commit]
+        assert sorted(m["seed"] for m in by_commit) == ev["seeds"]
+        seed_runs = [m for m in led.measurements(tag="t") if m["commit"] == seed_row.commit]
+        assert len(seed_runs) == 1  # refused without spending a run
+        assert any(e["kind"] == "calibration" for e in led.events("t"))
+    assert git(root, "rev-parse", "autoresearch/t") == real.commit
+
+    r = cli("confirm", "--runs", "3", cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert "CI [" in r.stdout and "p = " in r.stdout and "the best is better than the start" in r.stdout, r.stdout
+    j = cli("confirm", "--runs", "2", "--json", cwd=root)
+    got = json.loads(j.stdout.strip().splitlines()[-1])
+    lo, hi = got["interval"]
+    assert 0 < lo < got["improvement"] < hi and got["best"]["id"] == real.id and got["baseline"]["runs"] == 2
+    assert got["improvement"] == pytest.approx(0.5, abs=0.2) and set(got["best"]["seeds"]).isdisjoint(ev["seeds"])
+    with closing(ledger_of(root)) as led:
+        assert sum(1 for e in led.events("t") if e["kind"] == "confirm") == 2
+        assert len([m for m in led.measurements(tag="t") if m["commit"] == real.commit]) == len(ev["seeds"]) + 5
+
