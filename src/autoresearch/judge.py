@@ -8,10 +8,30 @@ Guarantees:
 - At `timeout_s` the whole tree gets SIGTERM, then SIGKILL after `grace_s`.
 - Every protected file is hashed before and after against the digests the run started
   with; any difference is a `violation`, and the file is restored.
-- The metric is the last `NAME: VALUE` (or `METRIC NAME=VALUE`, or `metric.pattern`)
-  in the log; NaN/inf or no metric is a `crash`.
+- A candidate's patch is reviewed first (integrity.review): a hack with a clear signature
+  is a `violation`, a no-op or seed-only change a `discard`; neither runs.
+- The run is confined by the session's Sandbox (sandbox.py: bubblewrap when usable) and
+  gets AUTORESEARCH_CHECKPOINT, a path in a harness-owned temp folder outside the
+  worktree where it may save its artefact. `experiment.hidden` data is replaced by decoys
+  (or, without bwrap, watched); opening it is a `violation` and stops the run at once. Any
+  change to hidden or `experiment.data` files since the session's first run, and a wall
+  time past budget_s + `experiment.overhead_s`, are violations too.
+- The metric channel: with `metric.command` set, the judge runs that protected evaluation
+  after the run as its own process tree (own log `<id>.eval.log`, own `metric.timeout_s`,
+  sandboxed with the worktree read-only and hidden data visible), with the checkpoint's
+  path and AUTORESEARCH_EVAL_SECRET (the project's secret, never given to the run) in its
+  env. Only its output counts: a metric line printed by the run is ignored. A line
+  `violation: <why>` in its output makes the run a `violation`.
+- Without `metric.command`, the metric is the last `NAME: VALUE` (or `METRIC NAME=VALUE`,
+  or `metric.pattern`) in the run's log. NaN/inf or no metric is a `crash`.
 - The result's status is one of: ok (a measurement the policy will judge), crash,
-  timeout, violation, interrupted. Failures of the experiment are data.
+  timeout, violation, interrupted, or discard (the review refused to run a non-change).
+  Failures of the experiment are data.
+
+Not covered: an evaluation command that imports the candidate's code (the GPT template
+rebuilds the model from train.py) runs that code in the evaluation's process, where it
+can print a metric line of its own; integrity.review flags the known ways, and docs/
+integrity.md lists the rest.
 """
 
 from __future__ import annotations
@@ -24,8 +44,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from . import integrity
 from .config import Config
+from .errors import AutoresearchError
 from .procs import run_tree
+from .sandbox import Sandbox, resolve_paths
 from .workspace import Workspace
 
 ENV_ALLOW = (
@@ -52,6 +75,7 @@ class Measurement:
     peak_mem_mb: Optional[float] = None
     log_tail: str = ""
     pid: Optional[int] = None
+    eval_log: str = ""
 
 
 def experiment_env(cfg: Config, seed: int, extra: Optional[dict[str, str]] = None) -> dict[str, str]:
@@ -85,44 +109,143 @@ def judge(
     on_start: Callable[[int], None] = lambda pid: None,
     on_tick: Callable[[float], None] = lambda elapsed: None,
     wrap: Optional[list[str]] = None,
+    parent: Optional[str] = None,
+    sandbox: Optional[Sandbox] = None,
 ) -> Measurement:
-    """Run the experiment checked out in `wt`; `restore_from` is the commit whose protected files are the truth."""
+    """Run the experiment checked out in `wt`; `restore_from` is the commit whose protected files are the truth.
+
+    `parent`: the candidate's parent commit; its patch is reviewed (integrity.review) before anything runs.
+    `sandbox`: the session's Sandbox (default: one for this call); `wrap` overrides its argv prefix.
+    """
     before = ws.digests(wt, cfg.experiment.protected)
     tampered = _differences(protected_digests, before)
     if tampered:
         ws.restore(wt, tampered, restore_from)
         return Measurement("violation", f"protected file(s) differ before the run: {', '.join(tampered)}")
+    if parent:
+        found = integrity.review(cfg, ws, parent, ws.head_of(wt))
+        if found:
+            return Measurement(*found)
+    box = sandbox or Sandbox.for_project(cfg, ws)
     env = experiment_env(cfg, seed, env_extra)
-    res = run_tree(
-        cfg.experiment.run, cwd=wt, env=env, log_path=log_path, timeout_s=cfg.timeout_s,
-        grace_s=cfg.experiment.grace_s, marker=marker, should_stop=should_stop, on_start=on_start,
-        on_tick=on_tick, wrap=wrap,
-    )
-    tail = read_tail(log_path)
-    text = _read_end(log_path)
-    metric = parse_metric(text, cfg.metric.name, cfg.metric.pattern)
-    metrics = {name: v for name in _secondary(cfg) if (v := parse_metric(text, name)) is not None}
-    mem = metrics.get(cfg.metric.memory) if cfg.metric.memory else None
-    m = Measurement("ok", exit_code=res.exit_code, wall_s=res.wall_s, metric=metric, metrics=metrics,
-                    peak_mem_mb=mem if mem is not None else (res.peak_rss_mb or None), log_tail=tail, pid=res.pid)
-    after = ws.digests(wt, cfg.experiment.protected)
-    tampered = _differences(protected_digests, after)
+    _setup_once(cfg, box, wt, env, log_path.parent / "setup.log", marker)
+    hidden = resolve_paths(cfg.experiment.hidden, cfg.root, env)
+    data = resolve_paths(cfg.experiment.data, cfg.root, env)
+    secret = integrity.secret(cfg.root) if cfg.metric.command else ""  # read before the tripwire is armed
+    rd = box.new_run_dir(hidden)
+    try:
+        env |= {"AUTORESEARCH_ARTIFACTS": str(rd.artifacts), "AUTORESEARCH_CHECKPOINT": str(rd.artifacts / "checkpoint")}
+        if cfg.metric.command:
+            env["AUTORESEARCH_EXTERNAL_EVAL"] = "1"  # the harness evaluates: the run need not (and cannot)
+        top = ws._top_of(wt)
+        if wrap is None:
+            wrap = box.wrap(worktree=top, cwd=wt, rd=rd, env=env, evaluation=False, readable=hidden + data)
+        watch = list(rd.decoys.values()) if rd.decoys else hidden + (
+            [cfg.root / ".autoresearch" / "eval_secret"] if secret else [])
+        prints = integrity.fingerprint(hidden + data)
+        if box.data_prints is None:
+            box.data_prints = prints  # the session's reference: data may not change while it runs
+        elif moved := integrity.changed_files(box.data_prints, prints):
+            return Measurement("violation", f"data changed since the session started: {', '.join(moved[:3])} "
+                                            "(restore it, then start again)")
+        with integrity.Tripwire(watch) as wire:
+            res = run_tree(
+                cfg.experiment.run, cwd=wt, env=env, log_path=log_path, timeout_s=cfg.timeout_s,
+                grace_s=cfg.experiment.grace_s, marker=marker, on_start=on_start, on_tick=on_tick, wrap=wrap,
+                should_stop=lambda: should_stop() or wire.tripped(),  # caught reading hidden data: stop it now
+            )
+        text = _read_end(log_path)
+        metrics = {name: v for name in _secondary(cfg) if (v := parse_metric(text, name)) is not None}
+        mem = metrics.get(cfg.metric.memory) if cfg.metric.memory else None
+        m = Measurement("ok", exit_code=res.exit_code, wall_s=res.wall_s, metrics=metrics,
+                        peak_mem_mb=mem if mem is not None else (res.peak_rss_mb or None), log_tail=read_tail(log_path),
+                        pid=res.pid)
+        real = {decoy: path for path, decoy in rd.decoys.items()}  # report the hidden path, not its decoy
+        hits = [real.get(p) or (real[p.parent] / p.name if p.parent in real else p) for p in wire.hits]
+        m.status, m.reason = _run_status(cfg, res, hits)
+        if m.status == "ok" and cfg.metric.command:
+            eval_env = {k: v for k, v in env.items() if k != "AUTORESEARCH_EXTERNAL_EVAL"}
+            eval_env["AUTORESEARCH_EVAL_SECRET"] = secret
+            eval_wrap = box.wrap(worktree=top, cwd=wt, rd=rd, env=eval_env, evaluation=True, readable=hidden + data)
+            _evaluate(cfg, m, wt, eval_env, eval_wrap, log_path, marker, should_stop)
+        elif m.status == "ok":
+            m.metric = parse_metric(text, cfg.metric.name, cfg.metric.pattern)
+            m.status, m.reason = _metric_status(cfg, m.metric, "the log")
+        changed = integrity.changed_files(box.data_prints, integrity.fingerprint(hidden + data))
+        if changed:
+            m.status, m.reason = "violation", f"data changed during the run: {', '.join(changed[:3])}"
+    finally:
+        rd.cleanup()
+    tampered = _differences(protected_digests, ws.digests(wt, cfg.experiment.protected))
     if tampered:
         ws.restore(wt, tampered, restore_from)
         m.status, m.reason = "violation", f"the run changed protected file(s): {', '.join(tampered)} (restored)"
-    elif res.interrupted:
-        m.status, m.reason = "interrupted", "stopped by the user"
-    elif res.timed_out:
-        m.status, m.reason = "timeout", f"killed after {cfg.timeout_s:g}s (experiment.timeout_s)"
-    elif res.exit_code != 0:
-        m.status, m.reason = "crash", f"exit code {res.exit_code}"
-    elif metric is None:
-        m.status, m.reason = "crash", f"no `{cfg.metric.name}:` line in the log"
-    elif not math.isfinite(metric):
-        m.status, m.reason = "crash", f"{cfg.metric.name} is {metric}"
     if m.status != "ok":
         m.metric = None  # a crashed, killed or tampered run has no trustworthy metric
     return m
+
+
+def _run_status(cfg: Config, res, hidden_hits: list[Path]) -> tuple[str, str]:
+    budget, overhead = cfg.experiment.budget_s, cfg.experiment.overhead_s
+    if hidden_hits:
+        return "violation", f"the run opened hidden data: {', '.join(map(str, hidden_hits[:3]))}"
+    if res.interrupted:
+        return "interrupted", "stopped by the user"
+    if res.timed_out:
+        return "timeout", f"killed after {cfg.timeout_s:g}s (experiment.timeout_s)"
+    if overhead is not None and res.wall_s > budget + overhead:
+        return "violation", (f"ran {res.wall_s:.1f}s, past budget_s {budget:g} + overhead_s {overhead:g}: "
+                             "it trained beyond its budget (a stretched or ignored clock)")
+    if res.exit_code != 0:
+        return "crash", f"exit code {res.exit_code}"
+    return "ok", ""
+
+
+def _metric_status(cfg: Config, metric: Optional[float], where: str) -> tuple[str, str]:
+    if metric is None:
+        return "crash", f"no `{cfg.metric.name}:` line in {where}"
+    if not math.isfinite(metric):
+        return "crash", f"{cfg.metric.name} is {metric}"
+    return "ok", ""
+
+
+def _evaluate(cfg: Config, m: Measurement, wt: Path, env: dict[str, str], wrap: Optional[list[str]],
+              log_path: Path, marker: str, should_stop: Callable[[], bool]) -> None:
+    """The judge's channel: the protected evaluation command, its own process tree, log and timeout."""
+    log = log_path.with_name(log_path.name[:-len(log_path.suffix)] + ".eval.log" if log_path.suffix else
+                             log_path.name + ".eval")
+    log.unlink(missing_ok=True)
+    m.eval_log = str(log)
+    res = run_tree(cfg.metric.command, cwd=wt, env=env, log_path=log, timeout_s=cfg.metric.timeout_s,
+                   grace_s=cfg.experiment.grace_s, marker=f"{marker}:eval", should_stop=should_stop, wrap=wrap)
+    text = _read_end(log)
+    m.log_tail = (m.log_tail + f"\n--- evaluation ({log.name}) ---\n" + read_tail(log, 20)).strip()
+    m.metrics.update({n: v for n in _secondary(cfg) if (v := parse_metric(text, n)) is not None})
+    flagged = re.findall(r"^\s*violation:\s*(.+)$", text, re.MULTILINE | re.IGNORECASE)
+    if flagged:
+        m.status, m.reason = "violation", f"the evaluation found: {flagged[-1].strip()[:300]}"
+    elif res.interrupted:
+        m.status, m.reason = "interrupted", "stopped by the user during the evaluation"
+    elif res.timed_out:
+        m.status, m.reason = "timeout", f"the evaluation was killed after {cfg.metric.timeout_s:g}s (metric.timeout_s)"
+    elif res.exit_code != 0:
+        m.status, m.reason = "crash", f"the evaluation exited {res.exit_code} (see {log.name})"
+    else:
+        m.metric = parse_metric(text, cfg.metric.name, cfg.metric.pattern)
+        m.status, m.reason = _metric_status(cfg, m.metric, f"the evaluation's output ({log.name})")
+
+
+def _setup_once(cfg: Config, box: Sandbox, wt: Path, env: dict[str, str], log: Path, marker: str) -> None:
+    """`experiment.setup` (protected code, just verified) once per session, before the first run."""
+    if not cfg.experiment.setup or box.setup_done:
+        return
+    log.unlink(missing_ok=True)
+    res = run_tree(cfg.experiment.setup, cwd=wt, env=env, log_path=log, timeout_s=cfg.experiment.setup_timeout_s,
+                   grace_s=cfg.experiment.grace_s, marker=f"{marker}:setup")
+    if res.exit_code != 0 or res.timed_out:
+        raise AutoresearchError(f"`experiment.setup` ({cfg.experiment.setup}) failed "
+                                f"({'timed out' if res.timed_out else f'exit code {res.exit_code}'}): see {log}")
+    box.setup_done = True
 
 
 def _secondary(cfg: Config) -> list[str]:
@@ -143,7 +266,7 @@ def parse_metric(text: str, name: str, pattern: str = "") -> Optional[float]:
     else:
         n = re.escape(name)
         rx = re.compile(rf"^\s*(?:METRIC\s+{n}\s*=|{n}\s*[:=])\s*{_NUMBER}\s*$", re.MULTILINE | re.IGNORECASE)
-    found = rx.findall(text)
+    found = rx.findall(text.replace("\r", "\n"))  # a progress bar drawn with \r ends a line too
     if not found:
         return None
     last = found[-1]

@@ -1,7 +1,9 @@
 """The agent's file: a small MLP trained on the spiral for a fixed time budget.
 
-Prints `val_loss: <value>` at the end (lower is better). Everything here may change:
-the hyper-parameters below, the architecture, the optimizer, the schedule.
+Everything here may change: the hyper-parameters below, the architecture (any MLP that
+prepare.save_model can store: any depth and widths, one of its activations), the optimizer,
+the schedule. At the end it saves the model; the harness then runs `python prepare.py
+evaluate`, which measures `val_loss` on validation points this process never sees.
 """
 
 import os
@@ -9,7 +11,7 @@ import time
 
 import numpy as np
 
-from prepare import BUDGET_S, CLASSES, evaluate, load_data
+from prepare import BUDGET_S, CLASSES, cross_entropy, load_train, save_model
 
 # Hyper-parameters
 LEARNING_RATE = 0.02
@@ -22,7 +24,7 @@ WARMDOWN = 0.2  # fraction of the budget at the end with a decaying learning rat
 
 seed = int(os.environ.get("AUTORESEARCH_SEED", "42"))
 rng = np.random.default_rng(seed)
-x_train, y_train, _, _ = load_data()
+x_train, y_train = load_train()
 
 w1 = rng.normal(0, INIT_SCALE, (2, HIDDEN))
 b1 = np.zeros(HIDDEN)
@@ -38,10 +40,6 @@ def forward(x):
     logits -= logits.max(axis=1, keepdims=True)
     e = np.exp(logits)
     return h, e / e.sum(axis=1, keepdims=True)
-
-
-def predict(x):
-    return forward(x)[1]
 
 
 start = time.time()
@@ -66,7 +64,7 @@ while True:
         p_ -= lr * v
     steps += 1
 
-val_loss = evaluate(predict)
+save_model([(w1, b1), (w2, b2)], activation="tanh")
 print(f"num_steps: {steps}")
 print(f"training_seconds: {time.time() - start:.1f}")
-print(f"val_loss: {val_loss:.6f}")
+print(f"train_loss: {cross_entropy(forward(x_train)[1], y_train):.6f}")

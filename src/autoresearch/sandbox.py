@@ -1,0 +1,253 @@
+"""The sandbox: what an experiment (and its evaluation) can see, write and reach.
+
+With bubblewrap (`bwrap`, Debian package `bubblewrap`) every run is wrapped as:
+
+    bwrap --die-with-parent --unshare-pid --unshare-ipc --unshare-uts --unshare-cgroup-try
+          [--unshare-net]                       unless experiment.network = true
+          --ro-bind / /                         the whole machine, read-only
+          --dev /dev [--dev-bind-try /dev/nvidia* /dev/dri /dev/kfd]   a minimal /dev plus GPUs
+          --proc /proc                          its own processes only: the harness is invisible
+          --tmpfs /tmp                          a private, empty /tmp
+          [--ro-bind P P]                       what the run needs that lived under /tmp (its
+                                                interpreter, HOME, data folders named in the env)
+          --tmpfs PROJECT/.autoresearch         ledger, logs, secret, other worktrees: not mounted
+          --tmpfs GIT_COMMON_DIR                the main repository's .git: `git` inside fails
+          --bind WORKTREE WORKTREE              the experiment's worktree, writable
+                                                (--ro-bind for the evaluation)
+          --bind ARTIFACTS ARTIFACTS            a harness-owned folder for the checkpoint
+          [--ro-bind CANARY HIDDEN]             each `experiment.hidden` path replaced by an
+                                                empty decoy that the tripwire watches
+          --chdir CWD  /bin/sh -c <command>
+
+Guarantees (bwrap mode): nothing outside the worktree, the artefact folder and the private
+/tmp can be written; the ledger, logs, results of other experiments, the repository's
+refs and hidden data cannot be read; the network is unreachable unless allowed; the
+evaluation (which sees hidden data) cannot write the worktree.
+
+The run folder (checkpoint, decoys) is a temp folder named after the harness's pid, removed
+after each measurement; folders of a harness that died (SIGKILL) are removed when the next
+session starts.
+
+`sandbox = "auto"` falls back to no sandbox when bwrap is missing or cannot create
+namespaces here (say so once: `Sandbox.notice`); the judge's checks (digests, tripwire,
+fingerprints, the guard) still run. `sandbox = "bwrap"` with bwrap unusable is a
+ConfigError naming `apt-get install bubblewrap`.
+
+Not covered: a sandbox against the kernel or the GPU driver (bwrap is not a VM); runs on
+macOS or without user namespaces (fallback only); compile caches under a read-only HOME
+persisting across runs (each run gets a fresh /tmp).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Mapping, Optional
+
+from .errors import ConfigError
+
+INSTALL_HINT = "apt-get install bubblewrap"
+RUN_DIR_PREFIX = "autoresearch-run-"  # + the harness's pid: leftovers of a dead harness are found
+GPU_DEVICES = ("/dev/nvidia*", "/dev/nvidia-caps", "/dev/dri", "/dev/kfd")
+
+
+@lru_cache(maxsize=1)
+def probe() -> tuple[bool, str]:
+    """(usable, why not): bwrap is installed and can create the namespaces a run needs."""
+    exe = shutil.which("bwrap")
+    if exe is None:
+        return False, f"bubblewrap is not installed ({INSTALL_HINT})"
+    try:
+        r = subprocess.run([exe, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+                            "--unshare-pid", "--unshare-net", "--die-with-parent", "true"],
+                           capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, f"bwrap failed to start ({e})"
+    if r.returncode != 0:
+        return False, f"bwrap cannot create namespaces here ({r.stderr.strip()[:200]})"
+    return True, ""
+
+
+def check_config(mode: str) -> None:
+    """Called by config validation: `sandbox = "bwrap"` must be usable."""
+    if mode == "bwrap":
+        ok, why = probe()
+        if not ok:
+            raise ConfigError(f"`experiment.sandbox` is \"bwrap\" but {why}: run `{INSTALL_HINT}` "
+                              f"(as root), or set sandbox = \"auto\" to fall back to the checks")
+
+
+def resolve_paths(patterns: Iterable[str], root: Path, env: Mapping[str, str]) -> list[Path]:
+    """Existing absolute paths matching `patterns` (`~` and `$VAR` expanded from `env`, relative
+    to the project root); a pattern naming an unset variable matches nothing."""
+    out: list[Path] = []
+    for pat in patterns:
+        expanded = _expandvars(os.path.expanduser(pat), env)
+        if expanded is None:
+            continue
+        p = Path(expanded)
+        p = p if p.is_absolute() else root / p
+        for hit in sorted(glob.glob(str(p))):
+            path = Path(hit).resolve()
+            if path not in out:
+                out.append(path)
+    return out
+
+
+def _expandvars(s: str, env: Mapping[str, str]) -> Optional[str]:
+    missing = False
+
+    def sub(m: "re.Match[str]") -> str:
+        nonlocal missing
+        name = m.group(1) or m.group(2)
+        if not env.get(name):
+            missing = True
+            return ""
+        return env[name]
+
+    out = re.sub(r"\$(?:\{(\w+)\}|(\w+))", sub, s)
+    return None if missing else out
+
+
+@dataclass
+class RunDir:
+    """A harness-owned temp folder for one run: `artifacts` (the run writes its checkpoint
+    there) and decoys for hidden paths (never mounted where the run can name them)."""
+
+    base: Path
+    artifacts: Path
+    decoys: dict[Path, Path] = field(default_factory=dict)  # hidden path -> its decoy
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+class Sandbox:
+    """The confinement of one project's runs; one per session (it says once what it is)."""
+
+    def __init__(self, mode: str, reason: str, root: Path, git_dir: Optional[Path], network: bool):
+        self.mode = mode  # "bwrap" | "none"
+        self.reason = reason
+        self.root = root
+        self.git_dir = git_dir
+        self.network = network
+        self.setup_done = False
+        self.data_prints: Optional[dict] = None  # fingerprints of hidden and data files at the first run
+
+    @classmethod
+    def for_project(cls, cfg, ws) -> "Sandbox":
+        remove_stale_run_dirs()
+        want = cfg.experiment.sandbox
+        git_dir = _git_common_dir(ws.top)
+        if want == "none":
+            return cls("none", "experiment.sandbox = \"none\"", cfg.root, git_dir, cfg.experiment.network)
+        ok, why = probe()
+        if not ok:
+            if want == "bwrap":
+                check_config(want)  # raises the ConfigError with the fix
+            return cls("none", why, cfg.root, git_dir, cfg.experiment.network)
+        return cls("bwrap", "", cfg.root, git_dir, cfg.experiment.network)
+
+    @property
+    def notice(self) -> str:
+        """What to say once per session."""
+        if self.mode == "bwrap":
+            return ("sandbox: bubblewrap (read-only system, writable worktree, private /tmp, "
+                    f"{'network allowed' if self.network else 'no network'}, ledger and .git not mounted)")
+        return (f"sandbox: none ({self.reason}); runs are not confined: relying on digests, fingerprints, "
+                f"the tripwire and the guard. Install it with `{INSTALL_HINT}`")
+
+    def new_run_dir(self, hidden: Iterable[Path]) -> RunDir:
+        base = Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-"))
+        art = base / "artifacts"
+        art.mkdir()
+        rd = RunDir(base, art)
+        if self.mode == "bwrap":
+            decoys = base / "decoys"
+            decoys.mkdir()
+            for i, path in enumerate(hidden):
+                decoy = decoys / f"{i}"
+                if path.is_dir():
+                    decoy.mkdir()
+                else:
+                    decoy.touch()
+                rd.decoys[path] = decoy
+        return rd
+
+    def wrap(self, *, worktree: Path, cwd: Path, rd: RunDir, env: Mapping[str, str], evaluation: bool,
+             readable: Iterable[Path] = ()) -> Optional[list[str]]:
+        """The argv prefix for run_tree (None: run unwrapped). `evaluation` runs see hidden data and
+        may not write the worktree or the artefacts."""
+        if self.mode != "bwrap":
+            return None
+        a = ["bwrap", "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+             "--unshare-cgroup-try"]
+        if not self.network:
+            a.append("--unshare-net")
+        a += ["--ro-bind", "/", "/", "--dev", "/dev"]
+        for pat in GPU_DEVICES:
+            for dev in sorted(glob.glob(pat)):
+                a += ["--dev-bind-try", dev, dev]
+        a += ["--proc", "/proc", "--tmpfs", "/tmp"]
+        for p in _under_tmp(list(readable) + _env_paths(env) + [Path(sys.prefix), Path(sys.base_prefix)]):
+            a += ["--ro-bind", str(p), str(p)]
+        a += ["--tmpfs", str(self.root / ".autoresearch")]
+        if self.git_dir is not None:
+            a += ["--tmpfs", str(self.git_dir)]
+        bind = "--ro-bind" if evaluation else "--bind"
+        a += [bind, str(worktree), str(worktree), bind, str(rd.artifacts), str(rd.artifacts)]
+        if not evaluation:
+            for path, decoy in rd.decoys.items():
+                a += ["--ro-bind", str(decoy), str(path)]
+        if "TRITON_CACHE_DIR" not in env:  # its default is under HOME, read-only here
+            a += ["--setenv", "TRITON_CACHE_DIR", "/tmp/triton-cache"]
+        a += ["--chdir", str(cwd)]
+        return a
+
+
+def remove_stale_run_dirs() -> int:
+    """Delete the run folders (checkpoints: possibly gigabytes) of harness processes that died (SIGKILL)."""
+    removed = 0
+    for path in Path(tempfile.gettempdir()).glob(f"{RUN_DIR_PREFIX}*-*"):
+        pid = path.name[len(RUN_DIR_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _git_common_dir(top: Path) -> Optional[Path]:
+    r = subprocess.run(["git", "rev-parse", "--git-common-dir"], cwd=top, capture_output=True, text=True)
+    if r.returncode != 0:
+        return None
+    p = Path(r.stdout.strip())
+    return (p if p.is_absolute() else top / p).resolve()
+
+
+def _env_paths(env: Mapping[str, str]) -> list[Path]:
+    out = []
+    for value in env.values():
+        for part in value.split(os.pathsep):
+            if part.startswith("/") and os.path.exists(part):
+                out.append(Path(part))
+    return out
+
+
+def _under_tmp(paths: list[Path]) -> list[Path]:
+    """Paths inside /tmp (hidden by the private /tmp unless bound again), outermost first, deduplicated."""
+    tmp = Path("/tmp")
+    found = sorted({p.resolve() for p in paths if p.resolve() != tmp and tmp in p.resolve().parents},
+                   key=lambda p: len(p.parts))
+    out: list[Path] = []
+    for p in found:
+        if not any(q in p.parents for q in out):
+            out.append(p)
+    return out
