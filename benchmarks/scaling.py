@@ -1,0 +1,163 @@
+"""Scaling: N workers on a local Ray instance against N x one worker, and how busy the slots stay.
+
+Each experiment sleeps for a fixed budget (no CPU: the 2-core machine only pays the harness),
+on a Ray instance with N simulated GPU slots (a custom resource, `gpu_slot`); the agent takes a
+set time per proposal and writes a new score. The full harness runs: proposals in their
+worktree, commits, bundles to the node cache, the judge (sandbox included), the ledger, the
+policy (greedy), keeps by compare-and-swap, rebases. For N in --slots it runs N x --rounds
+experiments and reads, from the ledger alone (each run's worker, start, end, wall time):
+
+    throughput   sum over slots of runs / (last end - first start)  [a slot's span: ramp-up and
+                 drain at the ends of the session are excluded; every gap between its runs counts]
+    efficiency   throughput(N) / (N x throughput(1))                [goal >= 0.9 at N = 16]
+    busy         experiment wall time / slot span, over all slots   [goal >= 0.97 when the agent is
+                                                                     faster than budget / N]
+    wall eff.    all runs / (N x whole session) / throughput(1)     [for context: ramp-up included]
+
+The last line is one JSON object: {"efficiency": {N: ...}, "busy_fraction": {N: ...}, ...}.
+
+    python benchmarks/scaling.py [--budget 10] [--agent-s 0.05] [--rounds 3] [--slots 1 2 4 8 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TOML = """\
+[experiment]
+run = "sleep $AUTORESEARCH_BUDGET_S; cat score.txt"
+budget_s = {budget}
+timeout_s = {timeout}
+editable = ["score.txt"]
+
+[metric]
+name = "score"
+direction = "min"
+memory = ""
+
+[policy]
+name = "greedy"
+
+[engine]
+name = "ray"
+workers = {workers}
+num_cpus = 0
+resources = {{ gpu_slot = 1 }}
+cache = "{cache}"
+"""
+
+
+class SleepyAgent:
+    """Takes `delay` seconds to think, then proposes a new score (a unique change each time)."""
+
+    name = "sleepy"
+
+    def __init__(self, delay: float, seed: int):
+        self.delay, self.rng = delay, random.Random(seed)
+
+    def propose(self, ctx, workdir):
+        from autoresearch.agents.base import Proposal
+
+        time.sleep(self.delay)
+        value = self.rng.random()
+        (Path(workdir) / "score.txt").write_text(f"score: {value:.9f}\n")
+        return Proposal(f"score {value:.9f}")
+
+
+def project(folder: Path, budget: float, workers: int) -> Path:
+    root = folder / f"n{workers}"
+    root.mkdir(parents=True)
+    (root / "score.txt").write_text("score: 1.0\n")
+    (root / "program.md").write_text("Make the score lower.\n")
+    (root / "autoresearch.toml").write_text(TOML.format(budget=budget, timeout=budget * 3 + 30, workers=workers,
+                                                        cache=folder / "node-cache"))
+    ident = ["-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "bench project"]):
+        subprocess.run(["git", *ident, *args], cwd=root, check=True, capture_output=True)
+    return root
+
+
+def measure(root: Path, workers: int, rounds: int, agent_s: float) -> dict:
+    from autoresearch.config import load
+    from autoresearch.ledger import Ledger
+    from autoresearch.loop import Limits, Loop
+
+    t0 = time.monotonic()
+    Loop(load(root), "bench", SleepyAgent(agent_s, workers), limits=Limits(max_experiments=workers * rounds)).run()
+    elapsed = time.monotonic() - t0
+    ledger = Ledger(root / ".autoresearch" / "ledger.db")
+    rows = ledger.experiments("bench")
+    ledger.close()
+    slots: dict[str, list[dict]] = {}
+    for e in rows:
+        for r in e.evidence.get("measurements", []):
+            slots.setdefault(r["worker"].split("@")[0], []).append(r)
+    rate = busy = span = 0.0
+    for runs in slots.values():
+        s = max(r["end"] for r in runs) - min(r["start"] for r in runs)
+        rate += len(runs) / s
+        busy += sum(r["wall_s"] for r in runs)
+        span += s
+    allruns = [r for runs in slots.values() for r in runs]
+    whole = max(r["end"] for r in allruns) - min(r["start"] for r in allruns)
+    return {"workers": workers, "slots_used": len(slots), "runs": len(allruns), "rows": len(rows),
+            "kept": sum(e.status == "keep" for e in rows), "throughput_per_h": rate * 3600,
+            "busy_fraction": busy / span, "wall_rate": len(allruns) / whole, "elapsed_s": elapsed}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--budget", type=float, default=10.0, help="seconds each experiment sleeps (default 10)")
+    ap.add_argument("--agent-s", type=float, default=0.05, help="seconds the agent takes per proposal")
+    ap.add_argument("--rounds", type=int, default=3, help="experiments per slot (default 3)")
+    ap.add_argument("--slots", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    args = ap.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    most = max(args.slots)
+    ray.init(num_cpus=2, resources={"gpu_slot": most}, object_store_memory=100 * 1024**2, include_dashboard=False,
+             log_to_driver=False)
+
+    @ray.remote(num_cpus=0, resources={"gpu_slot": 1})
+    def warm() -> int:
+        time.sleep(1.0)
+        return os.getpid()
+
+    ray.get([warm.remote() for _ in range(most)])  # start the worker processes once, as a long run would
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="autoresearch-scaling-") as tmp:
+        for n in args.slots:
+            results[n] = measure(project(Path(tmp), args.budget, n), n, args.rounds, args.agent_s)
+            print(f"N={n:>2}: {results[n]['runs']} runs in {results[n]['elapsed_s']:.0f}s", file=sys.stderr, flush=True)
+    ray.shutdown()
+    one = results[min(args.slots)]["throughput_per_h"] / min(args.slots)
+    print(f"budget {args.budget:g}s per experiment, agent {args.agent_s:g}s per proposal, "
+          f"{args.rounds} rounds; one worker: {one:.0f} experiments/h")
+    print(f"{'N':>3} {'runs':>5} {'exp/h':>8} {'efficiency':>10} {'busy':>7} {'wall eff.':>9} {'kept':>5}")
+    eff, busy, wall = {}, {}, {}
+    for n, r in results.items():
+        eff[n] = r["throughput_per_h"] / (n * one)
+        wall[n] = r["wall_rate"] * 3600 / (n * one)
+        busy[n] = r["busy_fraction"]
+        print(f"{n:>3} {r['runs']:>5} {r['throughput_per_h']:>8.0f} {eff[n]:>10.3f} {busy[n]:>7.1%} "
+              f"{wall[n]:>9.3f} {r['kept']:>5}")
+    print(json.dumps({"budget_s": args.budget, "agent_s": args.agent_s, "rounds": args.rounds,
+                      "efficiency": {str(n): round(v, 4) for n, v in eff.items()},
+                      "busy_fraction": {str(n): round(v, 4) for n, v in busy.items()},
+                      "wall_efficiency": {str(n): round(v, 4) for n, v in wall.items()},
+                      "experiments_per_hour": {str(n): round(r["throughput_per_h"], 1) for n, r in results.items()},
+                      "goal_met": eff[max(eff)] >= 0.9 and min(busy.values()) >= 0.97}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Engines: where experiments run — `local` (N slots on this machine) and `ray` (a cluster).
+
+Protocol: see base.py. Backends are plugins: every built-in is registered under the
+entry-point group `autoresearch.engines` exactly as a third-party package would register
+its own; `create(name, cfg)` finds one by name.
+
+`concurrent(cfg)` says who drives: the sequential loop (one local worker, no proposals
+ahead: the original's algorithm, loop.py) or the scheduler (scheduler.py: several
+experiments at once, proposals made while they run).
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib import metadata
+
+from ..errors import ConfigError
+from .base import Engine, Job, Result, RunInfo, Slot, WorkerLost
+
+GROUP = "autoresearch.engines"
+
+# Used only when the package runs from a source tree without installed metadata.
+_BUILTIN = {
+    "local": "autoresearch.engines.local:LocalEngine",
+    "ray": "autoresearch.engines.ray:RayEngine",
+}
+
+
+def available() -> dict[str, str]:
+    found = dict(_BUILTIN)
+    for ep in metadata.entry_points(group=GROUP):
+        found[ep.name] = ep.value
+    return found
+
+
+def create(name: str, cfg) -> Engine:
+    registry = available()
+    if name not in registry:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(registry), n=1)
+        hint = f"did you mean `{close[0]}`?" if close else f"available: {', '.join(sorted(registry))}"
+        raise ConfigError(f"unknown engine `{name}` (engine.name): {hint}")
+    for ep in metadata.entry_points(group=GROUP):
+        if ep.name == name:
+            cls = ep.load()
+            break
+    else:
+        module, _, attr = registry[name].partition(":")
+        cls = getattr(importlib.import_module(module), attr)
+    return cls(cfg)
+
+
+def proposals_ahead(cfg) -> int:
+    """Proposals kept ready beyond the free slots: `engine.proposals_ahead`, else 0 for one local worker
+    (the sequential loop) and a quarter of the workers (at least 1) otherwise — enough to absorb a burst
+    of experiments ending together while the agent works through them one at a time."""
+    ahead = cfg.engine.proposals_ahead
+    if ahead is not None:
+        return ahead
+    return 0 if cfg.engine.workers == 1 and cfg.engine.name == "local" else max(1, cfg.engine.workers // 4)
+
+
+def concurrent(cfg) -> bool:
+    """True when the scheduler, not the sequential loop, should drive this run."""
+    return cfg.engine.workers > 1 or cfg.engine.name != "local" or proposals_ahead(cfg) > 0
+
+
+__all__ = ["Engine", "Job", "Result", "RunInfo", "Slot", "WorkerLost", "available", "create", "concurrent",
+           "proposals_ahead"]
