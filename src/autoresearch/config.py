@@ -51,6 +51,11 @@ class ExperimentConfig:
     env_allow: list[str] = field(default_factory=list)
     sandbox: str = "auto"  # auto | bwrap | none
     network: bool = False
+    hidden: list[str] = field(default_factory=list)  # data the run must not read; the evaluation may
+    data: list[str] = field(default_factory=list)  # data outside the project the run may read, never change
+    overhead_s: Optional[float] = None  # wall time allowed beyond budget_s; past it the run is a violation
+    setup: str = ""  # run once per session before the first run, unsandboxed (e.g. build the data cache)
+    setup_timeout_s: float = 3600.0
 
 
 @dataclass
@@ -61,11 +66,14 @@ class MetricConfig:
     record: list[str] = field(default_factory=list)
     memory: str = "peak_vram_mb"
     floor: Optional[float] = None
+    bounds: dict[str, list[str]] = field(default_factory=dict)  # constraints on recorded metrics; guards.py
+    command: str = ""  # the evaluation: when set, the metric comes only from its output (see judge.py)
+    timeout_s: float = 600.0  # the evaluation's own timeout
 
 
 @dataclass
 class AgentConfig:
-    name: str = "mutate"
+    name: str = "auto"  # auto: a configured agent, else an API key in the env, else a CLI on PATH, else mutate
     command: str = ""
     timeout_s: float = 900.0
     repair_attempts: int = 2
@@ -81,11 +89,15 @@ class AgentConfig:
     allowed_tools: list[str] = field(default_factory=list)
     extra_args: list[str] = field(default_factory=list)
     prices: dict[str, list[float]] = field(default_factory=dict)
+    executable: str = ""  # coding-agent CLIs: the program to run (default: found on PATH)
+    max_retries: int = 4  # API agents: retries of one request on 429/5xx/timeouts
+    max_reasks: int = 2  # API agents: replies sent back to the model when an edit does not apply
+    request_timeout_s: float = 300.0  # API agents: one HTTP request
 
 
 @dataclass
-class PolicyConfig:
-    name: str = "greedy"
+class PolicyConfig:  # see policy.py, policy_confirm.py and docs/policy.md
+    name: str = "auto"  # auto: confirm where noise is measured (calibration_runs >= 2), else greedy
     margin: float = 0.0
     alpha: float = 0.05
     calibration_runs: int = 3
@@ -102,13 +114,25 @@ class StopConfig:
 
 
 @dataclass
-class EngineConfig:
-    name: str = "local"
-    workers: int = 1
-    gpus: list[str] = field(default_factory=list)
-    address: str = ""
-    proposals_ahead: int = 1
-    hardware: str = ""
+class EngineConfig:  # see engines/ and docs/scale.md
+    name: str = "local"  # local | ray | a plugin's name (entry-point group autoresearch.engines)
+    workers: int = 1  # experiments at once
+    gpus: list[str] = field(default_factory=list)  # local: GPU ids, one per worker (round-robin)
+    address: str = ""  # ray: a cluster's address ("auto": the one on this node); "": start a local instance
+    proposals_ahead: Optional[int] = None  # ready beyond free slots; None: workers // 4 (>= 1), 0 for 1 local worker
+    hardware: str = ""  # the hardware class results are compared within (default: GPU model or CPU)
+    reference: str = ""  # two-tier: a win screened on another class is confirmed on this class
+    num_cpus: float = 1.0  # ray: CPUs one experiment reserves
+    num_gpus: Optional[float] = None  # ray: GPUs one experiment reserves (None: 1 if the cluster has GPUs)
+    resources: dict[str, float] = field(default_factory=dict)  # ray: custom resources one experiment reserves
+    cache: str = ""  # where each node keeps the project's code and logs (default ~/.cache/autoresearch)
+
+
+@dataclass
+class TrackingConfig:
+    mlflow_uri: str = ""  # empty: no MLflow tracking; see tracking.py
+    experiment: str = "{project}/{tag}"  # the MLflow experiment of a tag
+    artifact_location: str = ""  # default: .autoresearch/mlflow-artifacts for local stores
 
 
 SECTIONS: dict[str, type] = {
@@ -118,11 +142,12 @@ SECTIONS: dict[str, type] = {
     "policy": PolicyConfig,
     "stop": StopConfig,
     "engine": EngineConfig,
+    "tracking": TrackingConfig,
 }
 
 CHOICES = {
     ("metric", "direction"): ("min", "max"),
-    ("policy", "name"): ("greedy", "threshold", "confirm"),
+    ("policy", "name"): ("auto", "greedy", "threshold", "confirm"),
     ("experiment", "sandbox"): ("auto", "bwrap", "none"),
 }
 
@@ -136,6 +161,7 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     stop: StopConfig = field(default_factory=StopConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     source: str = "defaults"  # the toml path, or "zero-config"
 
     @property
@@ -211,6 +237,7 @@ def _zero_config() -> dict[str, dict[str, Any]]:
             "protected": ["prepare.py"],
         },
         "metric": {"name": "val_bpb", "direction": "min", "record": ["peak_vram_mb"], "memory": "peak_vram_mb"},
+        "policy": {"name": "greedy"},  # the original's rule: one run each, strictly better
     }
 
 
@@ -288,6 +315,14 @@ def _check(cfg: Config) -> None:
         )
     if e.grace_s < 0:
         raise ConfigError(f"`experiment.grace_s` must be >= 0 (got {e.grace_s:g})")
+    if e.overhead_s is not None and e.overhead_s < 0:
+        raise ConfigError(f"`experiment.overhead_s` must be >= 0 (got {e.overhead_s:g}): the seconds a run may take "
+                          "beyond budget_s for start-up and saving")
+    if m.timeout_s <= 0:
+        raise ConfigError(f"`metric.timeout_s` must be positive (got {m.timeout_s:g})")
+    from .sandbox import check_config
+
+    check_config(e.sandbox)
     if not e.editable:
         raise ConfigError("`experiment.editable` is empty: list the files an agent may change, e.g. editable = [\"train.py\"]")
     if not m.name.strip():
@@ -303,12 +338,33 @@ def _check(cfg: Config) -> None:
             raise ConfigError("`metric.pattern` needs one capture group around the number, e.g. 'loss=([0-9.]+)'")
     if cfg.agent.repair_attempts < 0:
         raise ConfigError("`agent.repair_attempts` must be >= 0")
+    for model, pair in cfg.agent.prices.items():
+        if len(pair) != 2 or min(pair) < 0:
+            raise ConfigError(f"`agent.prices.{model}` must be [usd_per_M_input, usd_per_M_output], got {pair}: "
+                              f"e.g. prices = {{ \"{model}\" = [3.0, 15.0] }}")
+    if cfg.agent.max_retries < 0 or cfg.agent.max_reasks < 0:
+        raise ConfigError("`agent.max_retries` and `agent.max_reasks` must be >= 0")
+    if cfg.agent.request_timeout_s <= 0:
+        raise ConfigError(f"`agent.request_timeout_s` must be positive (got {cfg.agent.request_timeout_s:g})")
     if cfg.engine.workers < 1:
         raise ConfigError(f"`engine.workers` must be at least 1 (got {cfg.engine.workers})")
-    if cfg.policy.name == "confirm" and cfg.policy.max_runs < 2:
-        raise ConfigError("`policy.max_runs` must be at least 2 for the confirm policy")
+    if cfg.engine.proposals_ahead is not None and cfg.engine.proposals_ahead < 0:
+        raise ConfigError(f"`engine.proposals_ahead` must be >= 0 (got {cfg.engine.proposals_ahead})")
+    confirm = cfg.policy.name == "confirm" or (cfg.policy.name == "auto" and cfg.policy.calibration_runs >= 2)
+    if confirm and cfg.policy.max_runs < 2:
+        raise ConfigError(f"`policy.max_runs` must be at least 2 for the confirm policy (got {cfg.policy.max_runs}): "
+                          "it is the most runs one candidate gets, the first included")
+    if cfg.policy.calibration_runs < 1:
+        raise ConfigError(f"`policy.calibration_runs` must be at least 1 (got {cfg.policy.calibration_runs}): "
+                          "e.g. calibration_runs = 3 to measure the noise on three seeds")
+    if cfg.policy.too_good_sigma <= 0:
+        raise ConfigError(f"`policy.too_good_sigma` must be positive (got {cfg.policy.too_good_sigma:g})")
     if not (0 < cfg.policy.alpha < 0.5):
         raise ConfigError(f"`policy.alpha` must be between 0 and 0.5 (got {cfg.policy.alpha:g})")
+    _check_tracking(cfg.tracking)
+    from .guards import check_config as _check_guards
+
+    _check_guards(cfg)  # metric.bounds, experiment.checks_timeout_s
     files = tracked_or_present(cfg.root)
     for key in ("editable", "protected"):
         for g in getattr(e, key):
@@ -323,6 +379,23 @@ def _check(cfg: Config) -> None:
         )
     if not cfg.program_path.exists():
         raise ConfigError(f"program.md is missing in {cfg.root}: write the research direction there in plain English")
+
+
+def _check_tracking(t: "TrackingConfig") -> None:
+    import re
+
+    uri = t.mlflow_uri.strip()
+    if uri and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri):
+        raise ConfigError(f"`tracking.mlflow_uri` must be an MLflow tracking URI, got {uri!r}: "
+                          "e.g. mlflow_uri = \"sqlite:///.autoresearch/mlflow.db\" or \"http://127.0.0.1:5000\"")
+    try:
+        name = t.experiment.format(tag="TAG", project="PROJECT")
+    except (KeyError, IndexError, ValueError) as err:
+        raise ConfigError(f"`tracking.experiment` {t.experiment!r} has an unknown placeholder ({err}): "
+                          "use only {project} and {tag}") from None
+    if "TAG" not in name:
+        raise ConfigError(f"`tracking.experiment` {t.experiment!r} must contain {{tag}}, so each run's tag gets "
+                          "its own MLflow experiment: e.g. experiment = \"{project}/{tag}\"")
 
 
 def tracked_or_present(root: Path) -> list[str]:

@@ -7,12 +7,14 @@
         commit   one commit per experiment, its message the description
         run      the judge runs it under the budget, as its own process tree
         decide   the policy compares it with the incumbent (measuring more if it must)
+        guard    a would-be keep must respect `metric.bounds` and pass `experiment.checks`
         record   the ledger row reaches its terminal status
         keep     the branch advances (compare-and-swap); otherwise it stays at the parent
         repair   after a crash the agent gets the log's tail and a few tries to fix it
 
 Every rule lives here or in the modules this calls, never in a prompt. A trial is a
-(parent, commit, seed, budget) and is self-contained, so engines can run many at once.
+(parent, commit, seed, budget) and is self-contained, so engines can run many at once:
+with several workers (or proposals made while one runs) run() hands over to scheduler.py.
 Stop: max experiments, max hours, a target value, too many failures in a row, the
 agent's cost caps, or SIGINT/SIGTERM — which finish the running record as
 `interrupted`, leave git clean and return normally.
@@ -28,14 +30,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+from . import engines, guards
 from . import policy as policies
+from . import tracking
 from .agents.base import Agent, Proposal
 from .agents.context import Context, read_files
 from .config import Config
+from .control import Control
 from .errors import AutoresearchError
 from .judge import Measurement, judge
 from .ledger import FAILED, Experiment, Ledger, write_tsv
+from .sandbox import Sandbox
 from .session import TagLock, marker_prefix, reconcile
+from .stateguard import StateGuard
 from .workspace import STEERING_FILES, Git, NothingChanged, Workspace
 
 
@@ -75,14 +82,26 @@ class Loop:
         self.count = 0  # experiments begun by this session (the baseline excluded)
         self.digests: dict[str, str] = {}
         self.start_commit = ""
+        self.box: Optional[Sandbox] = None
+        self.control = Control(cfg.root, tag, self.ledger, lambda kind, **data: self.report(kind, **data))
+        self.tracker = tracking.make(cfg, tag, self.ledger)  # MLflow, when [tracking] asks for it
+        self.concurrent = False  # set by the scheduler: other threads then move the branch and add rows
+        self.in_flight: Callable[[], list[str]] = list  # descriptions of experiments running (the scheduler's)
 
     # -- the loop ----------------------------------------------------------------------
     def run(self) -> Outcome:
+        if engines.concurrent(self.cfg):  # several at once, or proposing while running: scheduler.py
+            from .scheduler import Scheduler
+
+            return Scheduler(self).run()
         with TagLock(self.cfg.root, self.tag), self._signals():
             notes = self.begin_session()
             if self.ledger.incumbent(self.tag) is None and not self.stop_requested:
                 self.baseline()
             while not (reason := self.stop_reason()):
+                if paused_s := self.control.hold(lambda: self.stop_requested):  # `autoresearch pause`
+                    self.started += paused_s  # time paused does not count towards --max-hours
+                    continue
                 exp = self.propose()
                 if exp is not None and exp.status == "running":
                     exp = self.trial(exp)
@@ -149,10 +168,13 @@ class Loop:
     def propose(self, repair_of: Optional[Experiment] = None) -> Optional[Experiment]:
         """Ask the agent for a change; return a committed, `running` experiment or a finished row."""
         parent = self.ws.tip()
-        wt = self.ws.worktree("propose", at=repair_of.commit if repair_of else parent)
+        start = repair_of.commit if repair_of else parent
+        wt = self.ws.worktree("propose", at=start)
         ctx = self.context(wt, repair_of)
         self.report("proposing", repair=repair_of is not None)
         t0 = time.monotonic()
+        state = StateGuard(self.cfg, self.ws, self.ledger.path, self.tag,  # branch, pins, ledger: not the agent's
+                           exclusive=False if self.concurrent else None, agent=True)
         try:
             proposal = self.agent.propose(ctx, wt)
         except Exception as e:  # an agent backend failing is data, not a harness failure
@@ -162,11 +184,17 @@ class Loop:
         exp = self.new_experiment(parent, proposal.description or "(no description)",
                                   kind="repair" if repair_of else "candidate", proposal=proposal)
         exp.repair_of = repair_of.id if repair_of else None
+        tampered = state.check()  # put back whatever the agent changed there, and record it
         if self.stop_requested:
             self.ws.reset(wt, parent)
             return None
+        if tampered:
+            self.ws.reset(wt, parent)
+            return self.finish_unrun(exp, "violation", f"the agent touched the harness's state: {'; '.join(tampered)}",
+                                     proposal)
         if proposal.error:
             return self.finish_unrun(exp, "crash", f"agent failed: {proposal.error}", proposal)
+        self.ws.uncommit(wt, start)  # commits the agent made itself are checked like any change
         changed = [p for p in self.ws.changed_paths(wt) if p not in STEERING_FILES]
         outside = [p for p in changed if not self.cfg.is_editable(p)]
         if outside:
@@ -194,12 +222,14 @@ class Loop:
 
     def context(self, wt: Path, repair_of: Optional[Experiment]) -> Context:
         root = self.cfg.root
+        self.control.note_steering()  # program.md / ideas.md edited mid-run: noted in the ledger
         read = lambda name: (root / name).read_text(encoding="utf-8") if (root / name).exists() else ""  # noqa: E731
         return Context(
             cfg=self.cfg, tag=self.tag, program=read("program.md"), ideas=read("ideas.md"),
             files=read_files(wt, self.cfg.experiment.editable, self.cfg.experiment.protected),
             readonly=read_files(wt, self.cfg.experiment.protected),
             history=self.ledger.experiments(self.tag), incumbent=self.ledger.incumbent(self.tag), repair=repair_of,
+            running=self.in_flight(),
         )
 
     def commit_message(self, exp: Experiment) -> str:
@@ -240,6 +270,8 @@ class Loop:
                 verdict = self.decide(exp)
                 exp.status, exp.reason, exp.evidence = ("keep" if verdict.keep else "discard"), verdict.reason, \
                     verdict.evidence
+                guards.enforce(self.cfg, self.ws, exp, self.ledger.incumbent(self.tag), sandbox=self.sandbox(),
+                               should_stop=lambda: self.stop_requested is not None)  # only would-be keeps pay
             else:
                 exp.status = m.status
         except _Interrupted:
@@ -263,13 +295,25 @@ class Loop:
         log.unlink(missing_ok=True)
         if primary:
             exp.log_path = str(log)
+        state = StateGuard(self.cfg, self.ws, self.ledger.path, self.tag)
         m = judge(self.cfg, self.ws, wt, seed=seed, log_path=log, marker=f"{marker_prefix(self.cfg.root, self.tag)}"
                   f"{exp.id}:{seed}", protected_digests=self.digests, restore_from=self.start_commit,
                   env_extra={"AUTORESEARCH_TAG": self.tag, "AUTORESEARCH_EXPERIMENT": str(exp.id)},
                   should_stop=lambda: self.stop_requested is not None,
-                  on_tick=lambda t: self.report("tick", exp=exp, elapsed=t))
+                  on_tick=lambda t: self.report("tick", exp=exp, elapsed=t), sandbox=self.sandbox(),
+                  parent=exp.parent if primary and exp.kind != "baseline" else None)
+        if tampered := state.check():  # without bwrap a run could reach the ledger or the branch
+            m.status, m.reason, m.metric = "violation", f"the run touched the harness's state: {'; '.join(tampered)}", None
         self.ledger.add_measurement(exp.id, commit, seed, m.metric, m.metrics, m.wall_s, m.status)
         return m
+
+    def sandbox(self) -> Sandbox:
+        """The session's sandbox, made on first use; what it is (or why there is none) is said once."""
+        if self.box is None:
+            self.box = Sandbox.for_project(self.cfg, self.ws)
+            self.ledger.event(self.tag, "sandbox", self.box.notice)
+            self.report("note", message=self.box.notice)
+        return self.box
 
     def decide(self, exp: Experiment) -> policies.Verdict:
         """Ask the policy; take the extra measurements it wants until it decides."""
@@ -287,6 +331,7 @@ class Loop:
 
     def after_record(self, exp: Experiment) -> None:
         write_tsv(self.tsv, self.ledger.experiments(self.tag), self.cfg.metric.name)
+        self.tracker.record(exp)  # never raises: an MLflow failure becomes a ledger event
         self.report("finished", exp=exp, incumbent=self.ledger.incumbent(self.tag))
 
     def repair(self, exp: Optional[Experiment]) -> None:
