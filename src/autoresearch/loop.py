@@ -187,6 +187,9 @@ class Loop:
         tampered = state.check()  # put back whatever the agent changed there, and record it
         if self.stop_requested:
             self.ws.reset(wt, parent)
+            if proposal.meta.get("llm_calls") or proposal.cost_usd or proposal.tokens_in:
+                # the agent's spending is data even when the change never runs
+                return self.finish_unrun(exp, "interrupted", "stopped before it ran", proposal)
             return None
         if tampered:
             self.ws.reset(wt, parent)

@@ -1,0 +1,174 @@
+"""The reading verbs of the command line: status, results, diff, report, watch.
+
+They only read the ledger (and write report files); none of them changes a run. Shared
+helpers for finding the project, its ledger and a tag live here too.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from .config import Config, load
+from .errors import AutoresearchError
+from .ledger import Experiment, Ledger
+
+
+def _root(args) -> Path:
+    root = Path(args.project).resolve()
+    if not root.is_dir():
+        raise AutoresearchError(f"{root} is not a folder: pass an existing project with -C")
+    return root
+
+
+def _ledger(root: Path) -> Ledger:
+    path = root / ".autoresearch" / "ledger.db"
+    if not path.exists():
+        raise AutoresearchError(f"no runs yet in {root}: start one with `autoresearch run`")
+    return Ledger(path)
+
+
+def _tag(ledger: Ledger, tag: Optional[str]) -> str:
+    tags = ledger.tags()
+    if tag:
+        if tag not in tags:
+            raise AutoresearchError(f"no run tagged `{tag}`: known tags are {', '.join(tags) or '(none)'}")
+        return tag
+    if not tags:
+        raise AutoresearchError("the ledger has no experiments yet: start with `autoresearch run`")
+    return tags[-1]
+
+
+def _cfg_quiet(root: Path) -> Optional[Config]:
+    try:
+        return load(root)
+    except AutoresearchError:
+        return None
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=None, default=str))
+
+
+def _write_report(root: Path, cfg: Config, tag: str, out: Optional[Path] = None) -> list[Path]:
+    from .report import progress_png, report_md
+
+    ledger = Ledger(root / ".autoresearch" / "ledger.db")
+    rows = ledger.experiments(tag)
+    out = out or root
+    lower = cfg.lower_is_better()
+    return [progress_png(rows, out / "progress.png", cfg.metric.name, lower, title=f"autoresearch/{tag}"),
+            report_md(rows, out / "report.md", cfg.metric.name, lower, tag=tag)]
+
+
+def _status(args) -> int:
+    from .report import summary
+
+    root = _root(args)
+    ledger = _ledger(root)
+    tag = _tag(ledger, args.tag)
+    rows = ledger.experiments(tag)
+    cfg = _cfg_quiet(root)
+    lower = cfg.lower_is_better() if cfg else True
+    s = summary(rows, lower)
+    inc = ledger.incumbent(tag)
+    first = min((e.started_at for e in rows if e.started_at), default=None)
+    last = max((e.ended_at or e.started_at for e in rows if e.started_at), default=None)
+    out = {"tag": tag, "best_commit": inc.commit if inc else None, "best_metric": inc.metric if inc else None,
+           "best_id": inc.id if inc else None, "best_description": inc.description if inc else None,
+           "counts": ledger.counts(tag), "experiments": len(rows), "keep_rate": s.get("keep_rate"),
+           "baseline_metric": s.get("baseline_metric"), "improvement": s.get("improvement"),
+           "elapsed_s": (last - first) if first and last else 0.0, "experiment_s": s.get("wall_s_total"),
+           "cost_usd": s.get("cost_usd_total"), "tokens_in": s.get("tokens_in_total"),
+           "tokens_out": s.get("tokens_out_total"), "metric": cfg.metric.name if cfg else None}
+    from .workers import worker_stats
+
+    out["workers"] = worker_stats(ledger, tag)  # what ran where, utilisation, runs per hour (workers.py)
+    if args.json:
+        _print_json(out)
+        return 0
+    name = out["metric"] or "metric"
+    print(f"tag {tag}: {len(rows)} experiments, " + ", ".join(f"{k} {v}" for k, v in sorted(out["counts"].items())))
+    if inc:
+        print(f"best {name} {inc.metric:.6f} at {inc.commit[:7]} (#{inc.id}: {inc.description})")
+    if out["baseline_metric"] is not None and out["improvement"] is not None:
+        print(f"baseline {out['baseline_metric']:.6f}, improvement {out['improvement']:.6f}")
+    rate = out["keep_rate"]
+    print(f"keep rate {rate:.0%}" if rate is not None else "keep rate -",
+          f"| time {out['elapsed_s'] / 60:.1f} min | agent cost ${out['cost_usd'] or 0:.2f} "
+          f"({(out['tokens_in'] or 0) + (out['tokens_out'] or 0)} tokens)")
+    for w in out["workers"] if len(out["workers"]) > 1 or any(w["now"] for w in out["workers"]) else []:
+        print(f"worker {w['worker']} ({w['hardware'] or '?'}): {w['runs']} runs, busy {w['utilisation']:.0%}, "
+              f"{w['per_hour']:g}/h" + (f", now {'; '.join(w['now'])}" if w["now"] else ""))
+    return 0
+
+
+def _results(args) -> int:
+    from .ledger import write_tsv
+
+    root = _root(args)
+    ledger = _ledger(root)
+    tag = _tag(ledger, args.tag)
+    rows = ledger.experiments(tag)
+    cfg = _cfg_quiet(root)
+    name = cfg.metric.name if cfg else "metric"
+    if args.json:
+        _print_json([_row_json(e) for e in rows])
+    elif args.tsv:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            write_tsv(Path(tmp) / "r.tsv", rows, name)
+            sys.stdout.write((Path(tmp) / "r.tsv").read_text())
+    else:
+        print(f"{'id':>4}  {'commit':7}  {'status':12} {name:>12}  {'time':>7}  description")
+        for e in rows:
+            val = f"{e.metric:.6f}" if e.metric is not None else "-"
+            wall = f"{e.wall_s:.1f}s" if e.wall_s is not None else "-"
+            print(f"{e.id:>4}  {e.short or '-':7}  {e.status:12} {val:>12}  {wall:>7}  {e.description}")
+    return 0
+
+
+def _row_json(e: Experiment) -> dict[str, Any]:
+    d = e.to_json()
+    d.pop("patch", None)
+    d.pop("log_tail", None)
+    return d
+
+
+def _diff(args) -> int:
+    root = _root(args)
+    ledger = _ledger(root)
+    exp = ledger.get(args.id)
+    if exp is None:
+        raise AutoresearchError(f"no experiment #{args.id}: see `autoresearch results` for the ids")
+    print(f"# #{exp.id} {exp.status}: {exp.description}", file=sys.stderr)
+    sys.stdout.write(exp.patch if exp.patch.endswith("\n") or not exp.patch else exp.patch + "\n")
+    return 0
+
+
+def _report(args) -> int:
+    root = _root(args)
+    ledger = _ledger(root)
+    tag = _tag(ledger, args.tag)
+    cfg = load(root)
+    out = Path(args.out).resolve() if args.out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    if args.html:
+        from .report_html import report_html
+
+        print(report_html(ledger.experiments(tag), (out or root) / "report.html", cfg.metric.name,
+                          cfg.lower_is_better(), tag=tag, events=ledger.events(tag), project=root.name))
+        return 0
+    for p in _write_report(root, cfg, tag, out):
+        print(p)
+    return 0
+
+
+def _watch(args) -> int:
+    from .watch import watch
+
+    return watch(_root(args), args.tag, plain=True if args.plain else None, once=args.once, interval=args.interval)
