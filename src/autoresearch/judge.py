@@ -154,7 +154,7 @@ def judge(
                 grace_s=cfg.experiment.grace_s, marker=marker, on_start=on_start, on_tick=on_tick, wrap=wrap,
                 should_stop=lambda: should_stop() or wire.tripped(),  # caught reading hidden data: stop it now
             )
-        text = _read_end(log_path)
+        text = read_end(log_path)
         metrics = {name: v for name in _secondary(cfg) if (v := parse_metric(text, name)) is not None}
         mem = metrics.get(cfg.metric.memory) if cfg.metric.memory else None
         m = Measurement("ok", exit_code=res.exit_code, wall_s=res.wall_s, metrics=metrics,
@@ -218,7 +218,7 @@ def _evaluate(cfg: Config, m: Measurement, wt: Path, env: dict[str, str], wrap: 
     m.eval_log = str(log)
     res = run_tree(cfg.metric.command, cwd=wt, env=env, log_path=log, timeout_s=cfg.metric.timeout_s,
                    grace_s=cfg.experiment.grace_s, marker=f"{marker}:eval", should_stop=should_stop, wrap=wrap)
-    text = _read_end(log)
+    text = read_end(log)
     m.log_tail = (m.log_tail + f"\n--- evaluation ({log.name}) ---\n" + read_tail(log, 20)).strip()
     m.metrics.update({n: v for n in _secondary(cfg) if (v := parse_metric(text, n)) is not None})
     flagged = re.findall(r"^\s*violation:\s*(.+)$", text, re.MULTILINE | re.IGNORECASE)
@@ -278,7 +278,8 @@ def parse_metric(text: str, name: str, pattern: str = "") -> Optional[float]:
         return None
 
 
-def _read_end(path: Path, limit: int = 1 << 20) -> str:
+def read_end(path: Path, limit: int = 1 << 20) -> str:
+    """The last `limit` bytes of a log as text (a log can be huge; metrics are at its end)."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -290,5 +291,5 @@ def _read_end(path: Path, limit: int = 1 << 20) -> str:
 
 
 def read_tail(path: Path, lines: int = TAIL_LINES, max_chars: int = 8000) -> str:
-    tail = "\n".join(_read_end(path, 256 * 1024).splitlines()[-lines:])
+    tail = "\n".join(read_end(path, 256 * 1024).splitlines()[-lines:])
     return tail[-max_chars:]

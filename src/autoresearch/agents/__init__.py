@@ -11,8 +11,7 @@ Backends are plugins: every built-in is registered under the entry-point group
 
 from __future__ import annotations
 
-from importlib import metadata
-
+from .. import plugins
 from ..errors import AgentError
 from .base import Agent, Proposal
 from .select import Choice, choose
@@ -34,34 +33,14 @@ _BUILTIN = {
 
 
 def available() -> dict[str, str]:
-    found = dict(_BUILTIN)
-    for ep in metadata.entry_points(group=GROUP):
-        found[ep.name] = ep.value
-    return found
+    return plugins.available(GROUP, _BUILTIN)
 
 
 def create(name: str, cfg, ledger=None) -> Agent:
     """The agent registered as `name` (`auto`: the one select.choose() picks)."""
     if name == "auto":
         name = choose(cfg).name
-    registry = available()
-    if name not in registry:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(registry), n=1)
-        hint = f"did you mean `{close[0]}`?" if close else f"available: {', '.join(sorted(registry))}"
-        raise AgentError(f"unknown agent `{name}` (agent.name): {hint}")
-    target = registry[name]
-    for ep in metadata.entry_points(group=GROUP):
-        if ep.name == name:
-            cls = ep.load()
-            break
-    else:
-        module, _, attr = target.partition(":")
-        import importlib
-
-        cls = getattr(importlib.import_module(module), attr)
-    return cls(cfg, ledger)
+    return plugins.load(GROUP, _BUILTIN, name, AgentError, "agent.name")(cfg, ledger)
 
 
 __all__ = ["Agent", "Choice", "Proposal", "available", "choose", "create"]

@@ -11,9 +11,7 @@ experiments at once, proposals made while they run).
 
 from __future__ import annotations
 
-import importlib
-from importlib import metadata
-
+from .. import plugins
 from ..errors import ConfigError
 from .base import Engine, Job, Result, RunInfo, Slot, WorkerLost
 
@@ -27,28 +25,11 @@ _BUILTIN = {
 
 
 def available() -> dict[str, str]:
-    found = dict(_BUILTIN)
-    for ep in metadata.entry_points(group=GROUP):
-        found[ep.name] = ep.value
-    return found
+    return plugins.available(GROUP, _BUILTIN)
 
 
 def create(name: str, cfg) -> Engine:
-    registry = available()
-    if name not in registry:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(registry), n=1)
-        hint = f"did you mean `{close[0]}`?" if close else f"available: {', '.join(sorted(registry))}"
-        raise ConfigError(f"unknown engine `{name}` (engine.name): {hint}")
-    for ep in metadata.entry_points(group=GROUP):
-        if ep.name == name:
-            cls = ep.load()
-            break
-    else:
-        module, _, attr = registry[name].partition(":")
-        cls = getattr(importlib.import_module(module), attr)
-    return cls(cfg)
+    return plugins.load(GROUP, _BUILTIN, name, ConfigError, "engine.name")(cfg)
 
 
 def proposals_ahead(cfg) -> int:

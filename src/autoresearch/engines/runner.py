@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from ..config import Config
-from ..judge import _setup_once, experiment_env, judge
+from ..judge import _setup_once, experiment_env, judge, read_end
 from ..procs import kill_marked
 from ..workspace import Workspace
 from .base import Job, Result, RunInfo
@@ -201,11 +201,4 @@ class NodeRepo:
 
 
 def read_log(path: Path) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - LOG_LIMIT))
-            return f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
+    return read_end(path, LOG_LIMIT)
