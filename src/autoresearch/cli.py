@@ -217,7 +217,10 @@ def _run(args) -> int:
             reporter.close()
     _write_report(root, cfg, tag)
     inc = outcome.incumbent
-    best = f"{inc.metric:.6f} at {inc.commit[:7]} (#{inc.id})" if inc and inc.metric is not None else "none"
+    from .live import best_value
+
+    value = best_value(inc)  # the mean of its runs when the policy measured it more than once
+    best = f"{value:.6f} at {inc.commit[:7]} (#{inc.id})" if inc and value is not None else "none"
     print(f"autoresearch: stopped ({outcome.stop_reason}) after {outcome.experiments} experiments in "
           f"{(time.monotonic() - t0) / 60:.1f} min; best {cfg.metric.name} {best}; branch autoresearch/{tag}")
     return 0

@@ -19,7 +19,7 @@ def _fmt(v: Optional[float]) -> str:
     return f"{v:.6f}" if v is not None else "-"
 
 
-def _best(inc: Optional[Experiment]) -> Optional[float]:
+def best_value(inc: Optional[Experiment]) -> Optional[float]:
     """The incumbent's value as the policy sees it: the mean of its runs when it has several."""
     if inc is None:
         return None
@@ -43,7 +43,7 @@ class PlainReporter:
             elif kind == "finished":
                 e: Experiment = data["exp"]
                 inc: Optional[Experiment] = data.get("incumbent")
-                print(f"#{e.id:<4} {e.status:<12} {self.metric}={_fmt(e.metric)}  best={_fmt(_best(inc))}"
+                print(f"#{e.id:<4} {e.status:<12} {self.metric}={_fmt(e.metric)}  best={_fmt(best_value(inc))}"
                       f"  {e.description[:70]}" + (f"  [{e.reason[:60]}]" if e.status not in ("keep", "discard") else ""),
                       file=self.stream, flush=True)
         except Exception:  # display must never break the loop
@@ -100,7 +100,7 @@ class LiveReporter:
         mins = (time.monotonic() - self.t0) / 60
         head = Text.assemble(
             ("autoresearch ", "bold"), (f"{self.tag}  ", "cyan"),
-            (f"best {self.metric} {_fmt(_best(self.best))}  ", "green"),
+            (f"best {self.metric} {_fmt(best_value(self.best))}  ", "green"),
             ("  ".join(f"{k} {v}" for k, v in sorted(self.counts.items())) + f"   {mins:.1f} min", "dim"),
         )
         if self.current is not None:
