@@ -76,7 +76,10 @@ def _status(args) -> int:
     inc = ledger.incumbent(tag)
     first = min((e.started_at for e in rows if e.started_at), default=None)
     last = max((e.ended_at or e.started_at for e in rows if e.started_at), default=None)
+    from .live import best_value
+
     out = {"tag": tag, "best_commit": inc.commit if inc else None, "best_metric": inc.metric if inc else None,
+           "best_mean": best_value(inc), "best_runs": (inc.evidence or {}).get("runs", 1) if inc else None,
            "best_id": inc.id if inc else None, "best_description": inc.description if inc else None,
            "counts": ledger.counts(tag), "experiments": len(rows), "keep_rate": s.get("keep_rate"),
            "baseline_metric": s.get("baseline_metric"), "improvement": s.get("improvement"),
@@ -92,7 +95,9 @@ def _status(args) -> int:
     name = out["metric"] or "metric"
     print(f"tag {tag}: {len(rows)} experiments, " + ", ".join(f"{k} {v}" for k, v in sorted(out["counts"].items())))
     if inc:
-        print(f"best {name} {inc.metric:.6f} at {inc.commit[:7]} (#{inc.id}: {inc.description})")
+        runs = out["best_runs"] if isinstance(out["best_runs"], int) else 1
+        value = f"{out['best_mean']:.6f} (mean of {runs} runs)" if runs > 1 else f"{inc.metric:.6f}"
+        print(f"best {name} {value} at {inc.commit[:7]} (#{inc.id}: {inc.description})")
     if out["baseline_metric"] is not None and out["improvement"] is not None:
         print(f"baseline {out['baseline_metric']:.6f}, improvement {out['improvement']:.6f}")
     rate = out["keep_rate"]
