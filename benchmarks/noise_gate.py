@@ -25,6 +25,10 @@ over sessions (sessions are independent; rows within one are not); then the shar
 keeps that are noise, and real improvements kept per 100 runs (what a night yields). The last line is one
 JSON object: {policy: {null_keep_rate, power_2sigma, extra_run_fraction, ...}, "setup": {...}}.
 
+`confirm_told_truth` is a diagnostic, not a setting: the same policy handed each incumbent's true
+level instead of its estimate. The gap between it and `confirm` is what not knowing the
+incumbent's true level costs in a ratchet.
+
     python benchmarks/noise_gate.py                      # the reported figures
     python benchmarks/noise_gate.py --sessions 20 --quick
 """
@@ -43,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoresearch import levels
 from autoresearch import policy as policies
 from autoresearch.config import Config, ExperimentConfig, MetricConfig, PolicyConfig
 from autoresearch.ledger import Experiment, Ledger
@@ -54,6 +59,9 @@ POLICIES: dict[str, dict[str, Any]] = {
     "greedy": {"name": "greedy"},
     "confirm": {"name": "confirm"},  # the defaults: alpha 0.05, calibration_runs 3, max_runs 4
     "confirm_thorough": {"name": "confirm", "calibration_runs": 5, "max_runs": 6},
+    # A diagnostic, not a setting: confirm handed the incumbent's true level instead of its estimate.
+    # What the same test and thresholds do when the reference is known exactly: the ceiling.
+    "confirm_told_truth": {"name": "confirm", "oracle": True},
 }
 
 
@@ -105,10 +113,13 @@ class Session:
     """One simulated overnight run of one policy against a real ledger."""
 
     def __init__(self, root: Path, policy_cfg: dict[str, Any], session_seed: int, p_null: float, effect: float):
+        settings = {k: v for k, v in policy_cfg.items() if k != "oracle"}
         self.cfg = Config(root=root, experiment=ExperimentConfig(seed=SEED),
-                          metric=MetricConfig(name="score", direction="min"), policy=PolicyConfig(**policy_cfg))
+                          metric=MetricConfig(name="score", direction="min"), policy=PolicyConfig(**settings))
         self.ledger = Ledger(root / "ledger.db")
         self.policy = policies.make(self.cfg)
+        if policy_cfg.get("oracle"):  # the diagnostic: the reference is the truth, known exactly
+            self.policy._level = lambda _l, _c, inc, _b, sd: levels.Level(self.true[inc.commit], 0.0) if sd else None
         self.session_seed, self.p_null, self.effect = session_seed, p_null, effect
         self.true: dict[str, float] = {}
         self.index: dict[str, int] = {}

@@ -180,3 +180,22 @@ def compare(runs: Sequence[float], ref_runs: Sequence[float], noise_sd: Optional
         p = t_sf(t, noise_df)
         effect = gain / noise_sd
     return Comparison(len(runs), len(ref_runs), m, m_ref, gain, noise_sd, noise_df, se, t, p, effect)
+
+
+def compare_to_level(runs: Sequence[float], level: float, level_var: float, n_ref: int, noise_sd: Optional[float],
+                     noise_df: int, lower_is_better: bool) -> Comparison:
+    """Compare runs with a reference known as an estimate (`level`, variance `level_var`).
+
+    The same one-sided t-test as `compare`, with the reference's variance taken from its
+    estimate instead of noise_sd² / n_ref: with the reference a plain mean of n_ref runs
+    (level_var = noise_sd² / n_ref) the two agree. `n_ref` is reported, not used.
+    """
+    c = compare(runs, [level], noise_sd, noise_df, lower_is_better)
+    if c.sd is None:
+        return Comparison(c.n, n_ref, c.mean, level, c.gain, None, 0, None, None, None, None)
+    se = math.sqrt(c.sd ** 2 / c.n + max(0.0, level_var))
+    if se == 0:
+        return Comparison(c.n, n_ref, c.mean, level, c.gain, c.sd, c.df, 0.0, c.t, c.p_value, c.effect_sigma)
+    t = c.gain / se
+    effect = c.gain / c.sd if c.sd else c.effect_sigma
+    return Comparison(c.n, n_ref, c.mean, level, c.gain, c.sd, c.df, se, t, t_sf(t, c.df), effect)
