@@ -2,7 +2,7 @@
 
 The full figures come from `python benchmarks/noise_gate.py` (see docs/policy.md); this keeps the
 benchmark runnable and the policies' broad behaviour fixed: greedy keeps a real share of null
-changes, confirm keeps almost none, confirm still keeps real 2-sd gains, and pays a bounded
+changes, confirm keeps few, confirm still keeps most real 2-sd gains, and pays a bounded
 number of extra runs for it. The draws are seeded, so the outcome is the same on every run.
 """
 
@@ -35,8 +35,9 @@ def test_quick_noise_gate(capsys):
         assert r["nulls"] + r["reals"] == 4 * 60 and r["primary_runs"] == 4 * 61
     assert figures["setup"]["sessions"] == 4 and out[-2].startswith("goals")
     assert greedy["extra_run_fraction"] == 0 and greedy["null_keep_rate"] >= 0.06
-    assert confirm["null_keep_rate"] <= 0.05 and confirm["null_keep_rate"] < greedy["null_keep_rate"] / 2
-    assert confirm["power_2sigma"] >= 0.1
+    # Four short sessions: ~200 null changes, so the bound is the goal plus about two standard errors.
+    assert confirm["null_keep_rate"] <= 0.08 and confirm["null_keep_rate"] < greedy["null_keep_rate"] / 2
+    assert confirm["power_2sigma"] >= 0.5  # judged against the incumbent's estimated level (the old rule: ~0.35)
     assert 0.05 <= confirm["extra_run_fraction"] <= 0.6
 
 
