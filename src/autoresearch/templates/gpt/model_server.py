@@ -1,0 +1,181 @@
+"""model_server.py: the GPT evaluation's model server. Protected: the agent never edits this file.
+
+evaluate.py starts it as `python model_server.py ...`; it imports train.py, rebuilds the model with
+`build_model(config)`, loads the checkpoint's weights and then only answers requests on the pipes
+it was given: token ids (B, T) in, logits (B, T, V) out, written as fp32 into a shared buffer.
+Everything it prints goes to evaluate.py, which shows it prefixed and never takes it for a result.
+
+Guarantees (its part of evaluate.py's):
+- Before train.py is imported, the server confines itself where Linux Landlock is available: the
+  validation files it is given (`--deny`) become unreadable to it and to anything it starts, and it
+  can no longer ptrace the judge or open its /proc/<pid>/fd or /mem. It dies with the judge
+  (PR_SET_PDEATHSIG).
+- A model that cannot be built, raises, or returns anything but float logits (B, T, V) gets a
+  FAIL reply naming the problem, and the server exits.
+
+Not covered: whatever train.py does to this process (it may patch this module, torch, anything):
+the judge trusts nothing it sends but logits of the right shape, and checks those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import signal
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HEADER = struct.Struct("<4sIII")  # a frame's tag, then three numbers: (B, T, V), (length, 0, 0), ...
+
+
+def serve(argv: list[str]) -> int:
+    p = argparse.ArgumentParser()
+    for flag in ("--checkpoint", "--train", "--device", "--fds"):
+        p.add_argument(flag, required=True)
+    p.add_argument("--shm-bytes", type=int, required=True)
+    p.add_argument("--parent", type=int, required=True)
+    p.add_argument("--deny", nargs="*", default=[])
+    args = p.parse_args(argv)
+    req, rep, shm_fd = map(int, args.fds.split(","))
+    _die_with(args.parent)
+    try:
+        import mmap
+
+        import torch
+
+        floats = np.frombuffer(mmap.mmap(shm_fd, args.shm_bytes), dtype=np.float32)
+        device = torch.device(args.device)
+        ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        confined, note = confine([Path(d) for d in args.deny])
+        train_file = Path(args.train)
+        sys.path.insert(0, str(train_file.parent.resolve()))
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("train", train_file)
+        train = sys.modules["train"] = importlib.util.module_from_spec(spec)  # as `import train` would
+        spec.loader.exec_module(train)  # its `if __name__ == "__main__"` keeps it from training
+        model = train.build_model(ckpt["config"])
+        model.load_state_dict(ckpt["state_dict"])
+        model.to(device).eval()
+    except BaseException as e:
+        _fail(rep, f"could not build the model from train.py: {type(e).__name__}: {e}")
+        raise
+    note_bytes = note.encode()
+    _send(rep, HEADER.pack(b"REDY", int(confined), len(note_bytes), 0) + note_bytes)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
+    with os.fdopen(req, "rb", buffering=0) as requests:
+        while head := _read_exact(requests, HEADER.size):
+            tag, B, T, _ = HEADER.unpack(head)
+            if tag != b"ROWS":
+                raise ValueError(f"unknown request {tag!r}")
+            ids = np.frombuffer(_read_exact(requests, B * T * 4), dtype="<i4").reshape(B, T)
+            try:
+                with torch.no_grad(), autocast:
+                    out = model(torch.from_numpy(ids.astype(np.int64)).to(device))
+                if not isinstance(out, torch.Tensor):
+                    raise TypeError(f"the model returned a {type(out).__name__}, not float logits (B, T, vocab)")
+                if not out.is_floating_point() or out.dim() != 3:
+                    raise TypeError(f"the model returned a {out.dtype} tensor of shape {tuple(out.shape)}, "
+                                    "not float logits (B, T, vocab)")
+                if out.numel() > len(floats):
+                    raise ValueError(f"the model returned logits of shape {tuple(out.shape)} for ids ({B}, {T})")
+                torch.from_numpy(floats[:out.numel()]).view(out.shape).copy_(out.detach())
+            except Exception as e:
+                _fail(rep, f"{type(e).__name__}: {e}")
+                raise
+            _send(rep, HEADER.pack(b"LGTS", *out.shape))
+    return 0
+
+
+def _read_exact(f, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        chunk = f.read(n - len(out))
+        if not chunk:
+            if out:
+                raise EOFError("the judge closed the request pipe mid-request")
+            return b""
+        out += chunk
+    return bytes(out)
+
+
+def _send(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _fail(fd: int, message: str) -> None:
+    data = message.encode("utf-8", "replace")[:4000]
+    with contextlib.suppress(OSError):
+        _send(fd, HEADER.pack(b"FAIL", len(data), 0, 0) + data)
+
+
+def _die_with(parent: int) -> None:
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    if os.getppid() != parent:  # the judge died before the line above took effect
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------- Landlock: unreadable validation files
+
+_READ_FILE = 1 << 2  # LANDLOCK_ACCESS_FS_READ_FILE; the only right handled, so writing, listing, ... stay free
+
+
+def confine(deny: list[Path]) -> tuple[bool, str]:
+    """Make the files in `deny` unreadable for this process and its children, for good (Linux Landlock).
+
+    Landlock only grants, so everything else is granted: at each folder on the way from / to a
+    denied file, every other entry gets a read rule. Also cuts this process off from ptrace and
+    /proc/<pid>/{fd,mem,environ} of processes outside it (the judge). Returns (confined, why).
+    """
+    deny = {os.path.realpath(p) for p in deny if os.path.exists(p)}
+    if not deny:
+        return False, "no validation files to hide"
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        if libc.syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint(1)) < 1:  # the ABI version
+            return False, "Landlock is not available on this system"
+        attr = ctypes.create_string_buffer(struct.pack("<Q", _READ_FILE), 8)
+        ruleset = libc.syscall(444, attr, ctypes.c_size_t(8), ctypes.c_uint(0))
+        if ruleset < 0:
+            return False, f"landlock_create_ruleset failed: {os.strerror(ctypes.get_errno())}"
+    except (OSError, AttributeError) as e:
+        return False, f"Landlock is not available on this system ({e})"
+    try:
+        ancestors = {os.path.dirname(p) for p in deny}
+        for p in list(ancestors):
+            while p != os.path.dirname(p):
+                p = os.path.dirname(p)
+                ancestors.add(p)
+        for folder in sorted(ancestors):
+            with contextlib.suppress(OSError), os.scandir(folder) as entries:
+                for entry in entries:
+                    real = os.path.realpath(entry.path)  # a link to a hidden file or folder stays out
+                    if real in deny or real in ancestors or any(d.startswith(real.rstrip("/") + "/") for d in deny):
+                        continue
+                    with contextlib.suppress(OSError):
+                        fd = os.open(real, os.O_PATH | os.O_CLOEXEC)
+                        try:
+                            rule = ctypes.create_string_buffer(struct.pack("<Qi", _READ_FILE, fd), 12)
+                            libc.syscall(445, ctypes.c_int(ruleset), ctypes.c_int(1), rule, ctypes.c_uint(0))
+                        finally:
+                            os.close(fd)
+        if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS: required to restrict oneself
+            return False, f"prctl(NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}"
+        if libc.syscall(446, ctypes.c_int(ruleset), ctypes.c_uint(0)) != 0:
+            return False, f"landlock_restrict_self failed: {os.strerror(ctypes.get_errno())}"
+    finally:
+        os.close(ruleset)
+    return True, f"Landlock: {len(deny)} validation file(s) unreadable"
+
+
+if __name__ == "__main__":
+    sys.exit(serve(sys.argv[1:]))

