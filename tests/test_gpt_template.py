@@ -303,3 +303,13 @@ def test_webtext_source_builds_separate_train_and_val_tokens(serve, tmp_path, mo
     assert (val == data.meta["bos"]).sum() == len(val_texts)
     assert data.token_bytes()[val].sum() == sum(len(t.encode()) for t in val_texts)
     assert json.loads((data.dir / "meta.json").read_text())["train_tokens"] == len(data.tokens("train"))
+
+
+def test_the_validation_text_is_hidden_from_training_at_both_scales():
+    """val.bin (both scales) and the web text's pinned validation shard are `hidden`: decoys in the sandbox."""
+    import tomllib
+
+    hidden = tomllib.loads((TEMPLATE / "autoresearch.toml").read_text())["experiment"]["hidden"]
+    for root in ("$AUTORESEARCH_CACHE", "~/.cache/autoresearch/gpt"):
+        assert f"{root}/*/val.bin" in hidden
+        assert f"{root}/webtext/{P.shard_name(P.WEB_VAL_SHARD)}" in hidden  # moves with the pinned shard
