@@ -112,6 +112,17 @@ def test_compare_direction_interval_and_deterministic():
     assert det.p_value == 0.0 and det.t == math.inf
 
 
+def test_compare_to_level_is_the_pooled_test_when_the_level_is_a_plain_mean():
+    for lower in (True, False):
+        plain = stats.compare([0.9, 0.8], [1.0, 1.1, 1.05], 0.05, 10, lower_is_better=lower)
+        level = stats.compare_to_level([0.9, 0.8], 1.05, 0.05 ** 2 / 3, 3, 0.05, 10, lower_is_better=lower)
+        assert (level.t, level.p_value, level.gain) == pytest.approx((plain.t, plain.p_value, plain.gain))
+        assert level.interval(0.05) == pytest.approx(plain.interval(0.05))
+    known = stats.compare([0.9, 0.8], [1.0, 1.1, 1.05], 0.05, 10, lower_is_better=True)
+    vague = stats.compare_to_level([0.9, 0.8], 1.05, 0.05 ** 2, 3, 0.05, 10, lower_is_better=True)  # a level known
+    assert vague.gain == pytest.approx(known.gain) and vague.p_value > known.p_value  # as well as one run: less sure
+
+
 def test_seed_only_change():
     assert seed_only_change("--- a/f\n+++ b/f\n@@ -1 +1 @@\n-SEED = 42\n+SEED = 1337  # lucky\n")
     assert seed_only_change("@@\n-torch.manual_seed(42)\n+torch.manual_seed(7)\n ctx\n-rng = default_rng(seed + 1)\n"

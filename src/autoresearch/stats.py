@@ -182,20 +182,17 @@ def compare(runs: Sequence[float], ref_runs: Sequence[float], noise_sd: Optional
     return Comparison(len(runs), len(ref_runs), m, m_ref, gain, noise_sd, noise_df, se, t, p, effect)
 
 
-def compare_to_level(runs: Sequence[float], level: float, level_var: float, n_ref: int, noise_sd: Optional[float],
+def compare_to_level(runs: Sequence[float], level: float, level_var: float, n_ref: int, noise_sd: float,
                      noise_df: int, lower_is_better: bool) -> Comparison:
     """Compare runs with a reference known as an estimate (`level`, variance `level_var`).
 
     The same one-sided t-test as `compare`, with the reference's variance taken from its
     estimate instead of noise_sd² / n_ref: with the reference a plain mean of n_ref runs
-    (level_var = noise_sd² / n_ref) the two agree. `n_ref` is reported, not used.
+    (level_var = noise_sd² / n_ref) the two agree. `n_ref` is reported, not used. Needs a
+    positive noise estimate (without one, or with a deterministic metric, use `compare`).
     """
-    c = compare(runs, [level], noise_sd, noise_df, lower_is_better)
-    if c.sd is None:
-        return Comparison(c.n, n_ref, c.mean, level, c.gain, None, 0, None, None, None, None)
-    se = math.sqrt(c.sd ** 2 / c.n + max(0.0, level_var))
-    if se == 0:
-        return Comparison(c.n, n_ref, c.mean, level, c.gain, c.sd, c.df, 0.0, c.t, c.p_value, c.effect_sigma)
-    t = c.gain / se
-    effect = c.gain / c.sd if c.sd else c.effect_sigma
-    return Comparison(c.n, n_ref, c.mean, level, c.gain, c.sd, c.df, se, t, t_sf(t, c.df), effect)
+    m = mean(runs)
+    gain = level - m if lower_is_better else m - level
+    se = math.sqrt(noise_sd ** 2 / len(runs) + max(0.0, level_var))
+    t = gain / se
+    return Comparison(len(runs), n_ref, m, level, gain, noise_sd, noise_df, se, t, t_sf(t, noise_df), gain / noise_sd)

@@ -82,15 +82,15 @@ class ServerError(RuntimeError):
     """The model server failed: crashed, timed out, or answered out of protocol."""
 
 
-def evaluate_checkpoint(checkpoint: Path, train_file: Path, data, device: str | None = None,
+def evaluate_checkpoint(checkpoint: Path, train_file: Path, data, bpb_sums, device: str | None = None,
                         max_tokens: int | None = None, timeout_s: float = 300.0,
                         deny: list[Path] = (), batch_size: int = 16) -> int:
     """Print `causal: ok` and `val_bpb: X` (exit 0), a `violation:` line (2) or an `error:` line (1).
 
-    `data` is prepare.Data; `deny` the files the server must not read (prepare.validation_files()).
+    `data` is prepare.Data; `bpb_sums` prepare.bpb_sums (one formula for every evaluation); `deny` the
+    files the server must not read (prepare.validation_files()).
     """
     import torch
-    import torch.nn.functional as F
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     T, V = data.seq_len, data.vocab_size
@@ -117,13 +117,12 @@ def evaluate_checkpoint(checkpoint: Path, train_file: Path, data, device: str | 
                 idx = order[i:i + batch_size]
                 logits = server.forward(rows[idx])
                 scored = np.flatnonzero(idx < n_rows)
-                if len(scored):  # the same sums as prepare.evaluate_bpb (a test checks they agree)
+                if len(scored):
                     starts = idx[scored] * T + 1
                     y = torch.from_numpy(val[starts[:, None] + np.arange(T)]).to(device)
-                    loss = F.cross_entropy(logits[scored].reshape(-1, V), y.reshape(-1), reduction="none")
-                    b = nbytes[y.reshape(-1)]
-                    nats += (loss * (b > 0)).sum(dtype=torch.float64)
-                    total_bytes += b.sum(dtype=torch.float64)
+                    n, b = bpb_sums(logits[scored], y, nbytes)
+                    nats += n
+                    total_bytes += b
                 for j, r in enumerate(idx.tolist()):
                     if r in need:
                         kept[r] = logits[j, :need[r]].to("cpu", copy=True)  # not a view of the batch

@@ -494,7 +494,6 @@ def evaluate_bpb(model, data: Data | None = None, device=None, batch_size: int =
     if os.environ.get("AUTORESEARCH_EXTERNAL_EVAL"):
         return float("nan")
     import torch
-    import torch.nn.functional as F
 
     data = data or prepare()
     device = torch.device(device or next(model.parameters()).device)
@@ -516,14 +515,23 @@ def evaluate_bpb(model, data: Data | None = None, device=None, batch_size: int =
             r1 = min(n_rows, r0 + batch_size)
             chunk = torch.from_numpy(np.asarray(val[r0 * T:r1 * T + 1], dtype=np.int64)).to(device)
             x, y = chunk[:-1].view(r1 - r0, T), chunk[1:].view(r1 - r0, T)
-            logits = model(x)
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
-            b = nbytes[y.reshape(-1)]
-            nats += (loss * (b > 0)).sum(dtype=torch.float64)
-            total_bytes += b.sum(dtype=torch.float64)
+            n, b = bpb_sums(model(x), y, nbytes)
+            nats += n
+            total_bytes += b
     if was_training:
         model.train()
     return float(nats / (math.log(2) * total_bytes))
+
+
+def bpb_sums(logits, y, nbytes):
+    """(nats, bytes) of one batch, float64: the sums every evaluation adds up (evaluate_bpb and the
+    judge's evaluate.py). BOS targets have zero bytes and count in neither sum."""
+    import torch
+    import torch.nn.functional as F
+
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
+    b = nbytes[y.reshape(-1)]
+    return (loss * (b > 0)).sum(dtype=torch.float64), b.sum(dtype=torch.float64)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -578,7 +586,7 @@ def evaluate_checkpoint(checkpoint: Path, train_file: Path, device: str | None =
     spec = importlib.util.spec_from_file_location("gpt_evaluate", Path(__file__).with_name("evaluate.py"))
     evaluate = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(evaluate)
-    return evaluate.evaluate_checkpoint(checkpoint, train_file, prepare(), device, max_tokens, timeout_s,
+    return evaluate.evaluate_checkpoint(checkpoint, train_file, prepare(), bpb_sums, device, max_tokens, timeout_s,
                                         deny=validation_files())
 
 
