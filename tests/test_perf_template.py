@@ -252,3 +252,12 @@ def test_a_speed_up_is_kept_a_broken_one_fails_the_checks_a_hungry_one_is_discar
     assert rows[3]["metrics"]["alloc_kb"] == hungry.metrics["alloc_kb"]
     tsv = (project / "results.tsv").read_text().splitlines()
     assert [line.split("\t")[3] for line in tsv[1:]] == ["keep", "keep", "checks_failed", "discard"]
+
+    # `confirm` re-runs the start and the best on fresh seeds and tests them on the log scale, the
+    # template's metric.noise = "relative": the improvement comes back in milliseconds.
+    capsys.readouterr()
+    assert cli(["confirm", "-C", str(project), "--tag", "t", "--runs", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["noise"].startswith("relative") and "log" in out["test"]
+    assert 0 < out["interval"][0] < out["improvement"] < out["interval"][1] < out["baseline"]["mean"], out
+    assert out["improvement_pct"] > 60  # the quadratic table against Myers: several times faster

@@ -292,6 +292,49 @@ def test_deterministic_metric_needs_no_reruns(tmp_path):
     assert v.keep and not v.more_runs and "deterministic" in v.evidence["test"]
 
 
+def test_relative_noise_judges_a_fast_program_by_its_own_jitter_not_the_slow_one_it_replaced(tmp_path):
+    """Timings: the 60 ms baseline jitters by ~6 ms, the 4 ms program that replaced it by ~0.2 ms.
+    With one absolute noise sd, pooled mostly from the slow baseline, cutting 4 ms to 2.5 ms looks
+    like noise; on the log scale (metric.noise = "relative") it is plainly real (and not too good
+to be true, which would hold it for two more runs)."""
+    verdicts = {}
+    for noise in ("absolute", "relative"):
+        b = Book(tmp_path / noise)
+        b.cfg.metric.noise = noise
+        b.policy = make(b.cfg)
+        base = b.baseline(values=(60.0, 66.0, 54.0))
+        fast = b.row(parent=base.commit, runs=[(42, 4.0), (43, 4.2), (44, 3.8)])
+        assert b.policy.decide(fast, base, b.ledger).keep
+        b.keep(fast)
+        faster = b.row(parent=fast.commit, runs=[(42, 2.5)])
+        verdicts[noise] = b.policy.decide(faster, fast, b.ledger)
+    absolute, relative = verdicts["absolute"], verdicts["relative"]
+    assert not absolute.keep and not absolute.more_runs and absolute.evidence["rule"] == "screen"
+    assert absolute.evidence["effect_sigma"] < 0.9
+    assert relative.keep and 3 < relative.evidence["effect_sigma"] < 8, relative.evidence
+    ev = relative.evidence
+    assert "relative" in ev["noise"] and ev["mean"] == pytest.approx(2.5)  # figures back in milliseconds
+    assert ev["incumbent_mean"] == pytest.approx((4.0 * 4.2 * 3.8) ** (1 / 3))
+    assert 1.0 < ev["gain"] < 2.0 and 0 < ev["interval"][0] < ev["gain"] < ev["interval"][1] < 4.0
+    assert ev["std"] < 0.2  # on the log scale: about a tenth of the value
+
+
+def test_relative_noise_needs_a_positive_metric(tmp_path):
+    b = Book(tmp_path)
+    b.cfg.metric.noise = "relative"
+    b.policy = make(b.cfg)
+    base = b.baseline(values=(1.0, 1.1, 0.9))
+    v = b.policy.decide(b.row(parent=base.commit, runs=[(42, 0.0)]), base, b.ledger)
+    assert not v.keep and 'metric.noise = "relative" needs a positive metric' in v.reason
+    zero = b.row("baseline", runs=[(42, 0.0), (43, -1.0), (44, 0.0)])
+    v = b.policy.decide(zero, None, b.ledger)
+    assert v.more_runs == [(zero.commit, s) for s in (45, 46, 47)]  # as for runs that crash: a few more seeds
+    for s in (45, 46, 47):
+        b.measure(zero, zero.commit, s, 0.0)
+    v = b.policy.decide(zero, None, b.ledger)
+    assert not v.keep and "no usable run" in v.reason and "positive" in v.reason
+
+
 def test_greedy_evidence_and_seed_rule(tmp_path):
     b = Book(tmp_path, name="greedy")
     assert isinstance(b.policy, Greedy)
@@ -310,6 +353,13 @@ def test_auto_policy_and_config_checks(tmp_path):
     root = noisy_project(tmp_path / "p", "confirm")
     for bad, word in (("max_runs = 1", "max_runs"), ("calibration_runs = 0", "calibration_runs")):
         (root / "autoresearch.toml").write_text(TOML.format(policy="confirm") + bad + "\n")
+        with pytest.raises(ConfigError, match=word):
+            load(root)
+    (root / "autoresearch.toml").write_text(TOML.format(policy="confirm").replace('direction = "min"',
+                                            'direction = "min"\nnoise = "ratio"'))
+    with pytest.raises(ConfigError, match=r"metric\.noise.*absolute.*relative"):
+        load(root)
+    for bad, word in ():
         with pytest.raises(ConfigError, match=word):
             load(root)
 

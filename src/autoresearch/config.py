@@ -66,6 +66,7 @@ class MetricConfig:
     record: list[str] = field(default_factory=list)
     memory: str = "peak_vram_mb"
     floor: Optional[float] = None
+    noise: str = "absolute"  # relative: run-to-run noise grows with the value (timings); judged on log scale
     bounds: dict[str, list[str]] = field(default_factory=dict)  # constraints on recorded metrics; guards.py
     command: str = ""  # the evaluation: when set, the metric comes only from its output (see judge.py)
     timeout_s: float = 600.0  # the evaluation's own timeout
@@ -147,6 +148,7 @@ SECTIONS: dict[str, type] = {
 
 CHOICES = {
     ("metric", "direction"): ("min", "max"),
+    ("metric", "noise"): ("absolute", "relative"),
     ("policy", "name"): ("auto", "greedy", "threshold", "confirm"),
     ("experiment", "sandbox"): ("auto", "bwrap", "none"),
 }

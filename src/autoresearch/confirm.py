@@ -30,7 +30,7 @@ from . import stats
 from .config import Config
 from .errors import AutoresearchError
 from .ledger import Experiment, Ledger
-from .policy_confirm import TEST, pooled_noise
+from .policy_confirm import NOT_POSITIVE, TEST, pooled_noise
 from .session import TagLock, reconcile
 
 
@@ -95,7 +95,8 @@ def summarize(cfg: Config, ledger: Ledger, tag: str, base: Experiment, best: Exp
 
     lower = cfg.lower_is_better()
     a, b = side(base), side(best) if best.commit != base.commit else None
-    sd, df = pooled_noise(ledger, tag)
+    relative = cfg.metric.noise == "relative"
+    sd, df = pooled_noise(ledger, tag, relative)
     out: dict[str, Any] = {"tag": tag, "metric": cfg.metric.name, "direction": cfg.metric.direction,
                            "baseline": a, "best": b or a, "same_commit": b is None, "std": sd, "df": df,
                            "test": TEST, "confidence": 1 - cfg.policy.alpha}
@@ -105,9 +106,21 @@ def summarize(cfg: Config, ledger: Ledger, tag: str, base: Experiment, best: Exp
     if not a["values"] or not b["values"]:
         raise AutoresearchError(f"no usable run of the {'baseline' if not a['values'] else 'best'} on the fresh "
                                 f"seeds (see the logs under .autoresearch/logs/{tag}/): nothing to compare")
-    c = stats.compare(b["values"], a["values"], sd, df, lower)
-    iv = c.interval(cfg.policy.alpha / 2) if c.se else None
-    out.update(improvement=c.gain, improvement_pct=(c.gain / abs(c.mean_ref) * 100) if c.mean_ref else None,
+    if relative:  # the test on the log scale; the figures back in metric units (see stats.py)
+        if min(a["values"] + b["values"]) <= 0:
+            raise AutoresearchError(f"a fresh run gave a metric <= 0, but {NOT_POSITIVE}: set metric.noise = "
+                                    "\"absolute\" or fix the metric")
+        c = stats.compare([math.log(v) for v in b["values"]], [math.log(v) for v in a["values"]], sd, df, lower)
+        iv = c.interval(cfg.policy.alpha / 2) if c.se else None
+        gain = stats.gain_in_units(c.gain, c.mean_ref, lower)
+        ref = math.exp(c.mean_ref)
+        iv = tuple(stats.gain_in_units(x, c.mean_ref, lower) for x in iv) if iv else None
+        out.update(noise="relative (std on the log scale)", test=TEST + ", on log(metric)")
+    else:
+        c = stats.compare(b["values"], a["values"], sd, df, lower)
+        iv = c.interval(cfg.policy.alpha / 2) if c.se else None
+        gain, ref = c.gain, c.mean_ref
+    out.update(improvement=gain, improvement_pct=(gain / abs(ref) * 100) if ref else None,
                interval=list(iv) if iv else None, p_value=c.p_value, t=_finite(c.t),
                effect_sigma=_finite(c.effect_sigma))
     return out

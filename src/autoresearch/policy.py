@@ -17,6 +17,7 @@ draw of the noise is never an improvement, whatever the one run says.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
@@ -54,6 +55,7 @@ class Greedy:
     def __init__(self, cfg: Config):
         self.lower = cfg.lower_is_better()
         self.margin = 0.0
+        self.relative = cfg.metric.noise == "relative"
 
     def decide(self, candidate: Experiment, incumbent: Optional[Experiment], ledger: Ledger) -> Verdict:
         if incumbent is None or incumbent.metric is None:
@@ -61,7 +63,7 @@ class Greedy:
         gain = improvement(candidate.metric, incumbent.metric, self.lower)
         evidence = {"runs": 1, "candidate": candidate.metric, "incumbent": incumbent.metric, "delta": -gain
                     if self.lower else gain, "margin": self.margin}
-        evidence |= _one_run_evidence(self.name, candidate, incumbent, gain, ledger)
+        evidence |= _one_run_evidence(self.name, candidate, incumbent, gain, ledger, self.relative)
         if seed_only_change(candidate.patch):
             return Verdict(False, "only a seed changed: a different draw of the noise, not an improvement", evidence)
         if gain > self.margin:
@@ -102,14 +104,17 @@ def make(cfg: Config) -> Policy:
 
 
 def _one_run_evidence(name: str, candidate: Experiment, incumbent: Experiment, gain: float,
-                      ledger: Ledger) -> dict[str, Any]:
+                      ledger: Ledger, relative: bool = False) -> dict[str, Any]:
     """The common evidence keys for a one-run rule, with the effect in noise units when noise was measured."""
     from .policy_confirm import pooled_noise  # here: policy_confirm imports this module
 
     ev: dict[str, Any] = {"test": f"{name}: one run each, no test", "seeds": [candidate.seed],
                           "mean": candidate.metric, "incumbent_mean": incumbent.metric, "gain": gain}
-    sd, df = pooled_noise(ledger, candidate.tag)
-    if sd:
+    sd, df = pooled_noise(ledger, candidate.tag, relative)
+    if sd and relative and candidate.metric > 0 and incumbent.metric > 0:  # noise on the log scale
+        log_gain = math.copysign(abs(math.log(incumbent.metric / candidate.metric)), gain)  # the gain's sign
+        ev |= {"std": sd, "df": df, "effect_sigma": log_gain / sd, "noise": "relative (std on the log scale)"}
+    elif sd and not relative:
         ev |= {"std": sd, "df": df, "effect_sigma": gain / sd}
     return ev
 

@@ -30,6 +30,9 @@ every commit of the tag measured more than once (stats.compare_to_level):
   discarded as impossible.
 - a metric with measured noise exactly 0 is deterministic: strictly better is kept.
 - a confirmation run that crashes or times out discards the candidate (not reproducible).
+- metric.noise = "relative" (timings: the spread grows with the value): all of the above on
+  log(metric), so a 2 ms program is not judged with the noise of the 60 ms one it replaced;
+  the evidence is given back in metric units (geometric means) and `std` is on the log scale.
 
 The thresholds were chosen on the benchmark (null changes kept <= 5%, extra runs <= 30%,
 then the most 2-sd gains kept); docs/policy.md has the figures and what was tried.
@@ -64,6 +67,7 @@ class Confirm:
         self.alpha, self.max_runs, self.too_good = p.alpha, max(2, p.max_runs), p.too_good_sigma
         self.calibration_runs = max(1, p.calibration_runs)
         self.floor = cfg.metric.floor
+        self.relative = cfg.metric.noise == "relative"
 
     # -- the decision --------------------------------------------------------------------------
     def decide(self, candidate: Experiment, incumbent: Optional[Experiment], ledger: Ledger) -> Verdict:
@@ -73,11 +77,12 @@ class Confirm:
             return Verdict(False, "only a seed changed: a different draw of the noise, not an improvement",
                            {"test": "seed-only patch", "runs": 1, "seeds": [candidate.seed], "mean": candidate.metric,
                             "rule": "seed-only"})
-        by_commit = _runs_by_commit(ledger, candidate.tag)
+        by_commit = _runs_by_commit(ledger, candidate.tag, self.relative)
         mine, failed = _runs(by_commit, candidate.commit)
         if failed:
             f = failed[0]
-            return Verdict(False, f"a confirmation run (seed {f['seed']}) ended `{f['status']}`: not reproducible",
+            return Verdict(False, f"a confirmation run (seed {f['seed']}) ended `{f['status']}`: not reproducible"
+                           + (f" ({NOT_POSITIVE})" if f["status"] == "not_positive" else ""),
                            {"test": TEST, "runs": len(mine), "seeds": [m["seed"] for m in mine], "rule": "failed rerun"})
         ref, _ = _runs(by_commit, incumbent.commit)
         sd, df = _pooled(by_commit)
@@ -104,8 +109,9 @@ class Confirm:
             if self._beyond_floor(c.mean):
                 return Verdict(False, f"better than metric.floor {self.floor:g}: impossible, check the evaluation", ev)
             if c.gain > 0:
-                return Verdict(True, f"better by {c.gain:.6g} and the metric is deterministic", ev)
-            return Verdict(False, f"not better ({c.mean:.6g} vs {c.mean_ref:.6g}; the metric is deterministic)", ev)
+                return Verdict(True, f"better by {ev['gain']:.6g} and the metric is deterministic", ev)
+            return Verdict(False, f"not better ({ev['mean']:.6g} vs {ev['incumbent_mean']:.6g}; the metric is "
+                                  "deterministic)", ev)
         too_good = (c.effect_sigma is not None and c.effect_sigma > self.too_good) or self._beyond_floor(c.mean)
         if n == 1:
             if c.t < self.screen_t:
@@ -119,7 +125,7 @@ class Confirm:
             return Verdict(False, "too good to be true: held for confirmation", ev | {"rule": "held"},
                            self._more(candidate, mine))
         if self._beyond_floor(c.mean):
-            return self._final(False, ev, "floor", f"mean {c.mean:.6g} is better than metric.floor {self.floor:g}: "
+            return self._final(False, ev, "floor", f"mean {ev['mean']:.6g} is better than metric.floor {self.floor:g}: "
                                "impossible, check the evaluation", ledger, candidate)
         if c.p_value <= self.alpha:
             return self._final(True, ev, "confirmed", f"confirmed over {n} runs ({_sig(c)})", ledger, candidate)
@@ -131,18 +137,25 @@ class Confirm:
     # -- pieces --------------------------------------------------------------------------------
     def _calibrate(self, baseline: Experiment, ledger: Ledger) -> Verdict:
         """The starting point is kept; first its noise is measured on `calibration_runs` seeds."""
-        mine, failed = _runs(_runs_by_commit(ledger, baseline.tag), baseline.commit)
+        mine, failed = _runs(_runs_by_commit(ledger, baseline.tag, self.relative), baseline.commit)
         done = {m["seed"] for m in mine} | {f["seed"] for f in failed}
         if len(mine) < self.calibration_runs and len(done) < 2 * self.calibration_runs:
             return Verdict(False, "calibrating the noise", more_runs=[
                 (baseline.commit, s) for s in _fresh(done, baseline.seed, self.calibration_runs - len(mine))])
         values = [m["metric"] for m in mine]
+        if not values:
+            return Verdict(False, f"no usable run of the starting point on {len(done)} seeds"
+                           + (f" ({NOT_POSITIVE})" if any(f["status"] == "not_positive" for f in failed) else ""),
+                           {"test": "calibration", "runs": 0, "failed_runs": len(failed)})
         sd = stats.sd(values)
         ev = {"test": "calibration", "runs": len(values), "seeds": [m["seed"] for m in mine],
-              "mean": stats.mean(values), "std": sd, "df": len(values) - 1}
+              "mean": self._units(stats.mean(values)), "std": sd, "df": len(values) - 1}
+        if self.relative:
+            ev["noise"] = "relative (std on the log scale)"
         if failed:
             ev["failed_runs"] = len(failed)
-        noise = f"noise sd {sd:.4g} over {len(values)} runs" if sd is not None else "noise not measured (one run)"
+        noise = (f"noise sd {sd:.4g}{' (log scale)' if self.relative else ''} over {len(values)} runs"
+                 if sd is not None else "noise not measured (one run)")
         ledger.event(baseline.tag, "calibration", f"baseline {baseline.short}: mean {ev['mean']:.6g}, {noise} "
                      f"(seeds {', '.join(map(str, ev['seeds']))})", baseline.id)
         return Verdict(True, f"the starting point; {noise}", ev)
@@ -188,41 +201,68 @@ class Confirm:
         return Verdict(keep, reason, ev)
 
     def _beyond_floor(self, value: float) -> bool:
+        """`value` on the judged scale (the log of the metric when the noise is relative)."""
         if self.floor is None:
             return False
-        return value < self.floor if self.lower else value > self.floor
+        if self.relative:
+            if self.floor <= 0:
+                return not self.lower  # every positive value is above a floor <= 0
+            floor = math.log(self.floor)
+        else:
+            floor = self.floor
+        return value < floor if self.lower else value > floor
+
+    def _units(self, value: float) -> float:
+        """A value of the judged scale back in metric units."""
+        return math.exp(value) if self.relative else value
 
     def _evidence(self, c: stats.Comparison, mine: list[dict[str, Any]], ref: list[dict[str, Any]],
                   level: Optional[levels.Level]) -> dict[str, Any]:
+        # On the relative scale every figure is given back in metric units except std and
+        # incumbent_se, which stay on the log scale (a fraction of the value, roughly).
+        units = self._units
+        gain = (stats.gain_in_units(c.gain, c.mean_ref, self.lower) if self.relative else c.gain)
         ev: dict[str, Any] = {
-            "test": TEST if level is None else TEST_LEVEL, "runs": c.n, "mean": c.mean, "std": c.sd,
+            "test": TEST if level is None else TEST_LEVEL, "runs": c.n, "mean": units(c.mean), "std": c.sd,
             "p_value": c.p_value, "effect_sigma": _finite(c.effect_sigma),
-            "incumbent_mean": stats.mean([m["metric"] for m in ref]) if ref else None, "incumbent_runs": c.n_ref,
-            "gain": c.gain, "df": c.df, "t": _finite(c.t), "alpha": self.alpha,
+            "incumbent_mean": units(stats.mean([m["metric"] for m in ref])) if ref else None,
+            "incumbent_runs": c.n_ref, "gain": gain, "df": c.df, "t": _finite(c.t), "alpha": self.alpha,
             "seeds": [m["seed"] for m in mine], "incumbent_seeds": [m["seed"] for m in ref],
         }
+        if self.relative:
+            ev["noise"] = "relative (std on the log scale)"
         if level is not None:
-            ev["incumbent_estimate"], ev["incumbent_se"] = c.mean_ref, math.sqrt(level.var)
+            ev["incumbent_estimate"], ev["incumbent_se"] = units(c.mean_ref), math.sqrt(level.var)
         iv = c.interval(self.alpha) if c.se else None
         if iv:
-            ev["interval"] = [iv[0], iv[1]]
+            ev["interval"] = ([stats.gain_in_units(x, c.mean_ref, self.lower) for x in iv] if self.relative
+                              else [iv[0], iv[1]])
             ev["confidence"] = 1 - 2 * self.alpha
         return ev
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-def pooled_noise(ledger: Ledger, tag: str) -> tuple[Optional[float], int]:
-    """(sd, degrees of freedom) of run-to-run noise, pooled over the tag's commits measured more than once."""
-    return _pooled(_runs_by_commit(ledger, tag))
+NOT_POSITIVE = 'metric.noise = "relative" needs a positive metric'
+
+
+def pooled_noise(ledger: Ledger, tag: str, relative: bool = False) -> tuple[Optional[float], int]:
+    """(sd, degrees of freedom) of run-to-run noise, pooled over the tag's commits measured more
+    than once; on the log scale when the noise is relative."""
+    return _pooled(_runs_by_commit(ledger, tag, relative))
 
 
 def _pooled(by_commit: dict[str, list[dict[str, Any]]]) -> tuple[Optional[float], int]:
     return stats.pooled_sd([[m["metric"] for m in _runs(by_commit, c)[0]] for c in by_commit])
 
 
-def _runs_by_commit(ledger: Ledger, tag: str) -> dict[str, list[dict[str, Any]]]:
+def _runs_by_commit(ledger: Ledger, tag: str, relative: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """The tag's measurements by commit; with relative noise the metric is its log, and a run
+    with a metric <= 0 counts as failed (status `not_positive`)."""
     out: dict[str, list[dict[str, Any]]] = {}
     for m in ledger.measurements(tag=tag):
+        v = m["metric"]
+        if relative and m["status"] == "ok" and v is not None and math.isfinite(v):
+            m = dict(m, metric=math.log(v)) if v > 0 else dict(m, status="not_positive")
         out.setdefault(m["commit"], []).append(m)
     return out
 

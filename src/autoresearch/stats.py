@@ -16,7 +16,8 @@ on 2–3 degrees of freedom, and treating it as known would keep too much noise;
 distribution pays for that uncertainty and becomes the z-test as the estimate firms up.
 Limits: a change that alters the noise itself (an unstable learning rate) breaks the
 equal-variance assumption; its own runs are part of the pool, which softens but does
-not remove this. Runs are assumed independent given their seeds.
+not remove this. Noise that grows with the value (timings) is tested on the log scale
+(metric.noise = "relative"; gain_in_units below). Runs are assumed independent given their seeds.
 
 Accuracy: the regularised incomplete beta is evaluated by its continued fraction
 (modified Lentz), to ~1e-12; quantiles by bisection, to ~1e-10. Tested against
@@ -196,3 +197,20 @@ def compare_to_level(runs: Sequence[float], level: float, level_var: float, n_re
     se = math.sqrt(noise_sd ** 2 / len(runs) + max(0.0, level_var))
     t = gain / se
     return Comparison(len(runs), n_ref, m, level, gain, noise_sd, noise_df, se, t, t_sf(t, noise_df), gain / noise_sd)
+
+
+# -- relative noise (metric.noise = "relative") ------------------------------------------------
+# A timing's spread grows with the time itself: 60 ms jitters by milliseconds, 2 ms by a tenth
+# of that. On the log scale such noise is the same everywhere, so the tests above apply to
+# log(values) unchanged; these two carry results back to the metric's own units.
+def gain_in_units(log_gain: float, log_ref: float, lower_is_better: bool) -> float:
+    """A gain measured on the log scale, as a gain in metric units against the reference exp(log_ref).
+
+    Monotone in log_gain, so the ends of an interval map to the ends of an interval.
+    """
+    ref = math.exp(log_ref)
+    return ref * (1 - math.exp(-log_gain)) if lower_is_better else ref * (math.exp(log_gain) - 1)
+
+
+def geometric_mean(xs: Sequence[float]) -> float:
+    return math.exp(mean([math.log(x) for x in xs]))
