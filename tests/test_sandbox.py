@@ -401,3 +401,18 @@ def test_run_folders_of_a_dead_harness_are_removed(tmp_path):
     sandbox_mod.remove_stale_run_dirs()
     assert not stale.exists() and mine.artifacts.exists()
     mine.cleanup()
+
+
+def test_hidden_paths_expand_variables_home_globs_and_installed_packages(tmp_path, monkeypatch):
+    import json as json_pkg  # a package every Python has: its files stand in for a corpus in site-packages
+
+    (tmp_path / "data").mkdir()
+    for name in ("a.bin", "b.bin", "c.txt"):
+        (tmp_path / "data" / name).write_text(name)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    env = {"CACHE": str(tmp_path / "data")}
+    got = sandbox_mod.resolve_paths(["$CACHE/*.bin", "~/data/c.txt", "$UNSET/x.bin", "python:json/decoder.py",
+                                     "python:json/*.nothing", "python:no_such_package_xyz/x", "python:../etc/passwd",
+                                     "data/a.bin"], tmp_path, env)
+    decoder = Path(json_pkg.__file__).with_name("decoder.py").resolve()
+    assert got == [tmp_path / "data" / "a.bin", tmp_path / "data" / "b.bin", tmp_path / "data" / "c.txt", decoder]

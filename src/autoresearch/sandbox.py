@@ -87,10 +87,15 @@ def check_config(mode: str) -> None:
 
 def resolve_paths(patterns: Iterable[str], root: Path, env: Mapping[str, str]) -> list[Path]:
     """Existing absolute paths matching `patterns` (`~` and `$VAR` expanded from `env`, relative
-    to the project root); a pattern naming an unset variable matches nothing."""
+    to the project root); a pattern naming an unset variable matches nothing. `python:PKG/path`
+    is `path` inside the installed package PKG, as the harness's interpreter finds it (without
+    importing it): data a project reads from site-packages, whose location no config can spell."""
     out: list[Path] = []
     for pat in patterns:
-        expanded = _expandvars(os.path.expanduser(pat), env)
+        if pat.startswith("python:"):
+            expanded = _in_package(pat[len("python:"):])
+        else:
+            expanded = _expandvars(os.path.expanduser(pat), env)
         if expanded is None:
             continue
         p = Path(expanded)
@@ -100,6 +105,20 @@ def resolve_paths(patterns: Iterable[str], root: Path, env: Mapping[str, str]) -
             if path not in out:
                 out.append(path)
     return out
+
+
+def _in_package(spec: str) -> Optional[str]:
+    """`PKG/rest` -> the absolute pattern of `rest` inside the installed package PKG, or None."""
+    import importlib.util
+
+    package, _, rest = spec.partition("/")
+    try:
+        found = importlib.util.find_spec(package) if package.isidentifier() else None
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.submodule_search_locations:
+        return None
+    return str(Path(list(found.submodule_search_locations)[0]) / rest)
 
 
 def _expandvars(s: str, env: Mapping[str, str]) -> Optional[str]:
