@@ -261,3 +261,5 @@ def test_a_speed_up_is_kept_a_broken_one_fails_the_checks_a_hungry_one_is_discar
     assert out["noise"].startswith("relative") and "log" in out["test"]
     assert 0 < out["interval"][0] < out["improvement"] < out["interval"][1] < out["baseline"]["mean"], out
     assert out["improvement_pct"] > 60  # the quadratic table against Myers: several times faster
+    assert cli(["confirm", "-C", str(project), "--tag", "t", "--runs", "2"]) == 0
+    assert "of run-to-run noise (sd " in (text := capsys.readouterr().out) and " of log(metric))" in text, text

@@ -149,7 +149,8 @@ def render(out: dict[str, Any]) -> str:
         text += (f", {out['confidence'] * 100:.0f}% CI [{lo:+.6g}, {hi:+.6g}], p = {out['p_value']:.3g} "
                  f"({out['test']}, {out['df']} df)")
         if out.get("effect_sigma") is not None:
-            text += f"; {out['effect_sigma']:.2f}σ of run-to-run noise (sd {out['std']:.4g})"
+            scale = " of log(metric)" if out.get("noise", "").startswith("relative") else ""
+            text += f"; {out['effect_sigma']:.2f}σ of run-to-run noise (sd {out['std']:.4g}{scale})"
         verdict = "the best is better than the start" if lo > 0 else "the interval includes no improvement"
         lines += [text, f"  {verdict}"]
     else:
