@@ -261,6 +261,28 @@ def test_sigint_during_a_run_finishes_the_record_as_interrupted(tmp_path):
     assert git(root, "rev-parse", "autoresearch/t") == rows[0].commit
 
 
+def test_a_second_ctrl_c_between_the_record_and_its_run_leaves_no_row_running(project, monkeypatch):
+    """The second Ctrl-C raises KeyboardInterrupt wherever the loop is; landing right after a row is
+    begun (here: while its commit is pinned) it must still leave that row terminal, not `running`."""
+    from autoresearch.workspace import Workspace
+
+    plain, calls = Workspace.pin, []
+
+    def pin(self, exp_id, commit):
+        calls.append(exp_id)
+        if len(calls) == 2:  # the first candidate's: the baseline's was the first
+            raise KeyboardInterrupt
+        return plain(self, exp_id, commit)
+
+    monkeypatch.setattr(Workspace, "pin", pin)
+    with pytest.raises(KeyboardInterrupt):
+        run_loop(project, [set_x(2.0)], 3)
+    rows = rows_of(project, "t")
+    assert [e.status for e in rows] == ["keep", "interrupted"] and "stopped by the user" in rows[1].reason
+    assert (project / "results.tsv").read_text().splitlines()[-1].split("\t")[3] == "interrupted"
+    assert git(project, "rev-parse", "autoresearch/t") == rows[0].commit
+
+
 def test_baseline_that_crashes_is_a_clear_error(tmp_path):
     root = make_project(tmp_path / "p", files={"train.py": "print('no metric here')\n"})
     with pytest.raises(AutoresearchError, match=r"baseline .* ended `crash`.*prints `score: <value>`"):

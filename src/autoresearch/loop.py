@@ -363,6 +363,11 @@ class Loop:
         old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
+        except BaseException:  # a second Ctrl-C can land between a row's `begin` and its trial
+            if getattr(self, "session", None):
+                if self.ledger.interrupt_stale(self.tag, "stopped by the user before its run finished"):
+                    write_tsv(self.tsv, self.ledger.experiments(self.tag), self.cfg.metric.name)
+            raise
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
