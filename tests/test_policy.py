@@ -319,6 +319,24 @@ to be true, which would hold it for two more runs)."""
     assert ev["std"] < 0.2  # on the log scale: about a tenth of the value
 
 
+def test_relative_noise_when_higher_is_better_is_the_mirror_image(tmp_path):
+    """Throughput (higher is better): 100 items/s jittering by 10, then 1500 by 75; 1500 -> 2400 is kept,
+    and the evidence reads in items/s."""
+    b = Book(tmp_path)
+    b.cfg.metric.noise, b.cfg.metric.direction = "relative", "max"
+    b.policy = make(b.cfg)
+    base = b.baseline(values=(100.0, 110.0, 90.0))
+    fast = b.row(parent=base.commit, runs=[(42, 1500.0), (43, 1575.0), (44, 1425.0)])
+    assert b.policy.decide(fast, base, b.ledger).keep
+    b.keep(fast)
+    v = b.policy.decide(b.row(parent=fast.commit, runs=[(42, 2400.0)]), fast, b.ledger)
+    assert v.keep and v.evidence["mean"] == pytest.approx(2400.0), v.evidence
+    assert 500 < v.evidence["gain"] < 1100 and 0 < v.evidence["interval"][0] < v.evidence["gain"]
+    worse = b.row(parent=fast.commit, runs=[(42, 1000.0)])
+    v = b.policy.decide(worse, fast, b.ledger)
+    assert not v.keep and v.evidence["rule"] == "screen" and v.evidence["gain"] < 0
+
+
 def test_relative_noise_needs_a_positive_metric(tmp_path):
     b = Book(tmp_path)
     b.cfg.metric.noise = "relative"
