@@ -416,3 +416,36 @@ def test_hidden_paths_expand_variables_home_globs_and_installed_packages(tmp_pat
                                      "data/a.bin"], tmp_path, env)
     decoder = Path(json_pkg.__file__).with_name("decoder.py").resolve()
     assert got == [tmp_path / "data" / "a.bin", tmp_path / "data" / "b.bin", tmp_path / "data" / "c.txt", decoder]
+    # A namespace package spread over two folders (each searched), one of them with glob characters in its name.
+    for folder, name in ((tmp_path / "site[1]", "one.txt"), (tmp_path / "site2", "two.txt")):
+        (folder / "nspkg_xyz").mkdir(parents=True)
+        (folder / "nspkg_xyz" / name).write_text(name)
+        monkeypatch.syspath_prepend(str(folder))
+    got = sandbox_mod.resolve_paths(["python:nspkg_xyz/*.txt"], tmp_path, env)
+    assert sorted(p.name for p in got) == ["one.txt", "two.txt"], got
+    # Forms that can never name a file inside a package are refused by the config, saying how to write one.
+    for bad in ("python:os.path/x", "python: json/decoder.py", "python:json", "python:json//decoder.py"):
+        assert sandbox_mod.check_package_pattern(bad), bad
+        assert sandbox_mod.resolve_paths([bad], tmp_path, env) == []
+    assert sandbox_mod.check_package_pattern("python:json/decoder.py") is None
+
+
+def test_slots_keep_python_hidden_paths_and_the_review_names_their_files(tmp_path):
+    """A concurrent run's slot config anchors relative hidden paths to the project; `python:` ones
+    must pass through unchanged, or a training run in a slot could read them unseen."""
+    from autoresearch.engines.runner import slot_config
+
+    root = make_project(tmp_path / "p")
+    cfg = load(root, {"experiment": {"hidden": ["python:json/decoder.py", "secret/*.bin"]}})
+    slot = slot_config(cfg, root, root / ".autoresearch" / "slots" / "t" / "slot0", "")
+    assert slot.experiment.hidden == ["python:json/decoder.py", str(root / "secret/*.bin")]
+    import json as json_pkg
+
+    assert sandbox_mod.resolve_paths(slot.experiment.hidden, slot.root, {}) == [
+        Path(json_pkg.__file__).with_name("decoder.py").resolve()]
+    from autoresearch.integrity import _project_rules
+
+    whys = [why for _, why in _project_rules(cfg)]
+    assert "names hidden data (decoder.py)" in whys, whys  # a patch naming the file is refused unrun
+    with pytest.raises(ConfigError, match=r"experiment\.hidden.*python:os\.path/x.*top-level package"):
+        load(root, {"experiment": {"hidden": ["python:os.path/x"]}})

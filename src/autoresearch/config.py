@@ -322,9 +322,13 @@ def _check(cfg: Config) -> None:
                           "beyond budget_s for start-up and saving")
     if m.timeout_s <= 0:
         raise ConfigError(f"`metric.timeout_s` must be positive (got {m.timeout_s:g})")
-    from .sandbox import check_config
+    from .sandbox import PACKAGE_PREFIX, check_config, check_package_pattern
 
     check_config(e.sandbox)
+    for key in ("hidden", "data"):
+        for pat in getattr(e, key):
+            if pat.startswith(PACKAGE_PREFIX) and (why := check_package_pattern(pat)):
+                raise ConfigError(f"`experiment.{key}` entry {pat!r}: {why}")
     if not e.editable:
         raise ConfigError("`experiment.editable` is empty: list the files an agent may change, e.g. editable = [\"train.py\"]")
     if not m.name.strip():

@@ -89,7 +89,7 @@ def _project_rules(cfg) -> list[tuple[str, str]]:
         rules.append((rf"""['"][^'"]*\b{name}\s*[:=]""",
                       f"prints `{cfg.metric.name}` itself (only the evaluation's counts)"))
     for pat in cfg.experiment.hidden:
-        name = Path(pat).name
+        name = Path(pat.removeprefix("python:")).name
         if name and not any(c in name for c in "*?[$~"):
             rules.append((re.escape(name), f"names hidden data ({name})"))
     return rules

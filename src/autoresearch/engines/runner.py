@@ -36,6 +36,7 @@ from typing import Callable, Iterator, Optional
 from ..config import Config
 from ..judge import _setup_once, experiment_env, judge, read_end
 from ..procs import kill_marked
+from ..sandbox import is_anchored
 from ..workspace import Workspace
 from .base import Job, Result, RunInfo
 
@@ -78,7 +79,7 @@ def slot_config(cfg: Config, project: Path, slot_root: Path, secret: str) -> Con
             os.replace(tmp, path)
 
     def anchored(patterns: list[str]) -> list[str]:
-        return [p if p.startswith(("/", "~", "$")) else str(project / p) for p in patterns]
+        return [p if is_anchored(p) else str(project / p) for p in patterns]
 
     e = cfg.experiment
     return dataclasses.replace(cfg, root=slot_root, experiment=dataclasses.replace(
