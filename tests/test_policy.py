@@ -337,6 +337,39 @@ def test_relative_noise_when_higher_is_better_is_the_mirror_image(tmp_path):
     assert not v.keep and v.evidence["rule"] == "screen" and v.evidence["gain"] < 0
 
 
+def test_confirm_summary_with_relative_noise_reads_in_geometric_means_and_says_so(tmp_path):
+    from autoresearch.confirm import render, summarize
+
+    b = Book(tmp_path)
+    b.cfg.metric.noise = "relative"
+    base = b.baseline(values=(60.0, 66.0, 54.0))
+    best = b.keep(b.row(parent=base.commit, runs=[(42, 4.0), (43, 4.2), (44, 3.8)]))
+    fresh = {base.id: [(100, 10.0, "ok"), (101, 10.0, "ok"), (102, 30.0, "ok")],
+             best.id: [(100, 5.0, "ok"), (101, 5.1, "ok"), (102, 4.9, "ok")]}
+    out = summarize(b.cfg, b.ledger, "t", base, best, fresh)
+    assert out["baseline"]["mean"] == pytest.approx((10 * 10 * 30) ** (1 / 3)) and "geometric" in out["noise"]
+    # the improvement is the difference of the means shown beside it, and its share of the start
+    assert out["improvement"] == pytest.approx(out["baseline"]["mean"] - out["best"]["mean"])
+    assert out["improvement_pct"] == pytest.approx(100 * out["improvement"] / out["baseline"]["mean"])
+    assert "sd of log; geometric mean" in render(out) and "of log(metric)" in render(out)
+    nothing = summarize(b.cfg, b.ledger, "t", base, base, fresh)
+    assert nothing["same_commit"] and "relative" in nothing["noise"] and "log" in nothing["test"]
+
+
+def test_confirm_summary_of_a_deterministic_metric_is_a_verdict_not_a_missing_estimate(tmp_path):
+    from autoresearch.confirm import render, summarize
+
+    b = Book(tmp_path)
+    base = b.baseline(values=(10.0, 10.0, 10.0))
+    best = b.keep(b.row(parent=base.commit, runs=[(42, 8.0), (43, 8.0)]))
+    out = summarize(b.cfg, b.ledger, "t", base, best,
+                    {base.id: [(100, 10.0, "ok"), (101, 10.0, "ok")], best.id: [(100, 8.0, "ok"), (101, 8.0, "ok")]})
+    text = render(out)
+    assert out["std"] == 0 and out["p_value"] == 0.0
+    assert "deterministic (measured noise 0" in text and "the best is better than the start" in text, text
+    assert "no noise estimate" not in text
+
+
 def test_relative_noise_needs_a_positive_metric(tmp_path):
     b = Book(tmp_path)
     b.cfg.metric.noise = "relative"

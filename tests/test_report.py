@@ -308,3 +308,13 @@ def test_report_md_number_format_ignores_a_wild_discard(ledger: Ledger, tmp_path
     record(ledger, "gain", "keep", 0.9950)
     md = report_md(ledger.experiments("t"), tmp_path / "r.md", "val_bpb", True).read_text()
     assert "| 0.995000 | -0.002900 | -0.002900 (-0.29%) |" in md
+
+
+def test_evidence_line_marks_a_log_scale_std_and_keeps_a_metric_std_in_metric_format():
+    from autoresearch.report import _evidence
+
+    one_decimal = lambda v: f"{v:.1f}"  # noqa: E731  (the format a metric in the thousands gets)
+    relative = _evidence({"runs": 1, "mean": 1400.0, "std": 0.0312, "noise": "relative (std on the log scale)"},
+                         one_decimal)
+    assert "mean 1400.0" in relative and "std 0.0312 (log)" in relative  # not "std 0.0"
+    assert "std 30.0" in _evidence({"runs": 1, "mean": 1400.0, "std": 30.0}, one_decimal)

@@ -86,20 +86,27 @@ def _ends(ledger: Ledger, tag: str) -> tuple[Experiment, Experiment]:
 def summarize(cfg: Config, ledger: Ledger, tag: str, base: Experiment, best: Experiment,
               measured: dict[int, list[tuple[int, Optional[float], str]]]) -> dict[str, Any]:
     """The comparison of the fresh runs (see the module docstring); pure given the ledger."""
+    relative = cfg.metric.noise == "relative"
+
     def side(row: Experiment) -> dict[str, Any]:
         got = measured.get(row.id, [])
         values = [v for _, v, _ in got if v is not None]
+        if relative and values and min(values) > 0:  # the geometric mean, and the sd of the logs
+            mean, sd_ = stats.geometric_mean(values), stats.sd([math.log(v) for v in values])
+        else:
+            mean, sd_ = (stats.mean(values) if values else None), stats.sd(values)
         return {"id": row.id, "commit": row.commit, "description": row.description, "seeds": [s for s, _, _ in got],
                 "runs": len(values), "failed": [{"seed": s, "status": st} for s, v, st in got if v is None],
-                "mean": stats.mean(values) if values else None, "sd": stats.sd(values), "values": values}
+                "mean": mean, "sd": sd_, "values": values}
 
     lower = cfg.lower_is_better()
     a, b = side(base), side(best) if best.commit != base.commit else None
-    relative = cfg.metric.noise == "relative"
     sd, df = pooled_noise(ledger, tag, relative)
     out: dict[str, Any] = {"tag": tag, "metric": cfg.metric.name, "direction": cfg.metric.direction,
                            "baseline": a, "best": b or a, "same_commit": b is None, "std": sd, "df": df,
                            "test": TEST, "confidence": 1 - cfg.policy.alpha}
+    if relative:
+        out.update(noise="relative (means geometric, std on the log scale)", test=TEST + ", on log(metric)")
     if b is None:
         out.update(improvement=0.0, interval=None, p_value=None, note="nothing was kept: the best is the starting point")
         return out
@@ -115,7 +122,6 @@ def summarize(cfg: Config, ledger: Ledger, tag: str, base: Experiment, best: Exp
         gain = stats.gain_in_units(c.gain, c.mean_ref, lower)
         ref = math.exp(c.mean_ref)
         iv = tuple(stats.gain_in_units(x, c.mean_ref, lower) for x in iv) if iv else None
-        out.update(noise="relative (std on the log scale)", test=TEST + ", on log(metric)")
     else:
         c = stats.compare(b["values"], a["values"], sd, df, lower)
         iv = c.interval(cfg.policy.alpha / 2) if c.se else None
@@ -133,8 +139,9 @@ def render(out: dict[str, Any]) -> str:
     seeds = a["seeds"]
     lines = [f"confirm {out['tag']}: {name} ({arrow} is better), {len(seeds)} fresh run(s) each"
              + (f" on seeds {seeds[0]}..{seeds[-1]}" if seeds else "")]
+    relative = str(out.get("noise", "")).startswith("relative")
     for label, s in (("start", a), ("best", b)) if not out["same_commit"] else (("start", a),):
-        spread = f" ± {s['sd']:.4g} (sd)" if s["sd"] is not None else ""
+        spread = f" ± {s['sd']:.4g} (sd{' of log; geometric mean' if relative else ''})" if s["sd"] is not None else ""
         failed = f", {len(s['failed'])} failed" if s["failed"] else ""
         mean = f"{s['mean']:.6g}" if s["mean"] is not None else "-"
         lines.append(f"  {label:5} #{s['id']} {s['commit'][:7]}  {mean}{spread}  ({s['runs']} runs{failed})")
@@ -149,10 +156,13 @@ def render(out: dict[str, Any]) -> str:
         text += (f", {out['confidence'] * 100:.0f}% CI [{lo:+.6g}, {hi:+.6g}], p = {out['p_value']:.3g} "
                  f"({out['test']}, {out['df']} df)")
         if out.get("effect_sigma") is not None:
-            scale = " of log(metric)" if out.get("noise", "").startswith("relative") else ""
+            scale = " of log(metric)" if relative else ""
             text += f"; {out['effect_sigma']:.2f}σ of run-to-run noise (sd {out['std']:.4g}{scale})"
         verdict = "the best is better than the start" if lo > 0 else "the interval includes no improvement"
         lines += [text, f"  {verdict}"]
+    elif out.get("std") == 0 and out.get("p_value") is not None:  # repeated runs agree exactly
+        verdict = "the best is better than the start" if gain > 0 else "the best is not better than the start"
+        lines += [text + f", p = {out['p_value']:.3g}", f"  deterministic (measured noise 0 over {out['df']} df): {verdict}"]
     else:
         lines += [text, "  no noise estimate: the interval needs runs repeated on one commit"]
     if out.get("stopped"):

@@ -196,7 +196,8 @@ class Confirm:
                candidate: Experiment) -> Verdict:
         ev["rule"] = rule
         if keep and ev.get("std") is not None:
-            ledger.event(candidate.tag, "noise", f"noise sd {ev['std']:.4g} ({ev['df']} degrees of freedom, pooled "
+            ledger.event(candidate.tag, "noise", f"noise sd {ev['std']:.4g}{' (log scale)' if self.relative else ''} "
+                         f"({ev['df']} degrees of freedom, pooled "
                          f"over the commits measured more than once) when #{candidate.id} was kept", candidate.id)
         return Verdict(keep, reason, ev)
 

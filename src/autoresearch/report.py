@@ -323,7 +323,9 @@ def _evidence(ev: dict[str, Any], f: Any) -> str:
     if not isinstance(ev, dict):
         return ""
     known = {"runs": lambda v: f"runs={len(v) if isinstance(v, (list, tuple)) else v}",
-             "mean": lambda v: f"mean {f(v)}", "std": lambda v: f"std {f(v)}",
+             "mean": lambda v: f"mean {f(v)}",
+             "std": (lambda v: f"std {v:.3g} (log)") if str(ev.get("noise", "")).startswith("relative")
+             else (lambda v: f"std {f(v)}"),
              "p_value": lambda v: f"p={v:.3g}", "effect_sigma": lambda v: f"{v:.2g}σ"}
     parts = []
     for key, show in known.items():
