@@ -86,26 +86,26 @@ def _ends(ledger: Ledger, tag: str) -> tuple[Experiment, Experiment]:
 def summarize(cfg: Config, ledger: Ledger, tag: str, base: Experiment, best: Experiment,
               measured: dict[int, list[tuple[int, Optional[float], str]]]) -> dict[str, Any]:
     """The comparison of the fresh runs (see the module docstring); pure given the ledger."""
-    relative = cfg.metric.noise == "relative"
+    scale, lower = stats.Scale.of(cfg.metric.noise), cfg.lower_is_better()
 
     def side(row: Experiment) -> dict[str, Any]:
         got = measured.get(row.id, [])
         values = [v for _, v, _ in got if v is not None]
-        if relative and values and min(values) > 0:  # the geometric mean, and the sd of the logs
-            mean, sd_ = stats.geometric_mean(values), stats.sd([math.log(v) for v in values])
-        else:
-            mean, sd_ = (stats.mean(values) if values else None), stats.sd(values)
+        if scale.relative and values and min(values) <= 0:
+            raise AutoresearchError(f"a fresh run of #{row.id} gave a metric <= 0, but {NOT_POSITIVE}: set "
+                                    "metric.noise = \"absolute\" or fix the metric")
+        judged = [scale.judged(v) for v in values]  # relative: a geometric mean, the sd of the logs
+        mean = scale.units(stats.mean(judged)) if values else None
         return {"id": row.id, "commit": row.commit, "description": row.description, "seeds": [s for s, _, _ in got],
                 "runs": len(values), "failed": [{"seed": s, "status": st} for s, v, st in got if v is None],
-                "mean": mean, "sd": sd_, "values": values}
+                "mean": mean, "sd": stats.sd(judged), "values": values}
 
-    lower = cfg.lower_is_better()
     a, b = side(base), side(best) if best.commit != base.commit else None
-    sd, df = pooled_noise(ledger, tag, relative)
+    sd, df = pooled_noise(ledger, tag, scale)
     out: dict[str, Any] = {"tag": tag, "metric": cfg.metric.name, "direction": cfg.metric.direction,
                            "baseline": a, "best": b or a, "same_commit": b is None, "std": sd, "df": df,
                            "test": TEST, "confidence": 1 - cfg.policy.alpha}
-    if relative:
+    if scale.relative:
         out.update(noise="relative (means geometric, std on the log scale)", test=TEST + ", on log(metric)")
     if b is None:
         out.update(improvement=0.0, interval=None, p_value=None, note="nothing was kept: the best is the starting point")
@@ -113,19 +113,11 @@ def summarize(cfg: Config, ledger: Ledger, tag: str, base: Experiment, best: Exp
     if not a["values"] or not b["values"]:
         raise AutoresearchError(f"no usable run of the {'baseline' if not a['values'] else 'best'} on the fresh "
                                 f"seeds (see the logs under .autoresearch/logs/{tag}/): nothing to compare")
-    if relative:  # the test on the log scale; the figures back in metric units (see stats.py)
-        if min(a["values"] + b["values"]) <= 0:
-            raise AutoresearchError(f"a fresh run gave a metric <= 0, but {NOT_POSITIVE}: set metric.noise = "
-                                    "\"absolute\" or fix the metric")
-        c = stats.compare([math.log(v) for v in b["values"]], [math.log(v) for v in a["values"]], sd, df, lower)
-        iv = c.interval(cfg.policy.alpha / 2) if c.se else None
-        gain = stats.gain_in_units(c.gain, c.mean_ref, lower)
-        ref = math.exp(c.mean_ref)
-        iv = tuple(stats.gain_in_units(x, c.mean_ref, lower) for x in iv) if iv else None
-    else:
-        c = stats.compare(b["values"], a["values"], sd, df, lower)
-        iv = c.interval(cfg.policy.alpha / 2) if c.se else None
-        gain, ref = c.gain, c.mean_ref
+    c = stats.compare([scale.judged(v) for v in b["values"]], [scale.judged(v) for v in a["values"]], sd, df,
+                      lower)  # the test on its scale; the figures back in metric units
+    iv = c.interval(cfg.policy.alpha / 2) if c.se else None
+    gain, ref = scale.gain(c.gain, c.mean_ref, lower), scale.units(c.mean_ref)
+    iv = [scale.gain(x, c.mean_ref, lower) for x in iv] if iv else None
     out.update(improvement=gain, improvement_pct=(gain / abs(ref) * 100) if ref else None,
                interval=list(iv) if iv else None, p_value=c.p_value, t=_finite(c.t),
                effect_sigma=_finite(c.effect_sigma))

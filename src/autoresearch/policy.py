@@ -24,6 +24,7 @@ from typing import Any, Optional, Protocol
 
 from .config import Config
 from .ledger import Experiment, Ledger
+from .stats import Scale
 
 
 @dataclass
@@ -55,7 +56,7 @@ class Greedy:
     def __init__(self, cfg: Config):
         self.lower = cfg.lower_is_better()
         self.margin = 0.0
-        self.relative = cfg.metric.noise == "relative"
+        self.scale = Scale.of(cfg.metric.noise)
 
     def decide(self, candidate: Experiment, incumbent: Optional[Experiment], ledger: Ledger) -> Verdict:
         if incumbent is None or incumbent.metric is None:
@@ -63,7 +64,7 @@ class Greedy:
         gain = improvement(candidate.metric, incumbent.metric, self.lower)
         evidence = {"runs": 1, "candidate": candidate.metric, "incumbent": incumbent.metric, "delta": -gain
                     if self.lower else gain, "margin": self.margin}
-        evidence |= _one_run_evidence(self.name, candidate, incumbent, gain, ledger, self.relative)
+        evidence |= _one_run_evidence(self.name, candidate, incumbent, gain, ledger, self.scale)
         if seed_only_change(candidate.patch):
             return Verdict(False, "only a seed changed: a different draw of the noise, not an improvement", evidence)
         if gain > self.margin:
@@ -104,18 +105,18 @@ def make(cfg: Config) -> Policy:
 
 
 def _one_run_evidence(name: str, candidate: Experiment, incumbent: Experiment, gain: float,
-                      ledger: Ledger, relative: bool = False) -> dict[str, Any]:
+                      ledger: Ledger, scale: Scale = Scale()) -> dict[str, Any]:
     """The common evidence keys for a one-run rule, with the effect in noise units when noise was measured."""
     from .policy_confirm import pooled_noise  # here: policy_confirm imports this module
 
     ev: dict[str, Any] = {"test": f"{name}: one run each, no test", "seeds": [candidate.seed],
                           "mean": candidate.metric, "incumbent_mean": incumbent.metric, "gain": gain}
-    sd, df = pooled_noise(ledger, candidate.tag, relative)
-    if sd and relative and candidate.metric > 0 and incumbent.metric > 0:  # noise on the log scale
-        log_gain = math.copysign(abs(math.log(incumbent.metric / candidate.metric)), gain)  # the gain's sign
-        ev |= {"std": sd, "df": df, "effect_sigma": log_gain / sd, "noise": "relative (std on the log scale)"}
-    elif sd and not relative:
-        ev |= {"std": sd, "df": df, "effect_sigma": gain / sd}
+    sd, df = pooled_noise(ledger, candidate.tag, scale)
+    if sd and (not scale.relative or min(candidate.metric, incumbent.metric) > 0):
+        judged = abs(scale.judged(incumbent.metric) - scale.judged(candidate.metric))  # the gain, on the test's scale
+        ev |= {"std": sd, "df": df, "effect_sigma": math.copysign(judged, gain) / sd}
+        if scale.relative:
+            ev["noise"] = Scale.NOTE
     return ev
 
 

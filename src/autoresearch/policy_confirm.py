@@ -67,7 +67,7 @@ class Confirm:
         self.alpha, self.max_runs, self.too_good = p.alpha, max(2, p.max_runs), p.too_good_sigma
         self.calibration_runs = max(1, p.calibration_runs)
         self.floor = cfg.metric.floor
-        self.relative = cfg.metric.noise == "relative"
+        self.scale = stats.Scale.of(cfg.metric.noise)
 
     # -- the decision --------------------------------------------------------------------------
     def decide(self, candidate: Experiment, incumbent: Optional[Experiment], ledger: Ledger) -> Verdict:
@@ -77,7 +77,7 @@ class Confirm:
             return Verdict(False, "only a seed changed: a different draw of the noise, not an improvement",
                            {"test": "seed-only patch", "runs": 1, "seeds": [candidate.seed], "mean": candidate.metric,
                             "rule": "seed-only"})
-        by_commit = _runs_by_commit(ledger, candidate.tag, self.relative)
+        by_commit = _runs_by_commit(ledger, candidate.tag, self.scale)
         mine, failed = _runs(by_commit, candidate.commit)
         if failed:
             f = failed[0]
@@ -137,7 +137,7 @@ class Confirm:
     # -- pieces --------------------------------------------------------------------------------
     def _calibrate(self, baseline: Experiment, ledger: Ledger) -> Verdict:
         """The starting point is kept; first its noise is measured on `calibration_runs` seeds."""
-        mine, failed = _runs(_runs_by_commit(ledger, baseline.tag, self.relative), baseline.commit)
+        mine, failed = _runs(_runs_by_commit(ledger, baseline.tag, self.scale), baseline.commit)
         done = {m["seed"] for m in mine} | {f["seed"] for f in failed}
         if len(mine) < self.calibration_runs and len(done) < 2 * self.calibration_runs:
             return Verdict(False, "calibrating the noise", more_runs=[
@@ -149,12 +149,12 @@ class Confirm:
                            {"test": "calibration", "runs": 0, "failed_runs": len(failed)})
         sd = stats.sd(values)
         ev = {"test": "calibration", "runs": len(values), "seeds": [m["seed"] for m in mine],
-              "mean": self._units(stats.mean(values)), "std": sd, "df": len(values) - 1}
-        if self.relative:
-            ev["noise"] = "relative (std on the log scale)"
+              "mean": self.scale.units(stats.mean(values)), "std": sd, "df": len(values) - 1}
+        if self.scale.relative:
+            ev["noise"] = stats.Scale.NOTE
         if failed:
             ev["failed_runs"] = len(failed)
-        noise = (f"noise sd {sd:.4g}{' (log scale)' if self.relative else ''} over {len(values)} runs"
+        noise = (f"noise sd {sd:.4g}{self.scale.label} over {len(values)} runs"
                  if sd is not None else "noise not measured (one run)")
         ledger.event(baseline.tag, "calibration", f"baseline {baseline.short}: mean {ev['mean']:.6g}, {noise} "
                      f"(seeds {', '.join(map(str, ev['seeds']))})", baseline.id)
@@ -196,7 +196,7 @@ class Confirm:
                candidate: Experiment) -> Verdict:
         ev["rule"] = rule
         if keep and ev.get("std") is not None:
-            ledger.event(candidate.tag, "noise", f"noise sd {ev['std']:.4g}{' (log scale)' if self.relative else ''} "
+            ledger.event(candidate.tag, "noise", f"noise sd {ev['std']:.4g}{self.scale.label} "
                          f"({ev['df']} degrees of freedom, pooled "
                          f"over the commits measured more than once) when #{candidate.id} was kept", candidate.id)
         return Verdict(keep, reason, ev)
@@ -205,24 +205,16 @@ class Confirm:
         """`value` on the judged scale (the log of the metric when the noise is relative)."""
         if self.floor is None:
             return False
-        if self.relative:
-            if self.floor <= 0:
-                return not self.lower  # every positive value is above a floor <= 0
-            floor = math.log(self.floor)
-        else:
-            floor = self.floor
+        if self.scale.relative and self.floor <= 0:
+            return not self.lower  # every positive value is above a floor <= 0
+        floor = self.scale.judged(self.floor)
         return value < floor if self.lower else value > floor
-
-    def _units(self, value: float) -> float:
-        """A value of the judged scale back in metric units."""
-        return math.exp(value) if self.relative else value
 
     def _evidence(self, c: stats.Comparison, mine: list[dict[str, Any]], ref: list[dict[str, Any]],
                   level: Optional[levels.Level]) -> dict[str, Any]:
         # On the relative scale every figure is given back in metric units except std and
         # incumbent_se, which stay on the log scale (a fraction of the value, roughly).
-        units = self._units
-        gain = (stats.gain_in_units(c.gain, c.mean_ref, self.lower) if self.relative else c.gain)
+        units, gain = self.scale.units, self.scale.gain(c.gain, c.mean_ref, self.lower)
         ev: dict[str, Any] = {
             "test": TEST if level is None else TEST_LEVEL, "runs": c.n, "mean": units(c.mean), "std": c.sd,
             "p_value": c.p_value, "effect_sigma": _finite(c.effect_sigma),
@@ -230,14 +222,13 @@ class Confirm:
             "incumbent_runs": c.n_ref, "gain": gain, "df": c.df, "t": _finite(c.t), "alpha": self.alpha,
             "seeds": [m["seed"] for m in mine], "incumbent_seeds": [m["seed"] for m in ref],
         }
-        if self.relative:
-            ev["noise"] = "relative (std on the log scale)"
+        if self.scale.relative:
+            ev["noise"] = stats.Scale.NOTE
         if level is not None:
             ev["incumbent_estimate"], ev["incumbent_se"] = units(c.mean_ref), math.sqrt(level.var)
         iv = c.interval(self.alpha) if c.se else None
         if iv:
-            ev["interval"] = ([stats.gain_in_units(x, c.mean_ref, self.lower) for x in iv] if self.relative
-                              else [iv[0], iv[1]])
+            ev["interval"] = [self.scale.gain(x, c.mean_ref, self.lower) for x in iv]
             ev["confidence"] = 1 - 2 * self.alpha
         return ev
 
@@ -246,24 +237,24 @@ class Confirm:
 NOT_POSITIVE = 'metric.noise = "relative" needs a positive metric'
 
 
-def pooled_noise(ledger: Ledger, tag: str, relative: bool = False) -> tuple[Optional[float], int]:
+def pooled_noise(ledger: Ledger, tag: str, scale: stats.Scale = stats.Scale()) -> tuple[Optional[float], int]:
     """(sd, degrees of freedom) of run-to-run noise, pooled over the tag's commits measured more
-    than once; on the log scale when the noise is relative."""
-    return _pooled(_runs_by_commit(ledger, tag, relative))
+    than once, on the test's scale."""
+    return _pooled(_runs_by_commit(ledger, tag, scale))
 
 
 def _pooled(by_commit: dict[str, list[dict[str, Any]]]) -> tuple[Optional[float], int]:
     return stats.pooled_sd([[m["metric"] for m in _runs(by_commit, c)[0]] for c in by_commit])
 
 
-def _runs_by_commit(ledger: Ledger, tag: str, relative: bool = False) -> dict[str, list[dict[str, Any]]]:
-    """The tag's measurements by commit; with relative noise the metric is its log, and a run
+def _runs_by_commit(ledger: Ledger, tag: str, scale: stats.Scale = stats.Scale()) -> dict[str, list[dict[str, Any]]]:
+    """The tag's measurements by commit, the metric on the test's scale; with relative noise a run
     with a metric <= 0 counts as failed (status `not_positive`)."""
     out: dict[str, list[dict[str, Any]]] = {}
     for m in ledger.measurements(tag=tag):
         v = m["metric"]
-        if relative and m["status"] == "ok" and v is not None and math.isfinite(v):
-            m = dict(m, metric=math.log(v)) if v > 0 else dict(m, status="not_positive")
+        if scale.relative and m["status"] == "ok" and v is not None and math.isfinite(v):
+            m = dict(m, metric=scale.judged(v)) if v > 0 else dict(m, status="not_positive")
         out.setdefault(m["commit"], []).append(m)
     return out
 

@@ -17,7 +17,7 @@ distribution pays for that uncertainty and becomes the z-test as the estimate fi
 Limits: a change that alters the noise itself (an unstable learning rate) breaks the
 equal-variance assumption; its own runs are part of the pool, which softens but does
 not remove this. Noise that grows with the value (timings) is tested on the log scale
-(metric.noise = "relative"; gain_in_units below). Runs are assumed independent given their seeds.
+(metric.noise = "relative"; Scale below). Runs are assumed independent given their seeds.
 
 Accuracy: the regularised incomplete beta is evaluated by its continued fraction
 (modified Lentz), to ~1e-12; quantiles by bisection, to ~1e-10. Tested against
@@ -199,18 +199,38 @@ def compare_to_level(runs: Sequence[float], level: float, level_var: float, n_re
     return Comparison(len(runs), n_ref, m, level, gain, noise_sd, noise_df, se, t, t_sf(t, noise_df), gain / noise_sd)
 
 
-# -- relative noise (metric.noise = "relative") ------------------------------------------------
+# -- the scale of the test (metric.noise) --------------------------------------------------------
 # A timing's spread grows with the time itself: 60 ms jitters by milliseconds, 2 ms by a tenth
 # of that. On the log scale such noise is the same everywhere, so the tests above apply to
-# log(values) unchanged; these two carry results back to the metric's own units.
-def gain_in_units(log_gain: float, log_ref: float, lower_is_better: bool) -> float:
-    """A gain measured on the log scale, as a gain in metric units against the reference exp(log_ref).
+# log(values) unchanged; a Scale carries values there and results back to the metric's units.
+@dataclass(frozen=True)
+class Scale:
+    relative: bool = False  # metric.noise = "relative": the test works on log(metric)
 
-    Monotone in log_gain, so the ends of an interval map to the ends of an interval.
-    """
-    ref = math.exp(log_ref)
-    return ref * (1 - math.exp(-log_gain)) if lower_is_better else ref * (math.exp(log_gain) - 1)
+    NOTE = "relative (std on the log scale)"  # what the evidence says when the scale is relative
 
+    @classmethod
+    def of(cls, noise: str) -> "Scale":
+        return cls(noise == "relative")
 
-def geometric_mean(xs: Sequence[float]) -> float:
-    return math.exp(mean([math.log(x) for x in xs]))
+    @property
+    def label(self) -> str:
+        return " (log scale)" if self.relative else ""
+
+    def judged(self, value: float) -> float:
+        """A metric value on the scale the test works on (relative: needs value > 0)."""
+        return math.log(value) if self.relative else value
+
+    def units(self, value: float) -> float:
+        """A value of the judged scale back in metric units (relative: a geometric mean)."""
+        return math.exp(value) if self.relative else value
+
+    def gain(self, judged_gain: float, judged_ref: float, lower_is_better: bool) -> float:
+        """A gain on the judged scale as a gain in metric units against the reference units(judged_ref).
+
+        Monotone in judged_gain, so the ends of an interval map to the ends of an interval.
+        """
+        if not self.relative:
+            return judged_gain
+        ref = math.exp(judged_ref)
+        return ref * (1 - math.exp(-judged_gain)) if lower_is_better else ref * (math.exp(judged_gain) - 1)
