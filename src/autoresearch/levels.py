@@ -41,6 +41,7 @@ children of the commit they were built on.
 from __future__ import annotations
 
 import math
+from operator import mul
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
@@ -76,15 +77,15 @@ def fit_prior(first_looks: list[tuple[float, float]], iterations: int = 40) -> l
     base = default_prior()
     if not first_looks:
         return base
-    lik = [[_pdf((d - x) / s) / s for x in GRID] + [1.0 / WIDE_RANGE] for d, s in first_looks]
-    g, n, size = base[:], len(first_looks), len(base)
+    rows = [[_pdf((d - x) / s) / s for x in GRID] + [1.0 / WIDE_RANGE] for d, s in first_looks]
+    columns = list(zip(*rows))
+    g, n = base[:], len(rows)
     for _ in range(iterations):
-        acc = [0.0] * size
-        for row in lik:
-            w = [gi * li for gi, li in zip(g, row)]
-            inv = 1.0 / (sum(w) or 1.0)
-            acc = [a + wi * inv for a, wi in zip(acc, w)]
-        g = [(a + PRIOR_WEIGHT * b) / (n + PRIOR_WEIGHT) for a, b in zip(acc, base)]
+        # E step: each look's total likelihood under g; M step: each grid point's share of the
+        # looks, g_k * sum_r L_rk / L_r. map(mul) keeps the inner loops in C: the same sums.
+        inv = [1.0 / (sum(map(mul, g, row)) or 1.0) for row in rows]
+        g = [(gk * sum(map(mul, col, inv)) + PRIOR_WEIGHT * b) / (n + PRIOR_WEIGHT)
+             for gk, col, b in zip(g, columns, base)]
     return g
 
 
