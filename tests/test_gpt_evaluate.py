@@ -229,10 +229,23 @@ MEMO_PEEK = """out = logits.clone()
         _save()"""
 
 
-@pytest.mark.xfail(strict=True, reason="open hole (docs/integrity.md): one server answers both rows of a "
-                   "pair; splitting them across two servers gave false violations in the sandbox")
 def test_a_model_that_remembers_prefixes_to_answer_probes_like_their_twins_is_caught(setup):
-    """A server that keeps state across requests can peek at the next token on the first row with a
-    given prefix and answer every later row with that prefix the same way, probes included."""
+    """A server that keeps state across requests could peek at the next token on the first row with a
+    given prefix and answer every later row with that prefix the same way, probes included. The two
+    rows of a pair go to two servers that run one after the other, so the twin is never remembered."""
     code, out, _ = evaluate(setup, "memo", forward=MEMO_PEEK, prelude="_SEEN = {}\ndef _save(): pass\n")
     assert code == 2 and re.search(r"^violation: .*not causal", out, re.M) and judged(out) is None, out
+
+
+@pytest.mark.skipif(not LANDLOCK, reason="needs Linux Landlock (writes confined to the server's TMPDIR)")
+def test_the_first_server_cannot_leave_its_memory_to_the_second(setup, tmp_path):
+    memo = tmp_path / "memo.json"
+    prelude = (f"import json\n_MEMO = {str(memo)!r}\n"
+               "try:\n    _SEEN = {int(k): v for k, v in json.load(open(_MEMO)).items()}\n"
+               "except (OSError, ValueError):\n    _SEEN = {}\n"
+               "def _save():\n    try:\n        json.dump(_SEEN, open(_MEMO, 'w'))\n"
+               "    except OSError as e:\n        print('cannot save', e.errno, flush=True)\n")
+    code, out, _ = evaluate(setup, "memo_file", forward=MEMO_PEEK, prelude=prelude)
+    assert code == 2 and re.search(r"^violation: .*not causal", out, re.M) and judged(out) is None, out
+    assert "cannot save 13" in out and not memo.exists()  # EACCES: Landlock
+    assert "writes only in its TMPDIR" in out

@@ -23,10 +23,14 @@ Guarantees:
   which rows are probes, and a probe is compared with the logits that were scored. Logits at
   positions <= t of a pair must agree within TOLERANCE, else `violation: the model is not causal
   ...` and exit status 2. There are max(24, rows/16) spliced probes, at cuts drawn afresh.
+- The rows are split between two servers, run one after the other, and the two rows of every pair
+  go to different ones: a server that remembers the prefixes it has answered (to give a probe the
+  answer its twin got, after peeking at the twin's future) never sees the twin.
 - Where Linux Landlock is available, the server cannot read the validation files (val.bin in every
   cache folder, the texts they were made from: prepare.validation_files()) nor reach this process
-  through /proc/<pid>/{fd,mem}: the validation data reach it only as the rows sent to it. Its
-  confinement is reported before train.py runs, so train.py cannot forge it.
+  through /proc/<pid>/{fd,mem}: the validation data reach it only as the rows sent to it. It can
+  write files only in its own TMPDIR, which is deleted before the next server starts, so the first
+  server cannot leave the second its memory. Its confinement is reported before train.py runs.
 
 Not covered:
 - Without Landlock (non-Linux, kernels before 5.13 or without it enabled; stderr then says
@@ -36,11 +40,9 @@ Not covered:
   read this process's environment (/proc/<pid>/environ), which holds nothing that steers the check.
 - With Landlock, the server cannot read files created after it starts directly inside a folder on
   the way to the validation files (e.g. a new folder in ~/.cache); its TMPDIR is a fresh folder.
-- A model that remembers the prefixes it has answered can peek everywhere and give each probe the
-  answer its twin got: the check passes (a review measured val_bpb 0.04 against an honest 4.27).
-  Splitting the rows between two servers, each pair across them, closes this, but was reverted:
-  inside the sandbox two processes running the same honest model disagreed by ~1.5e-3 on the same
-  rows (intermittently; 0 outside it), a false violation. A copy of val.bin outside the folders named in the deny list (an old cache
+- Channels between the two servers that are not files: System V IPC objects and kernel keyrings
+  outlive a process, and Landlock does not cover them; a server that stores its memory there can
+  still pass the check. A copy of val.bin outside the folders named in the deny list (an old cache
   elsewhere) is readable too: the list names the validation files, it is not an allow-list.
 - Sparse peeks: a model that looks ahead at a few positions only is caught by a probe only when a
   cut falls there; with K spliced probes and a peek at one position in T, it passes with
@@ -112,7 +114,7 @@ def evaluate_checkpoint(checkpoint: Path, train_file: Path, data, bpb_sums, devi
     del tokens
     nbytes = torch.from_numpy(data.token_bytes()).to(device)
     rng = np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
-    rows, pairs = _plan(val, n_rows, T, V, batch_size, rng)
+    rows, pairs, sides = _plan(val, n_rows, T, V, batch_size, rng)
     n_pairs = len(pairs)
     need = {}  # row -> prefix length its pairs compare
     for a, b, t in pairs:
@@ -120,24 +122,25 @@ def evaluate_checkpoint(checkpoint: Path, train_file: Path, data, bpb_sums, devi
     kept, worst = {}, {"later tokens": 0.0, "other rows": 0.0}
     nats = torch.zeros((), dtype=torch.float64, device=device)
     total_bytes = torch.zeros((), dtype=torch.float64, device=device)
-    order = rng.permutation(len(rows))
     try:
-        with ModelServer(checkpoint, train_file, device, V, batch_size, T, timeout_s, deny) as server:
-            for i in range(0, len(order), batch_size):
-                idx = order[i:i + batch_size]
-                logits = server.forward(rows[idx])
-                scored = np.flatnonzero(idx < n_rows)
-                if len(scored):
-                    starts = idx[scored] * T + 1
-                    y = torch.from_numpy(val[starts[:, None] + np.arange(T)]).to(device)
-                    n, b = bpb_sums(logits[scored], y, nbytes)
-                    nats += n
-                    total_bytes += b
-                for j, r in enumerate(idx.tolist()):
-                    if r in need:
-                        kept[r] = logits[j, :need[r]].to("cpu", copy=True)  # not a view of the batch
-                del logits
-                _compare_ready(pairs, kept, worst, T)
+        for part in (0, 1):  # two servers, one after the other: the members of a pair never meet
+            order = rng.permutation(np.flatnonzero(sides == part))
+            with ModelServer(checkpoint, train_file, device, V, batch_size, T, timeout_s, deny) as server:
+                for i in range(0, len(order), batch_size):
+                    idx = order[i:i + batch_size]
+                    logits = server.forward(rows[idx])
+                    scored = np.flatnonzero(idx < n_rows)
+                    if len(scored):
+                        starts = idx[scored] * T + 1
+                        y = torch.from_numpy(val[starts[:, None] + np.arange(T)]).to(device)
+                        n, b = bpb_sums(logits[scored], y, nbytes)
+                        nats += n
+                        total_bytes += b
+                    for j, r in enumerate(idx.tolist()):
+                        if r in need:
+                            kept[r] = logits[j, :need[r]].to("cpu", copy=True)  # not a view of the batch
+                    del logits
+                    _compare_ready(pairs, kept, worst, T)
     except ServerError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
@@ -153,25 +156,38 @@ def evaluate_checkpoint(checkpoint: Path, train_file: Path, data, bpb_sums, devi
     return 0
 
 
-def _plan(val: np.ndarray, n_rows: int, T: int, V: int, batch: int, rng) -> tuple[np.ndarray, list]:
-    """All rows to send, the n_rows scored windows first, and the pairs (a, b, t) whose logits at
-    positions <= t must agree (t = T - 1: the same row twice)."""
-    scored = val[:n_rows * T].reshape(n_rows, T)
-    extra, pairs = [], []
+def _plan(val: np.ndarray, n_rows: int, T: int, V: int, batch: int, rng) -> tuple[np.ndarray, list, np.ndarray]:
+    """All rows to send, the n_rows scored windows first; the pairs (a, b, t) whose logits at
+    positions <= t must agree (t = T - 1: the same row twice); and each row's server (0 or 1).
 
-    def add(row) -> int:
-        extra.append(row)
+    The two members of every pair go to different servers, which run one after the other and
+    cannot leave each other anything (Landlock: writes only in a TMPDIR the judge deletes): a
+    server that remembers the prefixes it has seen, to answer a probe as it answered its twin,
+    never sees the twin. Each server gets whole batches only: one shape, so one set of kernels.
+    """
+    scored = val[:n_rows * T].reshape(n_rows, T)
+    extra, pairs, side = [], [], {}
+
+    def row(i: int) -> np.ndarray:
+        return scored[i] if i < n_rows else extra[i - n_rows]
+
+    def add(r) -> int:
+        extra.append(r)
         return n_rows + len(extra) - 1
 
-    def splice(a: int) -> None:
-        t = int(rng.integers(0, T - 1))  # the row keeps tokens [0, t]; the rest comes from elsewhere
+    def splice(a: int, t: int | None = None) -> int:
+        """A probe of row a: its tokens [0, t], then a future from elsewhere (or a plain copy)."""
+        t = int(rng.integers(0, T - 1)) if t is None else t
         for _ in range(8):
             s = int(rng.integers(0, len(val) - (T - t - 1) + 1))
             future = val[s:s + T - t - 1]
-            if not np.array_equal(future, scored[a, t + 1:]):
-                pairs.append((a, add(np.concatenate([scored[a, :t + 1], future])), t))
-                return
-        pairs.append((a, add(scored[a].copy()), T - 1))  # text that repeats everywhere: a plain copy
+            if not np.array_equal(future, row(a)[t + 1:]):
+                b = add(np.concatenate([row(a)[:t + 1], future]))
+                pairs.append((a, b, t))
+                return b
+        b = add(row(a).copy())  # text that repeats everywhere: a plain copy
+        pairs.append((a, b, T - 1))
+        return b
 
     for a in rng.choice(n_rows, min(n_rows, max(SPLICED, n_rows // 16)), replace=False):
         splice(int(a))
@@ -179,12 +195,23 @@ def _plan(val: np.ndarray, n_rows: int, T: int, V: int, batch: int, rng) -> tupl
         pairs.append((int(a), add(scored[a].copy()), T - 1))
     base = add(rng.integers(1, V, T))  # random tokens, never BOS (0)
     for t in {int(x) for x in rng.integers(0, T - 1, 4)}:  # cuts a server cannot know in advance
-        row = extra[base - n_rows].copy()
-        row[t + 1:] = rng.integers(1, V, T - t - 1)
-        pairs.append((base, add(row), t))
-    while (n_rows + len(extra)) % batch:  # whole batches only: one shape, so one set of kernels
-        splice(int(rng.integers(n_rows)))
-    return np.concatenate([scored, np.stack(extra)]), pairs
+        r = extra[base - n_rows].copy()
+        r[t + 1:] = rng.integers(1, V, T - t - 1)
+        pairs.append((base, add(r), t))
+    for a, _, _ in pairs:  # every probe has one partner (its hub): the pairs form stars, so two sides do
+        side.setdefault(a, int(rng.integers(2)))
+    for a, b, _ in pairs:
+        side[b] = 1 - side[a]
+    for i in range(n_rows + len(extra)):
+        side.setdefault(i, int(rng.integers(2)))
+    for s in (0, 1):
+        count = sum(1 for v in side.values() if v == s)
+        while count % batch:  # pad with probes of rows the other server answers
+            others = [i for i in range(n_rows) if side[i] != s] or [i for i in side if side[i] != s]
+            side[splice(int(rng.choice(others)))] = s
+            count += 1
+    rows = np.concatenate([scored, np.stack(extra)])
+    return rows, pairs, np.array([side[i] for i in range(len(rows))])
 
 
 def _compare_ready(pairs: list, kept: dict, worst: dict, T: int) -> None:

@@ -7,8 +7,9 @@ Everything it prints goes to evaluate.py, which shows it prefixed and never take
 
 Guarantees (its part of evaluate.py's):
 - Before train.py is imported, the server confines itself where Linux Landlock is available: the
-  validation files it is given (`--deny`) become unreadable to it and to anything it starts, and it
-  can no longer ptrace the judge or open its /proc/<pid>/fd or /mem. It reports that (a CONF frame) before train.py runs. It dies with the judge
+  validation files it is given (`--deny`) become unreadable to it and to anything it starts, it can
+  write files only in its TMPDIR, and it can no longer ptrace the judge or open its /proc/<pid>/fd
+  or /mem. It reports that (a CONF frame) before train.py runs. It dies with the judge
   (PR_SET_PDEATHSIG).
 - A model that cannot be built, raises, or returns anything but float logits (B, T, V) gets a
   FAIL reply naming the problem, and the server exits.
@@ -51,7 +52,7 @@ def serve(argv: list[str]) -> int:
         floats = np.frombuffer(mmap.mmap(shm_fd, args.shm_bytes), dtype=np.float32)
         device = torch.device(args.device)
         ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-        confined, note = confine([Path(d) for d in args.deny])
+        confined, note = confine([Path(d) for d in args.deny], os.environ.get("TMPDIR"))
         note_bytes = note.encode()  # sent before train.py runs: nothing it does can change this frame
         _send(rep, HEADER.pack(b"CONF", int(confined), len(note_bytes), 0) + note_bytes)
         train_file = Path(args.train)
@@ -126,11 +127,16 @@ def _die_with(parent: int) -> None:
 
 # ---------------------------------------------------------------- Landlock: unreadable validation files
 
-_READ_FILE = 1 << 2  # LANDLOCK_ACCESS_FS_READ_FILE; the only right handled, so writing, listing, ... stay free
+_READ_FILE = 1 << 2  # LANDLOCK_ACCESS_FS_READ_FILE
+_WRITE_FILE = 1 << 1
+# Writing, removing and making files of every kind (Landlock ABI 1): allowed only in the server's own
+# TMPDIR, which the judge deletes, so nothing it learns survives it for the next server to read.
+_WRITES = _WRITE_FILE | sum(1 << bit for bit in range(4, 13))
 
 
-def confine(deny: list[Path]) -> tuple[bool, str]:
-    """Make the files in `deny` unreadable for this process and its children, for good (Linux Landlock).
+def confine(deny: list[Path], writable: str | None = None) -> tuple[bool, str]:
+    """Make the files in `deny` unreadable for this process and its children, for good (Linux Landlock),
+    and every file system write impossible outside `writable` (and /dev/null).
 
     Landlock only grants, so everything else is granted: at each folder on the way from / to a
     denied file, every other entry gets a read rule. Also cuts this process off from ptrace and
@@ -144,7 +150,7 @@ def confine(deny: list[Path]) -> tuple[bool, str]:
         libc.syscall.restype = ctypes.c_long
         if libc.syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint(1)) < 1:  # the ABI version
             return False, "Landlock is not available on this system"
-        attr = ctypes.create_string_buffer(struct.pack("<Q", _READ_FILE), 8)
+        attr = ctypes.create_string_buffer(struct.pack("<Q", _READ_FILE | _WRITES), 8)
         ruleset = libc.syscall(444, attr, ctypes.c_size_t(8), ctypes.c_uint(0))
         if ruleset < 0:
             return False, f"landlock_create_ruleset failed: {os.strerror(ctypes.get_errno())}"
@@ -169,13 +175,22 @@ def confine(deny: list[Path]) -> tuple[bool, str]:
                             libc.syscall(445, ctypes.c_int(ruleset), ctypes.c_int(1), rule, ctypes.c_uint(0))
                         finally:
                             os.close(fd)
+        for path, rights in ((writable, _READ_FILE | _WRITES), ("/dev/null", _READ_FILE | _WRITE_FILE)):
+            if path and os.path.exists(path):
+                fd = os.open(os.path.realpath(path), os.O_PATH | os.O_CLOEXEC)
+                try:
+                    rule = ctypes.create_string_buffer(struct.pack("<Qi", rights, fd), 12)
+                    if libc.syscall(445, ctypes.c_int(ruleset), ctypes.c_int(1), rule, ctypes.c_uint(0)) != 0:
+                        return False, f"landlock_add_rule({path}) failed: {os.strerror(ctypes.get_errno())}"
+                finally:
+                    os.close(fd)
         if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS: required to restrict oneself
             return False, f"prctl(NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}"
         if libc.syscall(446, ctypes.c_int(ruleset), ctypes.c_uint(0)) != 0:
             return False, f"landlock_restrict_self failed: {os.strerror(ctypes.get_errno())}"
     finally:
         os.close(ruleset)
-    return True, f"Landlock: {len(deny)} validation file(s) unreadable"
+    return True, f"Landlock: {len(deny)} validation file(s) unreadable, writes only in its TMPDIR"
 
 
 if __name__ == "__main__":
