@@ -49,6 +49,7 @@ def serve(argv: list[str]) -> int:
 
         import torch
 
+        _warm_vml(torch)  # before anything (train.py included) runs a VML op on several threads
         floats = np.frombuffer(mmap.mmap(shm_fd, args.shm_bytes), dtype=np.float32)
         device = torch.device(args.device)
         ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
@@ -92,6 +93,23 @@ def serve(argv: list[str]) -> int:
                 raise
             _send(rep, HEADER.pack(b"LGTS", *out.shape))
     return 0
+
+
+# The float ops ATen hands to MKL's vector math library (VML) on CPU, aten/src/ATen/cpu/vml.h.
+_VML_OPS = ("abs", "acos", "asin", "atan", "cos", "erf", "erfc", "exp", "expm1", "log", "log10", "log1p",
+            "log2", "sin", "sqrt", "tan", "tanh", "trunc")
+
+
+def _warm_vml(torch) -> None:
+    """Run every VML function once, on one element, on this thread alone. oneMKL 2024.2 (torch's CPU
+    wheels) picks each function's kernel lazily on its first call; when that first call runs on
+    several intra-op threads at once, one thread can run a low-accuracy kernel on its whole chunk
+    (pytorch/pytorch#188792): cos off by 1.5e-4, logits by ~3e-3, in a random ~20% of processes.
+    Two servers must give bit-identical logits for identical rows, so this runs before train.py."""
+    for dtype in (torch.float32, torch.float64):
+        x = torch.full((1,), 0.5, dtype=dtype)
+        for op in _VML_OPS:
+            getattr(torch, op)(x)
 
 
 def _read_exact(f, n: int) -> bytes:
