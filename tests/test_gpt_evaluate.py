@@ -16,6 +16,7 @@ import ctypes
 import importlib.util
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -235,6 +236,101 @@ def test_a_model_that_remembers_prefixes_to_answer_probes_like_their_twins_is_ca
     rows of a pair go to two servers that run one after the other, so the twin is never remembered."""
     code, out, _ = evaluate(setup, "memo", forward=MEMO_PEEK, prelude="_SEEN = {}\ndef _save(): pass\n")
     assert code == 2 and re.search(r"^violation: .*not causal", out, re.M) and judged(out) is None, out
+
+
+DAEMON_MEMO = """import json, socket
+_ADDR = "\\0autoresearch-test-memo-{tag}"  # an abstract socket: no file, so Landlock does not see it
+
+
+def _ask(msg):
+    c = socket.socket(socket.AF_UNIX)
+    c.connect(_ADDR)
+    c.sendall(msg.encode() + b"\\n")
+    line = c.makefile("r").readline()
+    c.close()
+    return line
+
+
+try:
+    _SEEN = {{int(k): v for k, v in json.loads(_ask("GET")).items()}}
+    print("memory from the daemon", len(_SEEN), flush=True)
+except OSError:
+    _SEEN = {{}}
+    print("no daemon yet: starting one", flush=True)
+    if os.fork() == 0:  # a daemon outside the server's process group, orphaned at once
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(_ADDR)
+        s.listen(8)
+        store = {{}}
+        while True:
+            c, _ = s.accept()
+            line = c.makefile("r").readline()
+            if line.startswith("PUT "):
+                store.update(json.loads(line[4:]))
+            c.sendall((json.dumps(store) + "\\n").encode())
+            c.close()
+    time.sleep(0.5)
+
+
+def _save():
+    try:
+        _ask("PUT " + json.dumps(_SEEN))
+    except OSError as e:
+        print("cannot save", e, flush=True)
+"""
+
+
+def test_a_daemon_left_by_the_first_server_dies_before_the_second_starts(setup):
+    """The first server forks a daemon that leaves its process group (setsid, double fork) and keeps
+    the prefixes it has seen on an abstract Unix socket, for the second server to ask. The judge
+    adopts orphans (a child subreaper) and kills everything below it when a server closes."""
+    tag = os.urandom(6).hex()
+    code, out, _ = evaluate(setup, "memo_daemon", forward=MEMO_PEEK, prelude=DAEMON_MEMO.format(tag=tag))
+    assert out.count("no daemon yet: starting one") == 2 and "memory from the daemon" not in out, out
+    assert code == 2 and re.search(r"^violation: .*not causal", out, re.M) and judged(out) is None, out
+    with socket.socket(socket.AF_UNIX) as s, pytest.raises(OSError):  # the second one is gone as well
+        s.connect(f"\0autoresearch-test-memo-{tag}")
+
+
+SHM_MEMO = """import ctypes, json
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.shmat.restype = ctypes.c_void_p
+_SIZE = 1 << 22
+_id = _libc.shmget({key}, _SIZE, 0o1000 | 0o600)  # IPC_CREAT: System V memory outlives the process
+print("shmget", _id, ctypes.get_errno(), flush=True)
+_SEEN = {{}}
+if _id >= 0:
+    _at = _libc.shmat(_id, None, 0)
+    _n = int.from_bytes(ctypes.string_at(_at, 8), "little")
+    if _n:
+        _SEEN = {{int(k): v for k, v in json.loads(ctypes.string_at(_at + 8, _n)).items()}}
+        print("memory from shared memory", len(_SEEN), flush=True)
+
+
+def _save():
+    if _id >= 0:
+        data = json.dumps(_SEEN).encode()
+        ctypes.memmove(_at + 8, data, len(data))
+        ctypes.memmove(_at, len(data).to_bytes(8, "little"), 8)
+"""
+
+
+@pytest.mark.skipif(os.uname().machine not in ("x86_64", "aarch64"), reason="the seccomp filter knows two ABIs")
+def test_the_first_server_cannot_leave_its_memory_in_system_v_shared_memory(setup):
+    key = int.from_bytes(os.urandom(3), "little") + 0x5A000000
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        code, out, _ = evaluate(setup, "memo_shm", forward=MEMO_PEEK, prelude=SHM_MEMO.format(key=key))
+        assert out.count("shmget -1 1") == 2 and "memory from shared memory" not in out, out  # EPERM
+        assert "keyrings refused (seccomp)" in out
+        assert code == 2 and re.search(r"^violation: .*not causal", out, re.M) and judged(out) is None, out
+    finally:
+        shm = libc.shmget(key, 0, 0)
+        if shm >= 0:
+            libc.shmctl(shm, 0, None)  # IPC_RMID: a failed run leaves nothing behind
 
 
 @pytest.mark.skipif(not LANDLOCK, reason="needs Linux Landlock (writes confined to the server's TMPDIR)")

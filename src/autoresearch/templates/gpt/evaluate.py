@@ -25,12 +25,19 @@ Guarantees:
   ...` and exit status 2. There are max(24, rows/16) spliced probes, at cuts drawn afresh.
 - The rows are split between two servers, run one after the other, and the two rows of every pair
   go to different ones: a server that remembers the prefixes it has answered (to give a probe the
-  answer its twin got, after peeking at the twin's future) never sees the twin.
+  answer its twin got, after peeking at the twin's future) never sees the twin. Nothing a server
+  starts outlives it: this process adopts every orphan below it (a child subreaper) and kills all
+  of them when a server closes, a daemon that left the group included. Two honest servers give
+  bit-identical logits: each warms MKL's vector math on one thread before train.py runs (see
+  model_server._warm_vml: otherwise a race in oneMKL 2024.2 moved logits by ~3e-3 in ~20-40% of
+  processes).
 - Where Linux Landlock is available, the server cannot read the validation files (val.bin in every
   cache folder, the texts they were made from: prepare.validation_files()) nor reach this process
   through /proc/<pid>/{fd,mem}: the validation data reach it only as the rows sent to it. It can
   write files only in its own TMPDIR, which is deleted before the next server starts, so the first
-  server cannot leave the second its memory. Its confinement is reported before train.py runs.
+  server cannot leave the second its memory. On x86_64 and aarch64 a seccomp filter refuses it
+  System V IPC, POSIX message queues and kernel keyrings, the state that outlives a process and
+  that Landlock does not cover. Its confinement is reported before train.py runs.
 
 Not covered:
 - Without Landlock (non-Linux, kernels before 5.13 or without it enabled; stderr then says
@@ -40,9 +47,8 @@ Not covered:
   read this process's environment (/proc/<pid>/environ), which holds nothing that steers the check.
 - With Landlock, the server cannot read files created after it starts directly inside a folder on
   the way to the validation files (e.g. a new folder in ~/.cache); its TMPDIR is a fresh folder.
-- Channels between the two servers that are not files: System V IPC objects and kernel keyrings
-  outlive a process, and Landlock does not cover them; a server that stores its memory there can
-  still pass the check. A copy of val.bin outside the folders named in the deny list (an old cache
+- Without Landlock, the first server can leave the second its memory in a plain file; on other
+  architectures than x86_64 and aarch64, in System V IPC or a keyring. A copy of val.bin outside the folders named in the deny list (an old cache
   elsewhere) is readable too: the list names the validation files, it is not an allow-list.
 - Sparse peeks: a model that looks ahead at a few positions only is caught by a probe only when a
   cut falls there; with K spliced probes and a peek at one position in T, it passes with
@@ -247,6 +253,7 @@ class ModelServer:
         cmd = [sys.executable, str(SERVER.resolve()), "--checkpoint", str(checkpoint),
                "--train", str(train_file), "--device", str(device), "--fds", f"{req_r},{rep_w},{self._shm_fd}",
                "--shm-bytes", str(size), "--parent", str(os.getpid()), "--deny", *map(str, deny)]
+        _adopt_orphans()  # before the server can start anything that outlives it
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, pass_fds=(req_r, rep_w, self._shm_fd),
                                      env=env, start_new_session=True)
@@ -305,6 +312,7 @@ class ModelServer:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # and whatever it started in its group
         self.proc.wait()
+        _kill_descendants()  # and whatever left the group (setsid, a double fork): nothing outlives it
         self._relay.join(2)  # a grandchild outside the group may hold the pipe: stop relaying anyway
         with self._lock:
             self._closed = True
@@ -383,6 +391,44 @@ class ModelServer:
         code = self.proc.poll()
         return (f"the model server exited with status {code} (its output is above, each line prefixed "
                 f"{PREFIX.strip()!r})" if code is not None else "the model server closed its pipe")
+
+
+def _adopt_orphans() -> None:
+    """Make this process the Linux "child subreaper" of everything it starts: a server's grandchild
+    that leaves its process group and its parent (a daemon, keeping the first server's memory for
+    the second) becomes this process's child instead of init's, so _kill_descendants finds it."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def _kill_descendants() -> None:
+    """SIGKILL every process below this one and reap it, until none is left (Linux /proc; elsewhere
+    a no-op). The judge starts nothing but model servers, one at a time, so all of them are theirs."""
+    me = os.getpid()
+    for _ in range(100):
+        parent = {}
+        with contextlib.suppress(OSError):
+            for entry in os.listdir("/proc"):
+                if entry.isdigit():
+                    with contextlib.suppress(OSError, ValueError, IndexError):
+                        with open(f"/proc/{entry}/stat", "rb") as f:
+                            parent[int(entry)] = int(f.read().rsplit(b")", 1)[1].split()[1])
+        below, grew = set(), True
+        while grew:
+            found = {pid for pid, pp in parent.items() if (pp == me or pp in below) and pid not in below}
+            below |= found
+            grew = bool(found)
+        if not below:
+            return
+        for pid in below:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in below:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, 0)  # our child (adopted or not): gone once reaped
+        time.sleep(0.01)
 
 
 def _shared_memory(size: int) -> int:

@@ -9,8 +9,11 @@ Guarantees (its part of evaluate.py's):
 - Before train.py is imported, the server confines itself where Linux Landlock is available: the
   validation files it is given (`--deny`) become unreadable to it and to anything it starts, it can
   write files only in its TMPDIR, and it can no longer ptrace the judge or open its /proc/<pid>/fd
-  or /mem. It reports that (a CONF frame) before train.py runs. It dies with the judge
-  (PR_SET_PDEATHSIG).
+  or /mem. A seccomp filter (x86_64, aarch64) refuses it and its children System V IPC, POSIX
+  message queues and keyrings. It reports all that (a CONF frame) before train.py runs. It dies
+  with the judge (PR_SET_PDEATHSIG).
+- Before train.py runs, every MKL vector-math function has run once on one thread (_warm_vml), so
+  two servers give bit-identical logits for identical rows.
 - A model that cannot be built, raises, or returns anything but float logits (B, T, V) gets a
   FAIL reply naming the problem, and the server exits.
 
@@ -54,6 +57,7 @@ def serve(argv: list[str]) -> int:
         device = torch.device(args.device)
         ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
         confined, note = confine([Path(d) for d in args.deny], os.environ.get("TMPDIR"))
+        note += "; " + forbid_ipc()
         note_bytes = note.encode()  # sent before train.py runs: nothing it does can change this frame
         _send(rep, HEADER.pack(b"CONF", int(confined), len(note_bytes), 0) + note_bytes)
         train_file = Path(args.train)
@@ -209,6 +213,46 @@ def confine(deny: list[Path], writable: str | None = None) -> tuple[bool, str]:
     finally:
         os.close(ruleset)
     return True, f"Landlock: {len(deny)} validation file(s) unreadable, writes only in its TMPDIR"
+
+
+# ---------------------------------------------------------------- seccomp: no state that outlives it
+
+# System calls that make or reach state outliving the process and that Landlock does not cover (System
+# V shared memory, semaphores and message queues, POSIX message queues, kernel keyrings): the first
+# server could leave its memory there for the second. Numbers per architecture (AUDIT_ARCH_*).
+_KEEPERS = {0xC000003E: (29, 64, 68, 240, 248, 249, 250),  # x86_64: shmget semget msgget mq_open add_key
+            0xC00000B7: (194, 190, 186, 180, 217, 218, 219)}  # aarch64: ... request_key keyctl
+
+
+def forbid_ipc() -> str:
+    """Refuse (EPERM) the system calls in _KEEPERS for this process and its children, for good (a seccomp
+    filter); on x86_64 also the x32 ones. Returns a note on what was done, for the CONF frame."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        arch = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}.get(os.uname().machine)
+        if arch is None:
+            return f"IPC and keyrings not restricted (no system call table for {os.uname().machine})"
+        nrs = _KEEPERS[arch]
+        ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, JMP|JEQ|K, JMP|JGE|K, RET|K
+        allow, deny = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
+        n = len(nrs)
+        prog = [(ld, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, allow),  # another ABI (i386): not ours to judge
+                (ld, 0, 0, 0), (jge, n + 1, 0, 0x40000000)]  # x32 system calls: refused
+        prog += [(jeq, n - i, 0, nr) for i, nr in enumerate(nrs)]
+        prog += [(ret, 0, 0, allow), (ret, 0, 0, deny)]
+        filt = (ctypes.c_ubyte * (8 * len(prog)))(*b"".join(struct.pack("<HBBI", *ins) for ins in prog))
+
+        class Fprog(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+        fprog = Fprog(len(prog), ctypes.addressof(filt))
+        if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+            return f"IPC and keyrings not restricted: prctl(NO_NEW_PRIVS): {os.strerror(ctypes.get_errno())}"
+        if libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+            return f"IPC and keyrings not restricted: seccomp: {os.strerror(ctypes.get_errno())}"
+    except (OSError, AttributeError) as e:
+        return f"IPC and keyrings not restricted: {e}"
+    return "System V IPC, POSIX message queues and keyrings refused (seccomp)"
 
 
 if __name__ == "__main__":
