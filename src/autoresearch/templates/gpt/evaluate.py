@@ -312,18 +312,20 @@ class ModelServer:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # and whatever it started in its group
         self.proc.wait()
-        _kill_descendants()  # and whatever left the group (setsid, a double fork): nothing outlives it
-        self._relay.join(2)  # a grandchild outside the group may hold the pipe: stop relaying anyway
-        with self._lock:
-            self._closed = True
-        with contextlib.suppress(OSError):
-            os.close(self._rep)
-        del self._floats
-        with contextlib.suppress(BufferError):
-            self._shm.close()
-        with contextlib.suppress(OSError):
-            os.close(self._shm_fd)
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        try:
+            _kill_descendants()  # and whatever left the group (setsid, a double fork): nothing outlives it
+        finally:
+            self._relay.join(2)  # a grandchild outside the group may hold the pipe: stop relaying anyway
+            with self._lock:
+                self._closed = True
+            with contextlib.suppress(OSError):
+                os.close(self._rep)
+            del self._floats
+            with contextlib.suppress(BufferError):
+                self._shm.close()
+            with contextlib.suppress(OSError):
+                os.close(self._shm_fd)
+            shutil.rmtree(self._tmp, ignore_errors=True)
 
     # -- plumbing
 
@@ -405,9 +407,10 @@ def _adopt_orphans() -> None:
 
 def _kill_descendants() -> None:
     """SIGKILL every process below this one and reap it, until none is left (Linux /proc; elsewhere
-    a no-op). The judge starts nothing but model servers, one at a time, so all of them are theirs."""
-    me = os.getpid()
-    for _ in range(100):
+    a no-op). The judge starts nothing but model servers, one at a time, so all of them are theirs.
+    One that outlives 5 s of this fails the evaluation: the next server must not meet it."""
+    me, deadline = os.getpid(), time.monotonic() + 5.0
+    while True:
         parent = {}
         with contextlib.suppress(OSError):
             for entry in os.listdir("/proc"):
@@ -422,12 +425,14 @@ def _kill_descendants() -> None:
             grew = bool(found)
         if not below:
             return
+        if time.monotonic() > deadline:
+            raise ServerError(f"processes the model server started survive SIGKILL: {sorted(below)}")
         for pid in below:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         for pid in below:
             with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(pid, 0)  # our child (adopted or not): gone once reaped
+                os.waitpid(pid, os.WNOHANG)  # ours once adopted: a zombie until reaped
         time.sleep(0.01)
 
 
