@@ -333,6 +333,54 @@ def test_the_first_server_cannot_leave_its_memory_in_system_v_shared_memory(setu
             libc.shmctl(shm, 0, None)  # IPC_RMID: a failed run leaves nothing behind
 
 
+IPC_PROBE = r"""
+import ctypes, importlib.util, mmap, os, sys
+spec = importlib.util.spec_from_file_location("ms", sys.argv[1])
+ms = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ms)
+if sys.argv[2] == "filtered":
+    print(ms.forbid_ipc())
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+key = int(sys.argv[3])
+print("shmget", libc.shmget(key, 4096, 0o1000 | 0o600), ctypes.get_errno())
+nr = {"x86_64": 248, "aarch64": 217}[os.uname().machine]
+print("add_key", libc.syscall(nr, b"user", b"autoresearch-test", b"x", 1, ctypes.c_long(-2)), ctypes.get_errno())  # the process keyring: gone with it
+if os.uname().machine == "x86_64":  # i386's ipc(SHMGET, key + 1, 4096, IPC_CREAT | 0600) through int 0x80
+    k = (key + 1).to_bytes(4, "little")
+    code = bytes([0x53, 0xB8, 117, 0, 0, 0, 0xBB, 23, 0, 0, 0, 0xB9, *k, 0xBA, 0, 0x10, 0, 0,
+                  0xBE, 0x80, 0x03, 0, 0, 0xCD, 0x80, 0x5B, 0xC3])
+    buf = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    buf.write(code)
+    print("int80", ctypes.CFUNCTYPE(ctypes.c_long)(ctypes.addressof(ctypes.c_char.from_buffer(buf)))())
+"""
+
+
+@pytest.mark.skipif(os.uname().machine not in ("x86_64", "aarch64"), reason="the seccomp filter knows two ABIs")
+def test_the_seccomp_filter_refuses_ipc_keyrings_and_the_other_abi(tmp_path):
+    """The filter alone, in a bare process: without it the same calls succeed (the control), with it
+    each is refused with EPERM, through the native numbers and through i386's int 0x80 alike."""
+    key = int.from_bytes(os.urandom(3), "little") + 0x5B000000
+    libc = ctypes.CDLL(None, use_errno=True)
+    probe = tmp_path / "probe.py"
+    probe.write_text(IPC_PROBE)
+    try:
+        runs = {mode: subprocess.run([sys.executable, str(probe), str(TEMPLATE / "model_server.py"), mode, str(key)],
+                                     capture_output=True, text=True, timeout=60)
+                for mode in ("bare", "filtered")}
+        bare, filtered = runs["bare"].stdout, runs["filtered"].stdout
+        assert re.search(r"^shmget \d+ ", bare, re.M) and re.search(r"^add_key \d+ ", bare, re.M), runs["bare"]
+        assert "keyrings refused (seccomp)" in filtered, runs["filtered"]
+        assert "shmget -1 1" in filtered and "add_key -1 1" in filtered, filtered
+        if os.uname().machine == "x86_64":
+            assert re.search(r"^int80 \d+$", bare, re.M) and "int80 -1" in filtered, (bare, filtered)
+    finally:
+        for k in (key, key + 1):  # the control's segments
+            shm = libc.shmget(k, 0, 0)
+            if shm >= 0:
+                libc.shmctl(shm, 0, None)
+
+
 @pytest.mark.skipif(not LANDLOCK, reason="needs Linux Landlock (writes confined to the server's TMPDIR)")
 def test_the_first_server_cannot_leave_its_memory_to_the_second(setup, tmp_path):
     memo = tmp_path / "memo.json"

@@ -226,7 +226,8 @@ _KEEPERS = {0xC000003E: (29, 64, 68, 240, 248, 249, 250),  # x86_64: shmget semg
 
 def forbid_ipc() -> str:
     """Refuse (EPERM) the system calls in _KEEPERS for this process and its children, for good (a seccomp
-    filter); on x86_64 also the x32 ones. Returns a note on what was done, for the CONF frame."""
+    filter), and every system call of another ABI (i386's int 0x80 and x32 on x86_64: their own numbers
+    for the same calls). Returns a note on what was done, for the CONF frame."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         arch = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}.get(os.uname().machine)
@@ -236,7 +237,7 @@ def forbid_ipc() -> str:
         ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, JMP|JEQ|K, JMP|JGE|K, RET|K
         allow, deny = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
         n = len(nrs)
-        prog = [(ld, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, allow),  # another ABI (i386): not ours to judge
+        prog = [(ld, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, deny),  # another ABI (i386's int 0x80): refused
                 (ld, 0, 0, 0), (jge, n + 1, 0, 0x40000000)]  # x32 system calls: refused
         prog += [(jeq, n - i, 0, nr) for i, nr in enumerate(nrs)]
         prog += [(ret, 0, 0, allow), (ret, 0, 0, deny)]
