@@ -41,8 +41,8 @@ children of the commit they were built on.
 from __future__ import annotations
 
 import math
-from operator import mul
 from dataclasses import dataclass
+from operator import mul
 from typing import Any, Iterable, Optional
 
 GRID = [x / 2 for x in range(-12, 13)]  # effects in noise sds, positive = better

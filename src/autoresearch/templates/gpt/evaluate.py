@@ -48,8 +48,9 @@ Not covered:
 - With Landlock, the server cannot read files created after it starts directly inside a folder on
   the way to the validation files (e.g. a new folder in ~/.cache); its TMPDIR is a fresh folder.
 - Without Landlock, the first server can leave the second its memory in a plain file; on other
-  architectures than x86_64 and aarch64, in System V IPC or a keyring. A copy of val.bin outside the folders named in the deny list (an old cache
-  elsewhere) is readable too: the list names the validation files, it is not an allow-list.
+  architectures than x86_64 and aarch64, in System V IPC or a keyring.
+- A copy of val.bin outside the folders named in the deny list (an old cache elsewhere) is
+  readable: the list names the validation files, it is not an allow-list.
 - Sparse peeks: a model that looks ahead at a few positions only is caught by a probe only when a
   cut falls there; with K spliced probes and a peek at one position in T, it passes with
   probability about (1 - 1/T)^K.
@@ -107,7 +108,6 @@ def spliced_probes(rows: int) -> int:
     evaluations, against 22 of 25 with the 30 probes before; the random-token row adds a few cuts); a
     sixteenth of the rows beyond 1,024 (the GPU scale: ~640)."""
     return max(SPLICED, min(64, rows // 4), rows // 16)
-
 
 
 def evaluate_checkpoint(checkpoint: Path, train_file: Path, data, bpb_sums, device: str | None = None,
@@ -177,7 +177,7 @@ def _plan(val: np.ndarray, n_rows: int, T: int, V: int, batch: int, rng) -> tupl
     positions <= t must agree (t = T - 1: the same row twice); and each row's server (0 or 1).
 
     The two members of every pair go to different servers, which run one after the other and
-    cannot leave each other anything (Landlock: writes only in a TMPDIR the judge deletes): a
+    cannot leave each other anything (no process, file, IPC object or key survives a server): a
     server that remembers the prefixes it has seen, to answer a probe as it answered its twin,
     never sees the twin. Each server gets whole batches only: one shape, so one set of kernels.
     """

@@ -220,8 +220,9 @@ def confine(deny: list[Path], writable: str | None = None) -> tuple[bool, str]:
 # System calls that make or reach state outliving the process and that Landlock does not cover (System
 # V shared memory, semaphores and message queues, POSIX message queues, kernel keyrings): the first
 # server could leave its memory there for the second. Numbers per architecture (AUDIT_ARCH_*).
-_KEEPERS = {0xC000003E: (29, 64, 68, 240, 248, 249, 250),  # x86_64: shmget semget msgget mq_open add_key
-            0xC00000B7: (194, 190, 186, 180, 217, 218, 219)}  # aarch64: ... request_key keyctl
+# In order: shmget, semget, msgget, mq_open, add_key, request_key, keyctl.
+_KEEPERS = {0xC000003E: (29, 64, 68, 240, 248, 249, 250),  # x86_64
+            0xC00000B7: (194, 190, 186, 180, 217, 218, 219)}  # aarch64
 
 
 def forbid_ipc() -> str:
