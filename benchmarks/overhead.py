@@ -14,7 +14,12 @@ minus the command's own wall time, measured separately by running the same comma
   judge    the rest of the trial: digests, review, parsing, decide, record, advance;
   after    results.tsv, the stop checks, until the next proposal.
 
-Usage: python benchmarks/overhead.py [-n 200] [--command 'cat score.txt'] [--sandbox auto|none] [--profile]
+`--agent command` proposes through the `command` agent instead (a shell command in its own process
+tree: in the agent sandbox when there is one), and `--evaluate` sets `metric.command` so that every
+experiment also pays for the separate evaluation (its own fresh checkout and process tree).
+
+Usage: python benchmarks/overhead.py [-n 200] [--command 'cat score.txt'] [--sandbox auto|none]
+                                     [--agent constant|command] [--evaluate] [--profile]
 Ends with one line of JSON: {"median_overhead_s": ..., "p90_overhead_s": ..., "experiments": N, ...}.
 Goal (SPEC §5): median < 0.5 s.
 """
@@ -48,13 +53,23 @@ sandbox = "{sandbox}"
 name = "score"
 direction = "min"
 memory = ""
+{evaluate}
 
 [agent]
 repair_attempts = 0
+{agent}
 
 [policy]
 name = "greedy"  # one measurement per experiment: extra confirmation runs are not overhead
 """
+
+
+# The `command` agent's version of ConstantAgent: better or worse at random (keeps and discards both happen).
+AGENT_SCRIPT = (
+    "import random; p = open('score.txt').read().split(':'); v = float(p[1]); "
+    "n = v - 0.001 if random.random() < 0.5 else v + 1.0; "
+    "open('score.txt', 'w').write(f'score: {n:.6f}' + chr(10)); print(f'score {v:.6f} -> {n:.6f}')"
+)
 
 
 class ConstantAgent:
@@ -74,12 +89,15 @@ class ConstantAgent:
         return Proposal(f"score {value:.6f} -> {new:.6f} (#{self.calls})")
 
 
-def make_project(root: Path, command: str, sandbox: str) -> None:
+def make_project(root: Path, command: str, sandbox: str, agent: str = "constant", evaluate: bool = False) -> None:
     root.mkdir(parents=True)
     (root / "score.txt").write_text("score: 100.000000\n")
     (root / "judge.txt").write_text("the frozen part\n")
     (root / "program.md").write_text("# overhead benchmark\n")
-    (root / "autoresearch.toml").write_text(TOML.format(command=command, sandbox=sandbox))
+    agent_keys = (f'name = "command"\ncommand = "python -c \\"{AGENT_SCRIPT}\\""' if agent == "command" else "")
+    eval_keys = 'command = "cat score.txt"' if evaluate else ""  # the evaluation prints the metric; the run's is ignored
+    (root / "autoresearch.toml").write_text(TOML.format(command=command, sandbox=sandbox, agent=agent_keys,
+                                                        evaluate=eval_keys))
     env = dict(os.environ, GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@localhost",
                GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="bench@localhost")
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "bench"]):
@@ -105,12 +123,15 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=200, help="experiments (default 200)")
     ap.add_argument("--command", default="cat score.txt", help="the run command (default: cat score.txt)")
     ap.add_argument("--sandbox", default="auto", choices=("auto", "bwrap", "none"))
+    ap.add_argument("--agent", default="constant", choices=("constant", "command"),
+                    help="constant: an in-process agent; command: a shell command as its own (sandboxed) process tree")
+    ap.add_argument("--evaluate", action="store_true", help="score through metric.command (a separate evaluation)")
     ap.add_argument("--profile", action="store_true", help="print the harness's hottest functions")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="autoresearch-overhead-") as tmp:
         root = Path(tmp) / "proj"
-        make_project(root, args.command, args.sandbox)
+        make_project(root, args.command, args.sandbox, args.agent, args.evaluate)
         bare = bare_command_s(args.command, root)
         cfg = load(root)
         marks: list[tuple[str, float, object]] = []
@@ -119,7 +140,10 @@ def main() -> int:
             if kind in ("proposing", "started", "finished"):
                 marks.append((kind, time.perf_counter(), data.get("exp")))
 
-        loop = Loop(cfg, "bench", ConstantAgent(), limits=Limits(max_experiments=args.n), reporter=reporter)
+        from autoresearch.agents.command import CommandAgent
+
+        agent = CommandAgent(cfg) if args.agent == "command" else ConstantAgent()
+        loop = Loop(cfg, "bench", agent, limits=Limits(max_experiments=args.n), reporter=reporter)
         profiler = None
         if args.profile:
             import cProfile
@@ -158,6 +182,7 @@ def main() -> int:
     for e in rows:
         statuses[e.status] = statuses.get(e.status, 0) + 1
     print(f"autoresearch overhead: {len(per)} experiments measured ({args.n} run) in {total:.1f}s, sandbox {sandbox}")
+    print(f"  agent {args.agent}, evaluation {'metric.command' if args.evaluate else 'none (the log)'}")
     print(f"  run command: {args.command!r}, bare wall {bare * 1000:.1f} ms; statuses {statuses}")
     print(f"  overhead per experiment: median {statistics.median(per):.3f}s  p90 {pct(per, 0.9):.3f}s  "
           f"min {min(per):.3f}s  max {max(per):.3f}s")
@@ -176,6 +201,8 @@ def main() -> int:
         "breakdown_median_s": {k: round(statistics.median(v), 4) for k, v in parts.items()},
         "bare_command_s": round(bare, 4),
         "sandbox": sandbox,
+        "agent": args.agent,
+        "evaluate": args.evaluate,
         "stop_reason": outcome.stop_reason,
     }
     print(json.dumps(out))
