@@ -41,7 +41,7 @@ from typing import Any, Optional
 from .errors import AutoresearchError
 from .ledger import Experiment, Ledger
 from .policy import resolve
-from .workspace import Git, Workspace
+from .workspace import Git, Workspace, run_git
 
 
 class FinalizeError(AutoresearchError):
@@ -170,10 +170,8 @@ def _tree(g: Git, commit: str) -> str:
 
 
 def _commit_tree(g: Git, tree: str, parent: str, message: str, env: dict[str, str]) -> str:
-    import subprocess
-
-    r = subprocess.run(["git", "commit-tree", tree, "-p", parent, "-F", "-"], cwd=g.cwd, input=message,
-                       capture_output=True, text=True, env=g.env | env)
+    r = run_git(["commit-tree", tree, "-p", parent, "-F", "-"], g.cwd, input=message, capture_output=True,
+                text=True, env=g.env | env)
     if r.returncode != 0:
         raise FinalizeError(f"git commit-tree failed: {r.stderr.strip()}")
     return r.stdout.strip()
