@@ -70,6 +70,7 @@ class Finalized:
 
 def finalize(root: Path, tag: str, ledger: Ledger, *, branch: Optional[str] = None,
              summary_path: Optional[Path] = None, force: bool = False) -> Finalized:
+    ledger.require_intact(tag)  # a branch made of forged keeps would look like any other
     rows = ledger.experiments(tag)
     base = next((e for e in rows if e.kind == "baseline" and e.status == "keep" and e.commit), None)
     best = ledger.incumbent(tag)
