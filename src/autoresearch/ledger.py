@@ -144,6 +144,7 @@ MIGRATIONS: list[Any] = [
 ]
 
 GENESIS = "0" * 64  # the digest before the first seal
+_VERIFIED: dict[str, tuple[tuple, list]] = {}  # ledger path -> (its files' stat, the breaks found)
 SEALED_KINDS = ("experiment", "measurement")
 
 
@@ -176,7 +177,19 @@ class Ledger:
         except sqlite3.DatabaseError as e:
             raise LedgerError(f"cannot open the ledger {self.path} ({e}): move it aside to start a fresh one") from None
         self._migrate()
-        self.integrity: list[Break] = self.verify()  # every open checks the seal chain
+        self.integrity: list[Break] = self._verify_on_open()
+
+    def _verify_on_open(self) -> list[Break]:
+        """Every open checks the seal chain; a process re-opening a file nobody wrote since (see
+        _file_key) reuses its last answer, so a follower such as `watch` pays once per change, not
+        once per look. `require_intact()` never uses this: it always recomputes."""
+        key = _file_key(self.path)
+        cached = _VERIFIED.get(str(self.path))
+        if cached is not None and cached[0] == key:
+            return list(cached[1])
+        breaks = self.verify()
+        _VERIFIED[str(self.path)] = (key, breaks)
+        return list(breaks)
 
     # -- schema -------------------------------------------------------------------
     def _migrate(self) -> None:
@@ -454,6 +467,22 @@ class LedgerIntegrityError(LedgerError):
             f"record that may be forged: look at the rows (`autoresearch ledger verify --tag {tag}`), put back what "
             f"was wrong, then `autoresearch ledger accept --tag {tag}` to seal the rows as they are now")
         self.breaks = breaks
+
+
+def _file_key(path: Path) -> tuple:
+    """What changes when anyone writes the database: its stat, and its WAL's (whose ctime a reader's
+    open touches, so only size, mtime and the header with the WAL's salts count there)."""
+    key: list = []
+    try:
+        st = path.stat()
+        key.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        wal = path.with_name(path.name + "-wal")
+        st = wal.stat()
+        with open(wal, "rb") as f:
+            key.append((st.st_ino, st.st_size, st.st_mtime_ns, f.read(32)))
+    except OSError:
+        key.append(None)
+    return tuple(key)
 
 
 _ORDER: dict[tuple[str, ...], list[int]] = {}  # column names -> their indices in name order
