@@ -87,6 +87,8 @@ def git_command(args: Iterable[str], cwd: Path) -> list[str]:
     flags = [f for c in _SAFE_CONFIG for f in ("-c", c)]
     for value in _user_config(cwd)["safe.directory"]:
         flags += ["-c", f"safe.directory={value}"]
+    if args and args[0] == "init" and _user_config(cwd)["init.defaultbranch"]:
+        flags += ["-c", f"init.defaultBranch={_user_config(cwd)['init.defaultbranch'][-1]}"]
     for c in _driver_overrides(cwd):
         flags += ["-c", c]
     if args and args[0] in _DIFFERS:
@@ -95,15 +97,16 @@ def git_command(args: Iterable[str], cwd: Path) -> list[str]:
 
 
 def _user_config(cwd: Path) -> dict[str, list[str]]:
-    """The user's identity (as git sees it in `cwd`) and the safe.directory entries of their global
-    and system config (never the repository's: git ignores those there, and so do we). Reading
+    """The user's identity (as git sees it in `cwd`), and the safe.directory entries and
+    init.defaultBranch of their global and system config (never the repository's: git ignores
+    safe.directory there, and so do we). Reading
     config runs no program; asked once per folder."""
     key = str(cwd)
     if key not in _USER:
         env = dict(os.environ, GIT_TERMINAL_PROMPT="0")
-        out: dict[str, list[str]] = {"user.name": [], "user.email": [], "safe.directory": []}
-        for scope, pattern in (([], r"^user\.(name|email)$"), (["--system"], r"^safe\.directory$"),
-                               (["--global"], r"^safe\.directory$")):
+        out: dict[str, list[str]] = {"user.name": [], "user.email": [], "safe.directory": [], "init.defaultbranch": []}
+        for scope, pattern in (([], r"^user\.(name|email)$"), (["--system"], r"^(safe\.directory|init\.defaultbranch)$"),
+                               (["--global"], r"^(safe\.directory|init\.defaultbranch)$")):
             r = subprocess.run(["git", "config", *scope, "--null", "--get-regexp", pattern], cwd=cwd,
                                capture_output=True, text=True, env=env)
             for entry in r.stdout.split("\0"):
