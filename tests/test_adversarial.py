@@ -532,6 +532,11 @@ def test_a_record_rewritten_after_the_session_is_refused_on_resume(tmp_path, mon
     integrity = json.loads(s.stdout)["ledger_integrity"]
     assert integrity["ok"] is False and [b["ids"] for b in integrity["breaks"]] == [[forged.id]]
     assert f"#{forged.id} (keep) was edited" in cli("status", "--tag", "r", cwd=root).stdout
+    for verb in (["finalize", "--tag", "r"], ["confirm", "--tag", "r", "--runs", "2"],
+                 ["experiment", "--tag", "r", "-m", "tool mode"]):
+        r = cli(*verb, cwd=root)
+        assert r.returncode == 1 and f"#{forged.id} (keep) was edited" in r.stderr, (verb, r.stderr)
+    assert len(rows_of(root, "r")) == 2 and git(root, "rev-parse", "autoresearch/r") == forged.commit
 
     monkeypatch.setattr(Ledger, "verify", lambda self, tag=None: [])  # the control: no seal check
     Loop(load(root, {"agent": {"repair_attempts": 0}}), "r", ScriptedAgent([improve_by(0.01)]),

@@ -20,6 +20,8 @@ Guarantees:
 - Nothing else changes: autoresearch/<tag>, the user's checkout and the ledger stay as they
   are. The work happens in a temporary worktree that is removed afterwards. An existing
   branch of the same name is refused unless `force`.
+- A tag whose ledger record fails its seal chain (edited outside autoresearch) is refused,
+  naming the rows (ledger.py): a branch made of forged keeps would look like any other.
 - Each commit message carries the description, the metric with its delta against the
   incumbent it beat and against the baseline, the policy's evidence, and the experiment's id
   and original commit; its author date is when the experiment ended.

@@ -16,7 +16,7 @@ Contract (any future storage backend must pass tests/test_ledger.py):
 - The seal chain: every row that reaches a terminal status (`finish()`, `interrupt_stale()`)
   and every measurement appends, in the same transaction, a seal to table `seals`:
   seq, kind, subject id, experiment id, tag, a sha256 of the row's canonical JSON (every
-  column), and digest = sha256(previous digest, seq, kind, subject, tag, content). `verify()`
+  column but those NULL, so a column a later migration adds leaves old seals valid), and digest = sha256(previous digest, seq, kind, subject, tag, content). `verify()`
   recomputes it all and returns the breaks, each naming its rows: a finished row edited (or
   set back to running), a terminal row or measurement with no seal (forged), a sealed row or
   measurement deleted, a seal edited, deleted or reordered. It runs on every open
@@ -145,7 +145,6 @@ MIGRATIONS: list[Any] = [
 
 GENESIS = "0" * 64  # the digest before the first seal
 _VERIFIED: dict[str, tuple[tuple, list]] = {}  # ledger path -> (its files' stat, the breaks found)
-SEALED_KINDS = ("experiment", "measurement")
 
 
 @dataclass

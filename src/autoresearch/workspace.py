@@ -11,11 +11,20 @@ Guarantees:
 - Each commit's tree is the parent's tree plus the editable files changed; nothing else.
 - Plain subprocess around the `git` command line; each worktree has its own index, so
   concurrent workers never contend for `index.lock`.
+- Git that runs nobody's code: every harness git command is built by `git_command()` (run by
+  `run_git()` and `Git`; nothing else in the package runs git). It reads no system or global
+  config, and switches off hooks, fsmonitor, filter and merge drivers, textconv and external
+  diffs, pager, editor, gpg and credential prompts, so what an agent writes into `.git/config`,
+  `.git/hooks` or `.git/info/attributes` (or what `~/.gitconfig` names) never runs inside the
+  harness. The user's identity, safe.directory entries and init.defaultBranch are passed on.
 - `rebase()` replays one experiment's change on a newer best (a cherry-pick in worktree
   "rebase", committed like any change) or names the conflicting files; `bundle()` packs a
   commit for a node with no shared filesystem under a temporary ref outside the pins.
 
-Not covered: repositories with submodules inside the editable set.
+Not covered: repositories with submodules inside the editable set. Git LFS: the lfs filter
+never runs, so LFS files are pointers in the harness's worktrees. The drivers to switch off are
+read from `.git/config` just before each command: a driver added in the microseconds between that
+read and git's own is not switched off (the state guard reports the change afterwards).
 """
 
 from __future__ import annotations
