@@ -103,6 +103,7 @@ class StateGuard:
     # -- ledger rows
     def _rows(self) -> dict[str, dict[int, tuple]]:
         if not self.db_path.exists():
+            self.exp_cols, self.m_cols = [], []
             return {"experiments": {}, "measurements": {}}
         db = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30)
         try:
