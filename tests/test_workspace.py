@@ -261,3 +261,25 @@ def test_git_command_is_the_one_place_harness_git_is_built():
             if re.search(r"""\[\s*["']git["']""", line) and path.name != "workspace.py":
                 raw.append(f"{path.name}:{n}: {line.strip()}")
     assert raw == [], raw
+
+
+def test_a_filter_added_to_a_worktrees_own_config_after_use_is_switched_off_too(project, tmp_path):
+    """The drivers are re-read when any config file changes, a worktree's config.worktree included."""
+    log = tmp_path / "ran.log"
+    ws = Workspace(project, "w")
+    ws.prepare()
+    parent = ws.tip()
+    wt = ws.worktree("propose")
+    git(project, "config", "extensions.worktreeConfig", "true")
+    assert ws.changed_paths(wt) == []  # the overrides of this worktree are now cached
+    git(wt, "config", "--worktree", "filter.evil.clean", f"sh -c 'echo filter >> {log}; sed \"s/^X = .*/X = 0.5/\"'")
+    git(wt, "config", "--worktree", "filter.evil.required", "true")
+    (project / ".git" / "info").mkdir(exist_ok=True)
+    (project / ".git" / "info" / "attributes").write_text("train.py filter=evil\n")
+    set_constant(wt / "train.py", "X", 2.0)
+    git(wt, "add", "train.py")  # the control: plain git runs it
+    git(wt, "reset", "-q")
+    ran = log.read_text()
+    assert "filter" in ran.split()
+    sha = ws.commit(wt, ["train.py"], "a", parent)
+    assert "\nX = 2.0\n" in ws.file_at(sha, "train.py") and log.read_text() == ran

@@ -3,9 +3,10 @@
 What is guarded: the branch tip and the experiment pins (refs/autoresearch/<tag>/*), the
 tag's ledger rows and their measurements, results.tsv, the protected files (and
 autoresearch.toml) of the user's checkout, and what in git's directory names programs for
-plain git to run (config, config.worktree, hooks/, info/attributes: a hook or filter planted
-there runs nothing inside the harness, whose git ignores them, but would run in the user's
-own next `git commit`). A `StateGuard` takes a snapshot when made —
+plain git to run (config, config.worktree, each worktree's config.worktree, hooks/,
+info/attributes: a hook or filter planted there runs nothing inside the harness, whose git
+ignores them, but would run in the user's own next `git commit`). A `StateGuard` takes a
+snapshot when made —
 before an agent proposes, before a run starts — and `check()` compares, restores what
 changed, and returns what it found; the loop records that experiment as a `violation`.
 The ledger is read and repaired through a connection of its own (the ledger promises
@@ -166,6 +167,7 @@ class StateGuard:
         paths = [self.gitdir / rel for rel in GIT_DIR_FILES]
         hooks = self.gitdir / "hooks"
         paths += sorted(p for p in hooks.rglob("*") if not p.is_dir()) if hooks.is_dir() else []
+        paths += sorted(self.gitdir.glob("worktrees/*/config.worktree"))  # each worktree's own config
         out = {}
         for p in paths:
             try:

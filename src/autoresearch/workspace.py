@@ -67,7 +67,7 @@ _DIFFERS = ("diff", "show", "log", "format-patch")  # commands that make diffs: 
 _DRIVER_OFF = {"filter": ("clean=", "smudge=", "process=", "required=false"),
                # the built-in text merge, as a driver line (a merge driver must name a program)
                "merge": ("driver=git merge-file --marker-size=%L %A %O %B",)}
-_DRIVERS: dict[str, tuple[tuple, list[str]]] = {}  # config file -> (its stat, the -c overrides it needs)
+_DRIVERS: dict[str, tuple[tuple, list[str]]] = {}  # config files -> (their stat, the -c overrides they need)
 _USER: dict[str, dict[str, list[str]]] = {}  # folder -> the user's identity and safe.directory values
 
 
@@ -129,12 +129,14 @@ def _user_config(cwd: Path) -> dict[str, list[str]]:
 def _driver_overrides(cwd: Path) -> list[str]:
     """`-c` settings that switch off every filter and merge driver the repository's config names.
 
-    Re-read whenever the repository's config file changes (a stat per call); a config that
-    includes other files is re-read every time, since an included file may change unseen."""
-    config = _config_file(cwd)
-    stat = _stat(config) if config else None
-    if config is not None and stat is not None and _DRIVERS.get(str(config), ((), []))[0] == stat:
-        return _DRIVERS[str(config)][1]
+    Re-read whenever the repository's config files (the common `config`, and the worktree's
+    `config.worktree`) change: a stat each per call. A config that includes other files is re-read
+    every time, since an included file may change unseen."""
+    files = _config_files(cwd)
+    key = tuple(_stat(f) for f in files)
+    cached = _DRIVERS.get(str(files)) if files else None
+    if cached is not None and cached[0] == key:
+        return cached[1]
     r = subprocess.run(["git", "config", "--null", "--name-only", "--get-regexp", r"^(filter|merge|include|includeif)\."],
                        cwd=cwd, capture_output=True, text=True, env=git_env())
     names = [n for n in r.stdout.split("\0") if n]
@@ -143,13 +145,14 @@ def _driver_overrides(cwd: Path) -> list[str]:
         drivers = sorted({n.split(".", 1)[1].rsplit(".", 1)[0] for n in names
                           if n.lower().startswith(section + ".") and n.count(".") >= 2})
         out += [f"{section}.{d}.{off}" for d in drivers for off in offs]
-    if config is not None and stat is not None and not any(n.lower().startswith("include") for n in names):
-        _DRIVERS[str(config)] = (stat, out)
+    if files and not any(n.lower().startswith("include") for n in names):
+        _DRIVERS[str(files)] = (key, out)
     return out
 
 
-def _config_file(cwd: Path) -> Optional[Path]:
-    """The common git directory's `config` of the repository `cwd` is in (found without running git)."""
+def _config_files(cwd: Path) -> list[Path]:
+    """The config files of the repository `cwd` is in, found without running git: the common
+    directory's `config` and `config.worktree`, and this worktree's own `config.worktree`."""
     for d in (Path(cwd), *Path(cwd).parents):
         dot = d / ".git"
         if dot.is_dir():
@@ -157,15 +160,15 @@ def _config_file(cwd: Path) -> Optional[Path]:
         elif dot.is_file():
             text = dot.read_text(errors="replace").strip()
             if not text.startswith("gitdir:"):
-                return None
+                return []
             gitdir = (d / text[len("gitdir:"):].strip()).resolve()
         else:
             continue
-        common = gitdir / "commondir"
-        if common.is_file():
-            gitdir = (gitdir / common.read_text().strip()).resolve()
-        return gitdir / "config"
-    return None
+        common = gitdir
+        if (gitdir / "commondir").is_file():
+            common = (gitdir / (gitdir / "commondir").read_text().strip()).resolve()
+        return [common / "config", common / "config.worktree", gitdir / "config.worktree"]
+    return []
 
 
 def _stat(path: Path) -> Optional[tuple]:
