@@ -283,3 +283,20 @@ def test_a_filter_added_to_a_worktrees_own_config_after_use_is_switched_off_too(
     assert "filter" in ran.split()
     sha = ws.commit(wt, ["train.py"], "a", parent)
     assert "\nX = 2.0\n" in ws.file_at(sha, "train.py") and log.read_text() == ran
+
+
+def test_an_alternate_refs_command_runs_only_in_plain_git(tmp_path):
+    """`launch --pull` fetches a bundle: a repository with alternates would run core.alternateRefsCommand."""
+    from autoresearch.workspace import Git
+
+    src = make_project(tmp_path / "src")
+    git(src, "bundle", "create", str(tmp_path / "b.bundle"), "HEAD")
+    dst = tmp_path / "dst"
+    git(tmp_path, "clone", "-q", str(src), str(dst))
+    (dst / ".git" / "objects" / "info" / "alternates").write_text(f"{src}/.git/objects\n")
+    marker = tmp_path / "ran"
+    git(dst, "config", "core.alternateRefsCommand", f"touch {marker}; true")
+    assert Git(dst).ok("fetch", "-q", str(tmp_path / "b.bundle"), "HEAD:refs/x")
+    assert not marker.exists()
+    git(dst, "fetch", "-q", str(tmp_path / "b.bundle"), "HEAD:refs/y")  # the control
+    assert marker.exists()

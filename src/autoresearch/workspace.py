@@ -61,6 +61,7 @@ _SAFE_CONFIG = (
     "core.pager=cat", "core.editor=:", "sequence.editor=:", "core.askPass=", "credential.helper=",
     "commit.gpgSign=false", "tag.gpgSign=false", "log.showSignature=false",  # no gpg
     "color.ui=never", "gc.auto=0", "maintenance.auto=false",
+    "core.alternateRefsCommand=",  # `launch --pull` fetches: no program for an alternate's refs (runs `sh -c ''`)
 )
 _DIFFERS = ("diff", "show", "log", "format-patch")  # commands that make diffs: no external diff, no textconv
 # What a repository's own config may name as a program, per driver; each found is switched off.
