@@ -346,3 +346,130 @@ def test_results_tsv_is_the_original_format(tmp_path, ledger):
         "0000005\t0.990000\t44.9\tkeep\tok\n"
     )
     assert not list(tmp_path.glob(".results.tsv*"))  # no temp file left
+
+
+# -- the seal chain -----------------------------------------------------------------------------
+def _finished(led: Ledger, status: str = "discard", metric: float = 1.0, tag: str = "t") -> Experiment:
+    e = new(tag=tag)
+    led.begin(e)
+    led.add_measurement(e.id, e.commit, 0, metric, {"aux": 7.0}, 1.0, "ok")
+    e.status, e.metric = status, metric
+    led.finish(e)
+    return e
+
+
+def _raw(led: Ledger, sql: str, *args) -> None:
+    """An edit made behind the ledger's back (a hand edit, a daemon with its own connection)."""
+    db = sqlite3.connect(led.path)
+    db.execute(sql, args)
+    db.commit()
+    db.close()
+
+
+def test_a_clean_ledger_verifies_and_is_checked_on_open(ledger):
+    a, b = _finished(ledger, "keep", 2.0), _finished(ledger)
+    e = new()
+    ledger.begin(e)  # running rows are not sealed yet, and that is no break
+    assert ledger.verify() == [] and ledger.verify("t") == []
+    _raw(ledger, "UPDATE experiments SET status = 'keep' WHERE id = ?", b.id)
+    reopened = Ledger(ledger.path)
+    assert [(x.kind, x.ids) for x in reopened.integrity] == [("edited", [b.id])]
+    reopened.close()
+
+
+def test_editing_a_finished_row_is_a_break_naming_it(ledger):
+    a, b = _finished(ledger, "keep", 2.0), _finished(ledger, "discard", 3.0)
+    _raw(ledger, "UPDATE experiments SET status = 'keep' WHERE id = ?", b.id)
+    breaks = ledger.verify("t")
+    assert [(x.kind, x.table, x.ids) for x in breaks] == [("edited", "experiments", [b.id])]
+    assert f"#{b.id} (keep) was edited" in breaks[0].message
+    with pytest.raises(LedgerError, match=rf"#{b.id} \(keep\) was edited.*ledger accept --tag t"):
+        ledger.require_intact("t")
+    assert ledger.verify("other") == []  # another tag's record is not this one's business
+
+
+def test_a_forged_keep_row_is_a_break(ledger):
+    _finished(ledger, "keep", 2.0)
+    _raw(ledger, 'INSERT INTO experiments (tag, parent, "commit", description, kind, status, metric) '
+                 "VALUES ('t', 'x', 'y', 'forged', 'candidate', 'keep', 0.1)")
+    forged = ledger.incumbent("t")
+    assert [(x.kind, x.ids) for x in ledger.verify()] == [("unsealed", [forged.id])]
+
+
+def test_deleting_a_row_is_a_break(ledger):
+    a, b = _finished(ledger, "keep", 2.0), _finished(ledger)
+    _raw(ledger, "DELETE FROM experiments WHERE id = ?", b.id)
+    assert [(x.kind, x.table, x.ids) for x in ledger.verify("t")] == [("deleted", "experiments", [b.id])]
+
+
+def test_changing_deleting_or_forging_a_measurement_is_a_break(ledger):
+    a = _finished(ledger, "keep", 2.0)
+    m = ledger.measurements(tag="t")[0]["id"]
+    _raw(ledger, "UPDATE measurements SET metric = 0.01 WHERE id = ?", m)
+    assert [(x.kind, x.table, x.ids, x.subject) for x in ledger.verify("t")] == [("edited", "measurements", [a.id], m)]
+    _raw(ledger, "DELETE FROM measurements WHERE id = ?", m)
+    assert [(x.kind, x.subject) for x in ledger.verify("t")] == [("deleted", m)]
+    _raw(ledger, 'INSERT INTO measurements (experiment_id, "commit", seed, metric, status) VALUES (?, ?, 9, 0.0, ?)',
+         a.id, a.commit, "ok")
+    assert sorted(x.kind for x in ledger.verify("t")) == ["deleted", "unsealed"]
+
+
+def test_a_measurement_added_to_a_finished_row_is_sealed(ledger):
+    a = _finished(ledger, "keep", 2.0)
+    ledger.add_measurement(a.id, a.commit, 5, 2.1, {}, 1.0, "ok")  # what `confirm` does
+    assert ledger.verify() == []
+
+
+def test_interrupted_rows_are_sealed(ledger):
+    e = new()
+    ledger.begin(e)
+    ledger.interrupt_stale("t")
+    assert ledger.verify() == []
+    _raw(ledger, "UPDATE experiments SET status = 'keep' WHERE id = ?", e.id)
+    assert [x.ids for x in ledger.verify()] == [[e.id]]
+
+
+def test_editing_or_deleting_seals_is_a_chain_break(ledger):
+    rows = [_finished(ledger) for _ in range(3)]
+    _raw(ledger, "UPDATE seals SET content = 'x' WHERE seq = 2")
+    kinds = {(x.kind, x.table) for x in ledger.verify()}
+    assert ("chain", "seals") in kinds
+    assert ledger.accept("t") and ledger.verify() == []
+    _raw(ledger, "DELETE FROM seals WHERE seq = (SELECT MAX(seq) FROM seals)")
+    assert any(x.kind == "chain" and "newest" in x.message for x in ledger.verify())
+    assert len(rows) == 3
+
+
+def test_accept_seals_rows_as_they_are_and_records_it(ledger):
+    a, b = _finished(ledger, "keep", 2.0), _finished(ledger)
+    c = _finished(ledger)
+    _raw(ledger, "UPDATE experiments SET description = 'fixed by hand' WHERE id = ?", b.id)
+    _raw(ledger, "DELETE FROM experiments WHERE id = ?", c.id)
+    assert len(ledger.verify("t")) == 2
+    accepted = ledger.accept("t")
+    assert sorted(x.ids[0] for x in accepted) == [b.id, c.id]
+    assert ledger.verify() == [] and Ledger(ledger.path).integrity == []
+    event = [e for e in ledger.events("t") if e["kind"] == "ledger-accept"]
+    assert len(event) == 1 and f"#{b.id}" in event[0]["message"] and f"#{c.id} was deleted" in event[0]["message"]
+    _raw(ledger, "UPDATE experiments SET metric = 0 WHERE id = ?", b.id)  # an edit after the acceptance: a break again
+    assert [x.ids for x in ledger.verify()] == [[b.id]]
+
+
+def test_a_v1_file_is_sealed_when_migrated(tmp_path):
+    path = tmp_path / "ledger.db"
+    db = sqlite3.connect(path)
+    db.executescript(V1_SCHEMA)
+    for status in ("keep", "discard", "running"):
+        db.execute('INSERT INTO experiments (tag, parent, "commit", description, kind, status, metric, started_at) '
+                   "VALUES ('old', 'p', 'c', 'x', 'candidate', ?, 1.0, 1.0)", (status,))
+    db.execute('INSERT INTO measurements (experiment_id, "commit", seed, metric, status) VALUES (1, \'c\', 0, 1.0, \'ok\')')
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    led = Ledger(path)
+    assert led.schema_version == len(MIGRATIONS) and led.integrity == []
+    n = sqlite3.connect(path).execute("SELECT kind, COUNT(*) FROM seals GROUP BY kind ORDER BY kind").fetchall()
+    assert n == [("experiment", 2), ("measurement", 1)]  # the running row is sealed when it ends
+    assert any(e["kind"] == "ledger-sealed" and "trust on first use" in e["message"] for e in led.events("old"))
+    _raw(led, "UPDATE experiments SET status = 'keep' WHERE id = 2")
+    assert [x.ids for x in led.verify("old")] == [[2]]

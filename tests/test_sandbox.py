@@ -390,6 +390,39 @@ def test_state_guard_restores_branch_pins_ledger_tsv_and_checkout(tmp_path):
     assert StateGuard(cfg, ws, db_path, "sg").check() == []
 
 
+def test_state_guard_restores_git_config_hooks_and_attributes(tmp_path, monkeypatch):
+    """A run or agent without a sandbox can write .git: what there names programs is put back."""
+    from autoresearch import stateguard
+
+    root = make_project(tmp_path / "g")
+    cfg = load(root)
+    ws = Workspace(root, "gd")
+    ws.prepare()
+    gitdir = root / ".git"
+    config = (gitdir / "config").read_bytes()
+    sample = gitdir / "hooks" / "pre-commit.sample"
+    sample_bytes = sample.read_bytes() if sample.exists() else None
+    guard = StateGuard(cfg, ws, root / ".autoresearch" / "ledger.db", "gd")
+    git(root, "config", "filter.evil.clean", "touch /tmp/pwned; cat")
+    (gitdir / "info").mkdir(exist_ok=True)
+    (gitdir / "info" / "attributes").write_text("* filter=evil\n")
+    (gitdir / "hooks" / "pre-commit").write_text("#!/bin/sh\ntouch /tmp/pwned\n")
+    if sample_bytes is not None:
+        sample.unlink()
+    found = guard.check()
+    assert ".git/config was changed (restored)" in found and ".git/info/attributes was added (removed)" in found
+    assert ".git/hooks/pre-commit was added (removed)" in found
+    assert (gitdir / "config").read_bytes() == config and not (gitdir / "hooks" / "pre-commit").exists()
+    assert not (gitdir / "info" / "attributes").exists()
+    assert sample_bytes is None or sample.read_bytes() == sample_bytes
+    assert StateGuard(cfg, ws, root / ".autoresearch" / "ledger.db", "gd").check() == []
+    # the control: with git's directory unwatched the same changes go unseen and stay
+    monkeypatch.setattr(stateguard, "WATCH_GIT_DIR", False)
+    guard = StateGuard(cfg, ws, root / ".autoresearch" / "ledger.db", "gd")
+    (gitdir / "hooks" / "pre-commit").write_text("#!/bin/sh\n")
+    assert guard.check() == [] and (gitdir / "hooks" / "pre-commit").exists()
+
+
 def test_run_folders_of_a_dead_harness_are_removed(tmp_path):
     import tempfile
 

@@ -167,3 +167,136 @@ def test_recovers_from_a_stale_index_lock_in_its_worktree(project, ws):
     (wt / "train.py").write_text("dirty")
     again = ws.worktree("run0")
     assert (again / "train.py").read_text() == TRAIN
+
+
+# -- git that runs nobody's code ------------------------------------------------------------------
+def _plant(project: Path, log: Path) -> None:
+    """What an unsandboxed agent can write into git's directory: hooks, an fsmonitor program, filter
+    and merge drivers (in .git/config, switched on for train.py by .git/info/attributes). Each writes
+    its name to `log`; the clean filter also rewrites X, so a commit would hold what nobody proposed."""
+    gitdir = project / ".git"
+    for hook in ("reference-transaction", "post-checkout", "pre-commit"):
+        h = gitdir / "hooks" / hook
+        h.write_text(f"#!/bin/sh\necho {hook} >> {log}\n")
+        h.chmod(0o755)
+    fsm = project.parent / "fsmonitor.sh"
+    fsm.write_text(f"#!/bin/sh\necho fsmonitor >> {log}\nexit 1\n")
+    fsm.chmod(0o755)
+    git(project, "config", "core.fsmonitor", str(fsm))
+    git(project, "config", "filter.evil.clean", f"sh -c 'echo filter >> {log}; sed \"s/^X = .*/X = 0.5/\"'")
+    git(project, "config", "filter.evil.smudge", f"sh -c 'echo smudge >> {log}; cat'")
+    git(project, "config", "filter.evil.required", "true")
+    git(project, "config", "merge.evil.driver", f"sh -c 'echo merge >> {log}'")
+    (gitdir / "info").mkdir(exist_ok=True)
+    (gitdir / "info" / "attributes").write_text("train.py filter=evil merge=evil diff=evil\n")
+    git(project, "config", "diff.evil.textconv", f"sh -c 'echo textconv >> {log}; cat \"$0\"'")
+
+
+@pytest.mark.parametrize("hardened", [True, False], ids=["harness", "control-plain-git"])
+def test_hooks_fsmonitor_filters_and_drivers_planted_in_git_run_nothing_in_the_harness(
+        project, tmp_path, monkeypatch, hardened):
+    from autoresearch import workspace
+    from autoresearch.workspace import Git
+
+    monkeypatch.setattr(workspace, "HARDENED", hardened)
+    log = tmp_path / "ran.log"
+    ws = Workspace(project, "w")
+    ws.prepare()
+    _plant(project, log)
+    parent = ws.tip()
+    wt = ws.worktree("propose")  # worktree add: post-checkout, smudge
+    set_constant(wt / "train.py", "X", 2.0)
+    assert ws.changed_paths(wt) == ["train.py"]  # status: fsmonitor
+    a = ws.commit(wt, ["train.py"], "a", parent)  # add: clean filter; update-ref: reference-transaction
+    ws.pin(1, a)
+    patch = ws.diff(parent, a)  # textconv
+    ws.reset(wt, parent)
+    (wt / "train.py").write_text((wt / "train.py").read_text().replace("aux: 7", "aux: 8"))  # far from X
+    b = ws.commit(wt, ["train.py"], "b", parent)
+    ws.advance(b, parent)
+    Git(project)("commit", "-q", "--allow-empty", "-m", "what init --here does")  # pre-commit
+    ran = set(log.read_text().split()) if log.exists() else set()
+    if not hardened:  # the control: each planted program runs, and the clean filter forges the commit
+        assert {"reference-transaction", "post-checkout", "pre-commit", "fsmonitor", "filter", "smudge",
+                "textconv"} <= ran, ran
+        assert "X = 0.5" in ws.file_at(a, "train.py")
+        return
+    assert ran == set(), f"the harness's git ran planted programs: {ran}"
+    assert "X = 2.0" in ws.file_at(a, "train.py") and "+X = 2.0" in patch
+    merged = ws.rebase(a, b, "a on b")  # a 3-way merge of train.py: the built-in merge, not the planted driver
+    text = ws.file_at(merged, "train.py")
+    assert "X = 2.0" in text and "aux: 8" in text
+    assert not log.exists()
+
+
+def test_rebase_with_a_planted_merge_driver_runs_it_only_in_plain_git(project, tmp_path, monkeypatch):
+    """The control for the merge driver (the test above rebases only under the harness's git)."""
+    from autoresearch import workspace
+
+    monkeypatch.setattr(workspace, "HARDENED", False)
+    log = tmp_path / "ran.log"
+    ws = Workspace(project, "w")
+    ws.prepare()
+    _plant(project, log)
+    parent = ws.tip()
+    wt = ws.worktree("propose")
+    set_constant(wt / "train.py", "X", 2.0)
+    a = ws.commit(wt, ["train.py"], "a", parent)
+    ws.reset(wt, parent)
+    (wt / "train.py").write_text((wt / "train.py").read_text().replace("aux: 7", "aux: 8"))  # far from X
+    b = ws.commit(wt, ["train.py"], "b", parent)
+    with pytest.raises(NothingChanged):  # the planted driver kept `onto`'s side: the change silently lost
+        ws.rebase(a, b, "a on b")
+    assert "merge" in log.read_text().split()
+
+
+def test_git_command_is_the_one_place_harness_git_is_built():
+    """No module of the package runs `git` but through workspace.git_command."""
+    import re
+
+    src = Path(__file__).resolve().parents[1] / "src" / "autoresearch"
+    raw = []
+    for path in src.rglob("*.py"):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"""\[\s*["']git["']""", line) and path.name != "workspace.py":
+                raw.append(f"{path.name}:{n}: {line.strip()}")
+    assert raw == [], raw
+
+
+def test_a_filter_added_to_a_worktrees_own_config_after_use_is_switched_off_too(project, tmp_path):
+    """The drivers are re-read when any config file changes, a worktree's config.worktree included."""
+    log = tmp_path / "ran.log"
+    ws = Workspace(project, "w")
+    ws.prepare()
+    parent = ws.tip()
+    wt = ws.worktree("propose")
+    git(project, "config", "extensions.worktreeConfig", "true")
+    assert ws.changed_paths(wt) == []  # the overrides of this worktree are now cached
+    git(wt, "config", "--worktree", "filter.evil.clean", f"sh -c 'echo filter >> {log}; sed \"s/^X = .*/X = 0.5/\"'")
+    git(wt, "config", "--worktree", "filter.evil.required", "true")
+    (project / ".git" / "info").mkdir(exist_ok=True)
+    (project / ".git" / "info" / "attributes").write_text("train.py filter=evil\n")
+    set_constant(wt / "train.py", "X", 2.0)
+    git(wt, "add", "train.py")  # the control: plain git runs it
+    git(wt, "reset", "-q")
+    ran = log.read_text()
+    assert "filter" in ran.split()
+    sha = ws.commit(wt, ["train.py"], "a", parent)
+    assert "\nX = 2.0\n" in ws.file_at(sha, "train.py") and log.read_text() == ran
+
+
+def test_an_alternate_refs_command_runs_only_in_plain_git(tmp_path):
+    """`launch --pull` fetches a bundle: a repository with alternates would run core.alternateRefsCommand."""
+    from autoresearch.workspace import Git
+
+    src = make_project(tmp_path / "src")
+    git(src, "bundle", "create", str(tmp_path / "b.bundle"), "HEAD")
+    dst = tmp_path / "dst"
+    git(tmp_path, "clone", "-q", str(src), str(dst))
+    (dst / ".git" / "objects" / "info" / "alternates").write_text(f"{src}/.git/objects\n")
+    marker = tmp_path / "ran"
+    git(dst, "config", "core.alternateRefsCommand", f"touch {marker}; true")
+    assert Git(dst).ok("fetch", "-q", str(tmp_path / "b.bundle"), "HEAD:refs/x")
+    assert not marker.exists()
+    git(dst, "fetch", "-q", str(tmp_path / "b.bundle"), "HEAD:refs/y")  # the control
+    assert marker.exists()

@@ -1,7 +1,7 @@
 """The command line: parses, calls, prints. Errors become one-line messages here only.
 
 Verbs: init, run, experiment, status, results, diff, report, watch, pause, resume,
-finalize, confirm, launch. Each reading verb has
+finalize, confirm, launch, ledger (verify | accept). Each reading verb has
 `--json` for machines. Exit codes: 0 success (a run stopped by Ctrl-C included),
 1 a user-fixable error (the message says the fix), 2 bad arguments.
 """
@@ -17,7 +17,8 @@ from typing import Optional
 from . import __version__
 from .config import Config, load
 from .errors import AutoresearchError
-from .cli_results import _diff, _ledger, _print_json, _report, _results, _root, _status, _tag, _watch, _write_report
+from .cli_results import (_diff, _ledger, _ledger_verb, _print_json, _report, _results, _root, _status, _tag, _watch,
+                          _write_report)
 from .ledger import Ledger
 
 
@@ -82,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
 
     sp = cmd("status", _status, "best result, counts, keep rate, cost, time")
+    sp.add_argument("--tag")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("ledger", _ledger_verb, "verify: check the ledger's seal chain (names rows changed outside autoresearch); "
+                                     "accept: seal a tag's rows as they are now, your decision after a break")
+    sp.add_argument("action", choices=("verify", "accept"))
     sp.add_argument("--tag")
     sp.add_argument("--json", action="store_true")
 

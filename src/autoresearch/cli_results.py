@@ -1,6 +1,7 @@
-"""The reading verbs of the command line: status, results, diff, report, watch.
+"""The reading verbs of the command line: status, results, diff, report, watch, ledger verify.
 
-They only read the ledger (and write report files); none of them changes a run. Shared
+They only read the ledger (and write report files); none of them changes a run (`ledger
+accept`, the user's decision on a broken seal chain, is the one that writes, and says so). Shared
 helpers for finding the project, its ledger and a tag live here too.
 """
 
@@ -89,11 +90,17 @@ def _status(args) -> int:
     from .workers import worker_stats
 
     out["workers"] = worker_stats(ledger, tag)  # what ran where, utilisation, runs per hour (workers.py)
+    breaks = [b for b in ledger.integrity if b.tag in (tag, None)]  # checked when the ledger was opened
+    out["ledger_integrity"] = {"ok": not breaks, "breaks": [b.to_json() for b in breaks]}
     if args.json:
         _print_json(out)
         return 0
     name = out["metric"] or "metric"
     print(f"tag {tag}: {len(rows)} experiments, " + ", ".join(f"{k} {v}" for k, v in sorted(out["counts"].items())))
+    if breaks:
+        print(f"LEDGER CHANGED OUTSIDE AUTORESEARCH: {'; '.join(b.message for b in breaks[:5])}"
+              f"{f'; and {len(breaks) - 5} more' if len(breaks) > 5 else ''}. The figures below may be forged; "
+              f"`autoresearch run` refuses to go on until `autoresearch ledger accept --tag {tag}`")
     if inc:
         runs = out["best_runs"] if isinstance(out["best_runs"], int) else 1
         value = f"{out['best_mean']:.6f} (mean of {runs} runs)" if runs > 1 else f"{inc.metric:.6f}"
@@ -177,3 +184,30 @@ def _watch(args) -> int:
     from .watch import watch
 
     return watch(_root(args), args.tag, plain=True if args.plain else None, once=args.once, interval=args.interval)
+
+
+def _ledger_verb(args) -> int:
+    """`ledger verify`: the seal chain's breaks (exit 1 if any); `ledger accept`: seal the rows as they are now."""
+    root = _root(args)
+    ledger = _ledger(root)
+    if args.action == "verify":
+        breaks = ledger.verify(args.tag)
+        if args.json:
+            _print_json({"ok": not breaks, "breaks": [b.to_json() for b in breaks]})
+        else:
+            for b in breaks:
+                print(f"{b.tag or '-'}\t{b.kind}\t{b.table}\t{','.join(str(i) for i in b.ids)}\t{b.message}")
+            print(f"autoresearch: ledger {'intact' if not breaks else f'changed outside autoresearch ({len(breaks)} breaks)'}"
+                  + (f" for tag {args.tag}" if args.tag else ""), file=sys.stderr)
+        return 1 if breaks else 0
+    if not args.tag:
+        raise AutoresearchError("`ledger accept` needs --tag: it seals that tag's rows as they are now")
+    accepted = ledger.accept(args.tag)
+    if args.json:
+        _print_json({"accepted": [b.to_json() for b in accepted]})
+    else:
+        for b in accepted:
+            print(f"accepted: {b.message}")
+        print(f"autoresearch: {len(accepted)} break(s) of {args.tag} sealed as they are now (recorded as an event)"
+              if accepted else f"autoresearch: nothing to accept: the ledger of {args.tag} is intact", file=sys.stderr)
+    return 0

@@ -20,6 +20,8 @@ Guarantees:
 - Nothing else changes: autoresearch/<tag>, the user's checkout and the ledger stay as they
   are. The work happens in a temporary worktree that is removed afterwards. An existing
   branch of the same name is refused unless `force`.
+- A tag whose ledger record fails its seal chain (edited outside autoresearch) is refused,
+  naming the rows (ledger.py): a branch made of forged keeps would look like any other.
 - Each commit message carries the description, the metric with its delta against the
   incumbent it beat and against the baseline, the policy's evidence, and the experiment's id
   and original commit; its author date is when the experiment ended.
@@ -41,7 +43,7 @@ from typing import Any, Optional
 from .errors import AutoresearchError
 from .ledger import Experiment, Ledger
 from .policy import resolve
-from .workspace import Git, Workspace
+from .workspace import Git, Workspace, run_git
 
 
 class FinalizeError(AutoresearchError):
@@ -70,6 +72,7 @@ class Finalized:
 
 def finalize(root: Path, tag: str, ledger: Ledger, *, branch: Optional[str] = None,
              summary_path: Optional[Path] = None, force: bool = False) -> Finalized:
+    ledger.require_intact(tag)  # a branch made of forged keeps would look like any other
     rows = ledger.experiments(tag)
     base = next((e for e in rows if e.kind == "baseline" and e.status == "keep" and e.commit), None)
     best = ledger.incumbent(tag)
@@ -170,10 +173,8 @@ def _tree(g: Git, commit: str) -> str:
 
 
 def _commit_tree(g: Git, tree: str, parent: str, message: str, env: dict[str, str]) -> str:
-    import subprocess
-
-    r = subprocess.run(["git", "commit-tree", tree, "-p", parent, "-F", "-"], cwd=g.cwd, input=message,
-                       capture_output=True, text=True, env=g.env | env)
+    r = run_git(["commit-tree", tree, "-p", parent, "-F", "-"], g.cwd, input=message, capture_output=True,
+                text=True, env=g.env | env)
     if r.returncode != 0:
         raise FinalizeError(f"git commit-tree failed: {r.stderr.strip()}")
     return r.stdout.strip()

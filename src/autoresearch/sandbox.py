@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
 from .errors import ConfigError
+from .workspace import run_git
 
 INSTALL_HINT = "apt-get install bubblewrap"
 RUN_DIR_PREFIX = "autoresearch-run-"  # + the harness's pid: leftovers of a dead harness are found
@@ -264,7 +265,7 @@ def remove_stale_run_dirs() -> int:
 
 
 def _git_common_dir(top: Path) -> Optional[Path]:
-    r = subprocess.run(["git", "rev-parse", "--git-common-dir"], cwd=top, capture_output=True, text=True)
+    r = run_git(["rev-parse", "--git-common-dir"], top, capture_output=True, text=True)
     if r.returncode != 0:
         return None
     p = Path(r.stdout.strip())

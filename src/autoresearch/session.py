@@ -4,6 +4,9 @@ Guarantees:
 - At most one process works on a tag at a time: an exclusive `flock` on
   `.autoresearch/locks/<tag>.lock`, released by the kernel however the process dies.
 - `reconcile()` makes the world agree with the ledger, which is the truth:
+  0. it first checks the ledger's seal chain and refuses (LedgerIntegrityError, naming the rows
+     and `autoresearch ledger accept`) when the tag's record was changed outside the harness:
+     the steps below would otherwise move the branch to a forged keep;
   1. processes left by a dead session (found by their marker) are killed;
   2. `running` rows become `interrupted` (only the lock holder can do this, so no live
      process owns them);
@@ -66,6 +69,7 @@ def marker_prefix(root: Path, tag: str) -> str:
 
 def reconcile(ledger: Ledger, ws: Workspace, metric_name: str, tsv_path: Optional[Path]) -> list[str]:
     """Bring processes, ledger and git in line with the ledger; returns what was done."""
+    ledger.require_intact(ws.tag)  # `run`, tool mode and `confirm` all start here
     notes = []
     killed = kill_marked_prefix(marker_prefix(ws.root, ws.tag))
     if killed:

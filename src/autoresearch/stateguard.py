@@ -1,8 +1,12 @@
 """The state guard: the harness's own state is put back if anything but the harness changes it.
 
 What is guarded: the branch tip and the experiment pins (refs/autoresearch/<tag>/*), the
-tag's ledger rows and their measurements, results.tsv, and the protected files (and
-autoresearch.toml) of the user's checkout. A `StateGuard` takes a snapshot when made —
+tag's ledger rows and their measurements, results.tsv, the protected files (and
+autoresearch.toml) of the user's checkout, and what in git's directory names programs for
+plain git to run (config, config.worktree, each worktree's config.worktree, hooks/,
+info/attributes: a hook or filter planted there runs nothing inside the harness, whose git
+ignores them, but would run in the user's own next `git commit`). A `StateGuard` takes a
+snapshot when made —
 before an agent proposes, before a run starts — and `check()` compares, restores what
 changed, and returns what it found; the loop records that experiment as a `violation`.
 The ledger is read and repaired through a connection of its own (the ledger promises
@@ -25,6 +29,9 @@ from typing import Optional
 from .integrity import Tripwire
 from .sandbox import resolve_paths
 
+WATCH_GIT_DIR = True  # tests switch this off for the control of the attacks it catches
+GIT_DIR_FILES = ("config", "config.worktree", "info/attributes")  # and everything under hooks/
+
 
 class StateGuard:
     """Snapshot of branch, pins, ledger rows, results.tsv and the checkout's protected files."""
@@ -44,6 +51,8 @@ class StateGuard:
         self.db_id = _inode(self.db_path)
         self.tsv_bytes = self.tsv.read_bytes() if self.tsv.exists() else None
         self.files = self._checkout_files()
+        self.gitdir = self._git_dir()
+        self.git_files = self._git_files()
         self.wire = Tripwire(self._watched() if agent and self.exclusive else []).__enter__()
 
     def _watched(self) -> list[Path]:
@@ -62,6 +71,7 @@ class StateGuard:
         if self.tsv_bytes is not None and (not self.tsv.exists() or self.tsv.read_bytes() != self.tsv_bytes):
             _write(self.tsv, self.tsv_bytes)
             found.append("results.tsv was rewritten (restored)")
+        found += self._check_git_files()
         for rel, data in self.files.items():
             p = self.cfg.root / rel
             now = p.read_bytes() if p.exists() else None
@@ -94,6 +104,7 @@ class StateGuard:
     # -- ledger rows
     def _rows(self) -> dict[str, dict[int, tuple]]:
         if not self.db_path.exists():
+            self.exp_cols, self.m_cols = [], []
             return {"experiments": {}, "measurements": {}}
         db = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30)
         try:
@@ -143,6 +154,45 @@ class StateGuard:
         ids = (", ".join(f"#{i}" for i in ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")) \
             or "measurements"
         return [f"the ledger was edited ({ids}) (restored)"]
+
+    # -- git's own directory
+    def _git_dir(self) -> Optional[Path]:
+        common = Path(self.ws.git("rev-parse", "--git-common-dir", check=False) or ".git")
+        return (common if common.is_absolute() else self.ws.top / common).resolve()
+
+    def _git_files(self) -> dict[str, tuple[bytes, int]]:
+        """(content, mode) of git's files that name programs (see the module docstring)."""
+        if not WATCH_GIT_DIR or self.gitdir is None:
+            return {}
+        paths = [self.gitdir / rel for rel in GIT_DIR_FILES]
+        hooks = self.gitdir / "hooks"
+        paths += sorted(p for p in hooks.rglob("*") if not p.is_dir()) if hooks.is_dir() else []
+        paths += sorted(self.gitdir.glob("worktrees/*/config.worktree"))  # each worktree's own config
+        out = {}
+        for p in paths:
+            try:
+                out[p.relative_to(self.gitdir).as_posix()] = (p.read_bytes(), p.stat().st_mode & 0o7777)
+            except OSError:  # absent (or a dangling link: then it is reported when it changes)
+                continue
+        return out
+
+    def _check_git_files(self) -> list[str]:
+        if not WATCH_GIT_DIR or self.gitdir is None:
+            return []
+        now, found = self._git_files(), []
+        for rel in sorted(set(self.git_files) | set(now)):
+            if self.git_files.get(rel) == now.get(rel):
+                continue
+            p = self.gitdir / rel
+            if rel in self.git_files:
+                data, mode = self.git_files[rel]
+                _write(p, data)
+                os.chmod(p, mode)
+                found.append(f".git/{rel} was {'changed' if rel in now else 'deleted'} (restored)")
+            else:
+                p.unlink(missing_ok=True)
+                found.append(f".git/{rel} was added (removed)")
+        return found
 
     # -- the user's checkout
     def _checkout_files(self) -> dict[str, Optional[bytes]]:

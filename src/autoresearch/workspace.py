@@ -11,11 +11,20 @@ Guarantees:
 - Each commit's tree is the parent's tree plus the editable files changed; nothing else.
 - Plain subprocess around the `git` command line; each worktree has its own index, so
   concurrent workers never contend for `index.lock`.
+- Git that runs nobody's code: every harness git command is built by `git_command()` (run by
+  `run_git()` and `Git`; nothing else in the package runs git). It reads no system or global
+  config, and switches off hooks, fsmonitor, filter and merge drivers, textconv and external
+  diffs, pager, editor, gpg and credential prompts, so what an agent writes into `.git/config`,
+  `.git/hooks` or `.git/info/attributes` (or what `~/.gitconfig` names) never runs inside the
+  harness. The user's identity, safe.directory entries and init.defaultBranch are passed on.
 - `rebase()` replays one experiment's change on a newer best (a cherry-pick in worktree
   "rebase", committed like any change) or names the conflicting files; `bundle()` packs a
   commit for a node with no shared filesystem under a temporary ref outside the pins.
 
-Not covered: repositories with submodules inside the editable set.
+Not covered: repositories with submodules inside the editable set. Git LFS: the lfs filter
+never runs, so LFS files are pointers in the harness's worktrees. The drivers to switch off are
+read from `.git/config` just before each command: a driver added in the microseconds between that
+read and git's own is not switched off (the state guard reports the change afterwards).
 """
 
 from __future__ import annotations
@@ -40,44 +49,170 @@ class GitError(WorkspaceError):
     pass
 
 
-_IDENTITY: dict[str, set[str]] = {}  # folder -> configured user.* keys
+# -- git that runs nobody's code ------------------------------------------------------------
+HARDENED = True  # tests switch this off for the control of the attacks it stops
+
+# Settings every harness git command runs with. `-c` is the command-line scope: it beats the
+# repository's .git/config (which an unsandboxed agent can write), and git hands it on to the git
+# processes it starts itself (GIT_CONFIG_PARAMETERS).
+_SAFE_CONFIG = (
+    "core.hooksPath=/dev/null",  # no hook runs: git finds no /dev/null/<hook>
+    "core.fsmonitor=false", "core.untrackedCache=false",  # no fsmonitor program
+    "core.pager=cat", "core.editor=:", "sequence.editor=:", "core.askPass=", "credential.helper=",
+    "commit.gpgSign=false", "tag.gpgSign=false", "log.showSignature=false",  # no gpg
+    "color.ui=never", "gc.auto=0", "maintenance.auto=false",
+    "core.alternateRefsCommand=",  # `launch --pull` fetches: no program for an alternate's refs (runs `sh -c ''`)
+)
+_DIFFERS = ("diff", "show", "log", "format-patch")  # commands that make diffs: no external diff, no textconv
+# What a repository's own config may name as a program, per driver; each found is switched off.
+_DRIVER_OFF = {"filter": ("clean=", "smudge=", "process=", "required=false"),
+               # the built-in text merge, as a driver line (a merge driver must name a program)
+               "merge": ("driver=git merge-file --marker-size=%L %A %O %B",)}
+_DRIVERS: dict[str, tuple[tuple, list[str]]] = {}  # config files -> (their stat, the -c overrides they need)
+_USER: dict[str, dict[str, list[str]]] = {}  # folder -> the user's identity and safe.directory values
+
+
+def git_env(base: Optional[dict] = None) -> dict[str, str]:
+    """The environment of every harness git command: no system or global config (the user's
+    `~/.gitconfig` may name hooks, filters or an fsmonitor; what the harness needs of it is passed
+    explicitly), no prompts, no pager, no editor."""
+    env = dict(os.environ if base is None else base)
+    if not HARDENED:
+        env.setdefault("GIT_TERMINAL_PROMPT", "0")
+        return env
+    for var in ("GIT_EXTERNAL_DIFF", "GIT_SSH", "GIT_SSH_COMMAND", "GIT_PROXY_COMMAND"):
+        env.pop(var, None)
+    env.update(GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=os.devnull, GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="",
+               SSH_ASKPASS="", GIT_PAGER="cat", GIT_EDITOR=":", GIT_SEQUENCE_EDITOR=":")
+    return env
+
+
+def git_command(args: Iterable[str], cwd: Path) -> list[str]:
+    """The argv of a harness git command run in `cwd`: `git`, the safe settings (above), the
+    repository's filter and merge drivers switched off, the user's safe.directory entries, and
+    `--no-ext-diff --no-textconv` for commands that make diffs."""
+    args = list(args)
+    if not HARDENED:
+        return ["git", *args]
+    flags = [f for c in _SAFE_CONFIG for f in ("-c", c)]
+    for value in _user_config(cwd)["safe.directory"]:
+        flags += ["-c", f"safe.directory={value}"]
+    if args and args[0] == "init" and _user_config(cwd)["init.defaultbranch"]:
+        flags += ["-c", f"init.defaultBranch={_user_config(cwd)['init.defaultbranch'][-1]}"]
+    for c in _driver_overrides(cwd):
+        flags += ["-c", c]
+    if args and args[0] in _DIFFERS:
+        args = [args[0], "--no-ext-diff", "--no-textconv", *args[1:]]
+    return ["git", *flags, *args]
+
+
+def _user_config(cwd: Path) -> dict[str, list[str]]:
+    """The user's identity (as git sees it in `cwd`), and the safe.directory entries and
+    init.defaultBranch of their global and system config (never the repository's: git ignores
+    safe.directory there, and so do we). Reading
+    config runs no program; asked once per folder."""
+    key = str(cwd)
+    if key not in _USER:
+        env = dict(os.environ, GIT_TERMINAL_PROMPT="0")
+        out: dict[str, list[str]] = {"user.name": [], "user.email": [], "safe.directory": [], "init.defaultbranch": []}
+        for scope, pattern in (([], r"^user\.(name|email)$"), (["--system"], r"^(safe\.directory|init\.defaultbranch)$"),
+                               (["--global"], r"^(safe\.directory|init\.defaultbranch)$")):
+            r = subprocess.run(["git", "config", *scope, "--null", "--get-regexp", pattern], cwd=cwd,
+                               capture_output=True, text=True, env=env)
+            for entry in r.stdout.split("\0"):
+                name, _, value = entry.partition("\n")
+                if name.lower() in out:
+                    out[name.lower()].append(value)
+        _USER[key] = out
+    return _USER[key]
+
+
+def _driver_overrides(cwd: Path) -> list[str]:
+    """`-c` settings that switch off every filter and merge driver the repository's config names.
+
+    Re-read whenever the repository's config files (the common `config`, and the worktree's
+    `config.worktree`) change: a stat each per call. A config that includes other files is re-read
+    every time, since an included file may change unseen."""
+    files = _config_files(cwd)
+    key = tuple(_stat(f) for f in files)
+    cached = _DRIVERS.get(str(files)) if files else None
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    r = subprocess.run(["git", "config", "--null", "--name-only", "--get-regexp", r"^(filter|merge|include|includeif)\."],
+                       cwd=cwd, capture_output=True, text=True, env=git_env())
+    names = [n for n in r.stdout.split("\0") if n]
+    out: list[str] = []
+    for section, offs in _DRIVER_OFF.items():
+        drivers = sorted({n.split(".", 1)[1].rsplit(".", 1)[0] for n in names
+                          if n.lower().startswith(section + ".") and n.count(".") >= 2})
+        out += [f"{section}.{d}.{off}" for d in drivers for off in offs]
+    if files and not any(n.lower().startswith("include") for n in names):
+        _DRIVERS[str(files)] = (key, out)
+    return out
+
+
+def _config_files(cwd: Path) -> list[Path]:
+    """The config files of the repository `cwd` is in, found without running git: the common
+    directory's `config` and `config.worktree`, and this worktree's own `config.worktree`."""
+    for d in (Path(cwd), *Path(cwd).parents):
+        dot = d / ".git"
+        if dot.is_dir():
+            gitdir = dot
+        elif dot.is_file():
+            text = dot.read_text(errors="replace").strip()
+            if not text.startswith("gitdir:"):
+                return []
+            gitdir = (d / text[len("gitdir:"):].strip()).resolve()
+        else:
+            continue
+        common = gitdir
+        if (gitdir / "commondir").is_file():
+            common = (gitdir / (gitdir / "commondir").read_text().strip()).resolve()
+        return [common / "config", common / "config.worktree", gitdir / "config.worktree"]
+    return []
+
+
+def _stat(path: Path) -> Optional[tuple]:
+    try:
+        st = path.stat()
+        return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+    except OSError:
+        return None
+
+
+def run_git(args: Iterable[str], cwd: Path, *, env: Optional[dict] = None, **kw) -> subprocess.CompletedProcess:
+    """subprocess.run of a harness git command (see git_command); `kw` as for subprocess.run."""
+    return subprocess.run(git_command(args, Path(cwd)), cwd=cwd, env=env if env is not None else git_env(), **kw)
 
 
 class Git:
-    """Runs git in one directory."""
+    """Runs git in one directory (hardened: see git_command)."""
 
     def __init__(self, cwd: Path):
         self.cwd = Path(cwd)
-        self.env = dict(os.environ)
-        self.env.setdefault("GIT_TERMINAL_PROMPT", "0")
-        # Commits must work on a machine with no git identity configured.
-        for var, value in (("GIT_AUTHOR_NAME", "autoresearch"), ("GIT_AUTHOR_EMAIL", "autoresearch@localhost"),
-                           ("GIT_COMMITTER_NAME", "autoresearch"), ("GIT_COMMITTER_EMAIL", "autoresearch@localhost")):
-            if var not in self.env and ("user.email" if var.endswith("EMAIL") else "user.name") not in self._identity():
-                self.env[var] = value
-
-    def _identity(self) -> set[str]:
-        """The user.* keys git has configured here; asked once per folder (a Git is made for every call site)."""
-        key = str(self.cwd)
-        if key not in _IDENTITY:
-            r = subprocess.run(["git", "config", "--get-regexp", r"^user\.(name|email)$"], cwd=self.cwd,
-                               capture_output=True, text=True)
-            _IDENTITY[key] = {ln.split()[0] for ln in r.stdout.splitlines() if len(ln.split()) > 1}
-        return _IDENTITY[key]
+        self.env = git_env()
+        # Commits must work on a machine with no git identity configured; the user's identity is read
+        # from their config and passed on, since the harness's git commands do not read ~/.gitconfig.
+        user = _user_config(self.cwd)
+        for var, key, value in (("GIT_AUTHOR_NAME", "user.name", "autoresearch"),
+                                ("GIT_AUTHOR_EMAIL", "user.email", "autoresearch@localhost"),
+                                ("GIT_COMMITTER_NAME", "user.name", "autoresearch"),
+                                ("GIT_COMMITTER_EMAIL", "user.email", "autoresearch@localhost")):
+            if var not in self.env:
+                self.env[var] = user[key][-1] if user[key] else value
 
     def __call__(self, *args: str, input: Optional[str] = None, check: bool = True, strip: bool = True) -> str:
-        r = subprocess.run(["git", *args], cwd=self.cwd, input=input, capture_output=True, text=True, env=self.env)
+        r = run_git(args, self.cwd, input=input, capture_output=True, text=True, env=self.env)
         if check and r.returncode != 0:
             raise GitError(f"git {' '.join(args)} failed in {self.cwd}: {r.stderr.strip() or r.stdout.strip()}")
         return r.stdout.strip() if strip else r.stdout
 
     def ok(self, *args: str) -> bool:
-        r = subprocess.run(["git", *args], cwd=self.cwd, capture_output=True, text=True, env=self.env)
-        return r.returncode == 0
+        return run_git(args, self.cwd, capture_output=True, text=True, env=self.env).returncode == 0
 
 
 def find_root(start: Path) -> Path:
-    r = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=start, capture_output=True, text=True)
+    r = run_git(["rev-parse", "--show-toplevel"], start, capture_output=True, text=True)
     if r.returncode != 0:
         raise WorkspaceError(f"{start} is not in a git repository: run `git init` there (or `autoresearch init --here`)")
     return Path(r.stdout.strip())
@@ -206,7 +341,7 @@ class Workspace:
         return self.git("diff", a, b, "--", self.prefix or ".")
 
     def file_at(self, sha: str, path: str) -> Optional[str]:
-        r = subprocess.run(["git", "show", f"{sha}:{self._full(path)}"], cwd=self.top, capture_output=True, text=True)
+        r = run_git(["cat-file", "blob", f"{sha}:{self._full(path)}"], self.top, capture_output=True, text=True)
         return r.stdout if r.returncode == 0 else None
 
     # -- writing --------------------------------------------------------------------
@@ -273,8 +408,8 @@ class Workspace:
         ref = f"refs/autoresearch-bundle/{commit}"  # outside refs/autoresearch/<tag>/: not a pin
         self.git("update-ref", ref, commit)
         try:
-            args = ["git", "bundle", "create", "-", ref] + ([f"^{exclude}"] if exclude and exclude != commit else [])
-            r = subprocess.run(args, cwd=self.top, capture_output=True, env=self.git.env)
+            args = ["bundle", "create", "-", ref] + ([f"^{exclude}"] if exclude and exclude != commit else [])
+            r = run_git(args, self.top, capture_output=True, env=self.git.env)
             if r.returncode != 0:
                 raise GitError(f"git bundle create failed in {self.top}: {r.stderr.decode(errors='replace').strip()}")
             return r.stdout

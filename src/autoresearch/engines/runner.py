@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import os
-import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
@@ -37,7 +36,7 @@ from ..config import Config
 from ..judge import _setup_once, experiment_env, judge, read_end
 from ..procs import kill_marked
 from ..sandbox import is_anchored
-from ..workspace import Workspace
+from ..workspace import Workspace, run_git
 from .base import Job, Result, RunInfo
 
 LOG_LIMIT = 8 << 20  # a remote job sends back at most this much of its log
@@ -183,8 +182,7 @@ class NodeRepo:
             return ws.worktree(name, at=commit)
 
     def _has(self, sha: str) -> bool:
-        return subprocess.run(["git", "cat-file", "-e", f"{sha}^{{commit}}"], cwd=self.repo,
-                              capture_output=True).returncode == 0
+        return run_git(["cat-file", "-e", f"{sha}^{{commit}}"], self.repo, capture_output=True).returncode == 0
 
     def _fetch(self, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.home, suffix=".bundle")
@@ -196,7 +194,7 @@ class NodeRepo:
             os.unlink(tmp)
 
     def _git(self, *args: str) -> None:
-        r = subprocess.run(["git", *args], cwd=self.repo, capture_output=True, text=True)
+        r = run_git(args, self.repo, capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"git {' '.join(args)} failed in {self.repo}: {r.stderr.strip()}")
 
