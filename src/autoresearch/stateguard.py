@@ -146,11 +146,12 @@ class StateGuard:
 
     # -- the user's checkout
     def _checkout_files(self) -> dict[str, Optional[bytes]]:
-        from .config import CONFIG_NAME, _matches, tracked_or_present
+        from .config import CONFIG_NAME, tracked_or_present
+        from .globs import matches
 
         out = {}
         for rel in tracked_or_present(self.cfg.root):
-            if rel == CONFIG_NAME or _matches(rel, self.cfg.experiment.protected):
+            if rel == CONFIG_NAME or matches(rel, self.cfg.experiment.protected):
                 p = self.cfg.root / rel
                 if p.stat().st_size <= self.MAX_FILE:
                     out[rel] = p.read_bytes()
