@@ -244,6 +244,46 @@ class ProposalFolder:
         return c
 
 
+def refused_kinds(folder: Path, paths: list[str]) -> list[tuple[str, str]]:
+    """(path, what it is) for each of `paths` under `folder` that no proposal may contain: a symlink
+    (on the path or at it), a non-regular file, a nested `.git`. For tool mode, whose changes are
+    found by `git status` in the user's checkout rather than by a manifest walk."""
+    out = []
+    for rel in paths:
+        cur, what = Path(folder), ""
+        for i, part in enumerate(rel.split("/")):
+            cur = cur / part
+            try:
+                st = os.lstat(cur)
+            except FileNotFoundError:
+                break
+            if part == ".git":
+                what = "a nested .git"
+            elif stat.S_ISLNK(st.st_mode):
+                what = "a symlink"
+            elif i == rel.count("/") and not stat.S_ISREG(st.st_mode):
+                what = "not a regular file (a fifo, socket or device)"
+            if what:
+                break
+        if what:
+            out.append((rel, what))
+    return out
+
+
+def read_change(folder: Path, paths: list[str]) -> dict[str, Optional[tuple[bytes, bool]]]:
+    """`Workspace.commit_files`' input for `paths` under `folder`: (bytes, executable) or None (gone).
+    Call refused_kinds() first: this reads regular files only, never through a link."""
+    out: dict[str, Optional[tuple[bytes, bool]]] = {}
+    for rel in paths:
+        try:
+            st = os.lstat(Path(folder) / rel)
+        except FileNotFoundError:
+            out[rel] = None
+            continue
+        out[rel] = (_read(Path(folder) / rel), bool(st.st_mode & stat.S_IXUSR))
+    return out
+
+
 def _sig(st: os.stat_result) -> tuple:
     return (st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
