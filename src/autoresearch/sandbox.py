@@ -267,7 +267,7 @@ class Sandbox:
         files in it read-only), the `scratch` folders writable (its prompt, context and
         description files), a private /tmp and a private, empty, writable HOME holding only
         `home_files` (the backend's login, read-only). The repository's top folder and the
-        project root are empty tmpfs: the user's checkout, `.git`, the ledger, the secret, the
+        project root are empty, read-only tmpfs: the user's checkout, `.git`, the ledger, the secret, the
         logs and the other worktrees are not there. Toolchains installed under HOME (the
         interpreter, folders on PATH, `readable`) are bound back read-only, `writable` (folders
         the user named for the agent's own state) read-write; none of them can show the hidden
@@ -308,6 +308,8 @@ class Sandbox:
         for f in protected:
             if f.is_file() and not f.is_symlink():
                 a += ["--ro-bind", str(f), str(f)]
+        for p in dict.fromkeys(hidden):  # empty and read-only: nothing to read, nothing to fake there
+            a += ["--remount-ro", str(p)]
         a += ["--setenv", "HOME", str(home), "--setenv", "TMPDIR", "/tmp",
               "--setenv", "GIT_CEILING_DIRECTORIES", str(folder.parent), "--unsetenv", "GIT_DIR",
               "--chdir", str(folder)]
