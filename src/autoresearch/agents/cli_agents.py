@@ -131,7 +131,8 @@ class CLIAgent:
             cmd = shlex.join([self.exe, *self.argv(run), *a.extra_args])
             cmd += (f" < {shlex.quote(str(run.prompt_file))}" if self.prompt_on_stdin else "") \
                 + f" > {shlex.quote(str(run.out_file))}"
-            env = dict(os.environ) | {"DISABLE_AUTOUPDATER": "1", "NO_COLOR": "1"} | self.env()
+            env = dict(os.environ) | {"DISABLE_AUTOUPDATER": "1", "NO_COLOR": "1",
+                                      "GIT_CEILING_DIRECTORIES": str(workdir.parent)} | self.env()
             wrap = None
             if ctx.sandbox is not None:  # confined: see the module docstring
                 wrap = ctx.sandbox.wrap_agent(folder=workdir, scratch=[run.tmp], protected=protected_in(ctx, workdir),

@@ -76,6 +76,7 @@ class CommandAgent:
                 "AUTORESEARCH_WORKTREE": str(workdir),
                 "AUTORESEARCH_TAG": ctx.tag,
                 "AUTORESEARCH_REPAIR": "1" if ctx.repair is not None else "0",
+                "GIT_CEILING_DIRECTORIES": str(workdir.parent),  # git in the folder finds no repository
             }
             wrap = None
             if ctx.sandbox is not None:
