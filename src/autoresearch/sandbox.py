@@ -296,8 +296,10 @@ class Sandbox:
         hidden = [_repo_top(self.root), self.root] + ([self.git_dir] if self.git_dir else [])
         for p in dict.fromkeys(hidden):  # after the tools: nothing bound back can show them again
             a += ["--tmpfs", str(p)]
-        for p in {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}:  # a .venv in the project
-            if any(h in p.parents for h in hidden) and ".autoresearch" not in p.parts and ".git" not in p.parts:
+        # a .venv in the project, an agent script in the checkout: bound back alone, read-only
+        for p in dict.fromkeys([Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(),
+                                *(Path(r).resolve() for r in readable)]):
+            if p.exists() and any(h in p.parents for h in hidden) and not {".autoresearch", ".git"} & set(p.parts):
                 a += ["--ro-bind", str(p), str(p)]
         for f in home_files:
             if f.exists():

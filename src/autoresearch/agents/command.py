@@ -13,8 +13,9 @@ Unlike experiments, the agent keeps the user's environment: it may need API keys
 With bubblewrap it runs confined (Sandbox.wrap_agent): its folder writable, the context and
 description files in a private scratch folder, a private HOME and /tmp, no view of the user's
 checkout, `.git` or the ledger, no network unless `agent.network` says so, and nothing it
-starts outlives it. Absolute paths named in the command are readable (its script), folders
-named there writable (its own state); the repository stays hidden even inside them.
+starts outlives it. Absolute paths named in the command are readable (its script); the
+folders they are in, when inside /tmp or HOME, writable (its own state between proposals);
+the repository stays hidden even inside them.
 """
 
 from __future__ import annotations
@@ -32,11 +33,29 @@ from .context import Context
 
 def named_paths(command: str) -> list[Path]:
     """Existing absolute paths among the words of a shell command (the agent's own script)."""
+    return [Path(w) for w in _words(command) if w.startswith("/") and os.path.exists(w)]
+
+
+def state_folders(command: str) -> list[Path]:
+    """Where a command agent may keep its own state: each folder named in the command, or holding a
+    path named there, that lies inside /tmp or HOME (never /tmp or HOME itself, nor a system folder)."""
+    home, tmp = Path(os.path.expanduser("~")).resolve(), Path("/tmp")
+    out: list[Path] = []
+    for word in _words(command):
+        if not word.startswith("/"):
+            continue
+        p = Path(word)
+        d = (p if p.is_dir() else p.parent).resolve()
+        if d.is_dir() and d not in (home, tmp) and (home in d.parents or tmp in d.parents) and d not in out:
+            out.append(d)
+    return out
+
+
+def _words(command: str) -> list[str]:
     try:
-        words = shlex.split(command)
+        return shlex.split(command)
     except ValueError:
-        words = command.split()
-    return [Path(w) for w in words if w.startswith("/") and os.path.exists(w)]
+        return command.split()
 
 
 def protected_in(ctx: Context, workdir: Path) -> list[Path]:
@@ -83,7 +102,7 @@ class CommandAgent:
                 wrap = ctx.sandbox.wrap_agent(folder=workdir, scratch=[Path(tmp)], protected=protected_in(ctx, workdir),
                                               network=self.cfg.agent.network_for(False),
                                               readable=named_paths(self.cfg.agent.command),
-                                              writable=[p for p in named_paths(self.cfg.agent.command) if p.is_dir()])
+                                              writable=state_folders(self.cfg.agent.command))
             res = run_tree(self.cfg.agent.command, cwd=workdir, env=env, log_path=log, wrap=wrap,
                            timeout_s=self.cfg.agent.timeout_s, grace_s=self.cfg.experiment.grace_s,
                            # under the tag's marker prefix: a restart after a SIGKILL finds what it left
