@@ -678,3 +678,50 @@ def test_control_without_the_checks_links_and_look_alikes_get_in(tmp_path, monke
     monkeypatch.setattr(config, "matches", old)
     rows = _one_proposal(root, 'mkdir -p sub && sed "s/^X = 3.0/X = 1.0/" train.py > sub/train.py\necho sub\n', "ctl")
     assert rows[1].status != "violation" and "sub/train.py" in git(root, "show", "--name-only", rows[1].commit)
+
+
+@pytest.mark.parametrize("network", [True, "auto"])
+def test_a_command_agent_has_no_network_unless_allowed(tmp_path, network):
+    """The agent sends the project out over TCP (here to a listener on 127.0.0.1). With `agent.network = true`
+    (the control) it arrives; by default a `command` agent has no network namespace to send it from."""
+    import socket
+    import sys
+    import threading
+
+    from conftest import make_project
+
+    if not BWRAP:
+        pytest.skip("bubblewrap is not usable here")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(15)
+    got: list[bytes] = []
+
+    def accept() -> None:
+        try:
+            conn, _ = server.accept()
+            got.append(conn.recv(100))
+            conn.close()
+        except OSError:
+            pass
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    root = make_project(tmp_path / "p")
+    port = server.getsockname()[1]
+    script = (f'{sys.executable} -c "import socket; s = socket.create_connection((\'127.0.0.1\', {port}), 3); '
+              f's.sendall(open(\'train.py\', \'rb\').read()[:50])" || echo "no network" >&2\n'
+              'sed -i "s/^X = 3.0/X = 2.0/" train.py\necho "X = 2.0"\n')
+    from autoresearch import agents
+
+    cfg = load(root, {"agent": _command_agent(root, script, network=network)})
+    Loop(cfg, "n", agents.create("command", cfg), limits=Limits(max_experiments=1)).run()
+    server.close()
+    t.join(5)
+    log = (root / ".autoresearch" / "logs" / "n" / "agent-00001.log").read_text()
+    if network is True:
+        assert got and got[0].startswith(b'"""The agent'), got
+    else:
+        assert not got and "no network" in log
+    assert [e.status for e in rows_of(root, "n")] == ["keep", "keep"]

@@ -11,8 +11,9 @@ process safety: WAL and a busy timeout).
 Not covered: it assumes its session is the only writer of its tag while it watches (true
 for the sequential loop); with `engine.workers > 1` it only checks that finished rows
 and the pins that existed never change, so a forged new row goes unseen there. A ledger
-*file* deleted or replaced is reported, not rebuilt. Agents run unsandboxed (they need
-the network and the user's keys), so detection after the fact is the defence for them.
+*file* deleted or replaced is reported, not rebuilt. Process agents run confined where
+bubblewrap works (Sandbox.wrap_agent: none of this is mounted for them); in-process agents
+and unconfined ones are what this guard is for.
 """
 
 from __future__ import annotations

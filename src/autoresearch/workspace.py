@@ -9,6 +9,8 @@ Guarantees:
 - Every experiment's commit stays reachable under `refs/autoresearch/<tag>/<id>`, so its
   diff can always be shown, even after the branch went back to the parent.
 - Each commit's tree is the parent's tree plus the editable files changed; nothing else.
+  `commit_files()` builds it from bytes the harness read (blobs by `hash-object --no-filters`,
+  a temporary index, `commit-tree`): no git command runs in a folder an agent wrote.
 - Plain subprocess around the `git` command line; each worktree has its own index, so
   concurrent workers never contend for `index.lock`.
 - `rebase()` replays one experiment's change on a newer best (a cherry-pick in worktree

@@ -1,6 +1,6 @@
 """Coding-agent CLIs as the researcher: Claude Code, Codex, aider, OpenCode, Gemini CLI.
 
-Each runs headless, once per proposal, in the experiment's worktree (its cwd) with the
+Each runs headless, once per proposal, in the proposal folder (its cwd) with the
 Context as its prompt, through procs.run_tree: its own process tree, killed whole at
 `agent.timeout_s` (its processes carry the run's marker, so a restart after a crash of the
 harness kills any it left). Each uses only its documented non-interactive flags:
@@ -20,8 +20,14 @@ plus `--model agent.model` when set and `agent.extra_args` last. The CLI edits f
 the harness commits, and refuses (as a `violation`) any change outside the editable
 files. The CLI keeps the user's environment (it needs its login or key);
 `agent.base_url` is passed the way each CLI reads it. Scratch files a CLI is known to
-leave in the worktree (.aider*, .claude/, .gemini/, .opencode/) are removed when
-untracked, so they never count as changes.
+leave in the folder (.aider*, .claude/, .gemini/, .opencode/) are removed when the start
+commit does not have them, so they never count as changes.
+
+With bubblewrap the CLI runs confined (Sandbox.wrap_agent): its proposal folder writable
+(the protected files, the config and program.md read-only), a private HOME holding only
+its login files (`logins`, read-only: a token refresh is not written back), a private
+/tmp, the network unless `agent.network = false`, and no view of the user's checkout,
+`.git`, the ledger or other processes.
 
 Cost: the CLI's own figure where it reports one (Claude Code's total_cost_usd,
 OpenCode's per-step cost, aider's "Cost: $X message"), else tokens x the price table.
