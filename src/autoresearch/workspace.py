@@ -402,6 +402,8 @@ class Workspace:
     def remove_worktrees(self) -> None:
         for path in sorted(self.trees.glob("*")) if self.trees.exists() else []:
             self.git("worktree", "remove", "--force", str(path), check=False)
+            if path.is_dir() and not (path / ".git").exists():  # a plain proposal folder (proposal.py)
+                shutil.rmtree(path, ignore_errors=True)
         self.git("worktree", "prune", check=False)
 
 
