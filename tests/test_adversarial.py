@@ -572,7 +572,8 @@ echo "# hijacked: lower is worse" > $R/program.md && echo "wrote program.md" >&2
 printf '#!/bin/sh\nsqlite3 {root}/.autoresearch/ledger.db "UPDATE experiments SET status=1"\n' \
     > $R/.git/hooks/reference-transaction && chmod +x $R/.git/hooks/reference-transaction && echo "hook" >&2
 git -C $R update-ref refs/heads/autoresearch/h $(git -C $R rev-parse main) && echo "moved" >&2
-{python} -c "import sqlite3; db = sqlite3.connect('$R/.autoresearch/ledger.db'); db.execute('UPDATE experiments SET metric = 0.0'); db.commit()" && echo "ledger" >&2
+{python} -c "import sqlite3; db = sqlite3.connect('$R/.autoresearch/ledger.db'); \
+db.execute('UPDATE experiments SET metric = 0.0'); db.commit()" && echo "ledger" >&2
 echo "forged" > $R/results.tsv && echo "tsv" >&2
 sed -i "s/^X = 3.0/X = 2.0/" train.py
 echo "X = 2.0"

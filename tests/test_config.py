@@ -159,7 +159,8 @@ def test_agent_network_is_auto_true_or_false(tmp_path):
 
 
 def test_globs_are_anchored_at_the_project_root(tmp_path):
-    root = make_project(tmp_path / "p", toml=GOOD.replace('editable = ["train.py"]', 'editable = ["train.py", "src/**/*.py"]'),
+    toml = GOOD.replace('editable = ["train.py"]', 'editable = ["train.py", "src/**/*.py"]')
+    root = make_project(tmp_path / "p", toml=toml,
                         files={"sub/train.py": "X = 1\n", "src/a.py": "A = 1\n"}, commit=False)
     cfg = load(root)
     assert cfg.is_editable("train.py") and not cfg.is_editable("sub/train.py") and cfg.is_editable("src/a.py")

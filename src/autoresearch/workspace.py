@@ -307,14 +307,9 @@ class Workspace:
         """git in the repository's top folder, bytes in and out (paths with any characters, binary blobs)."""
         r = subprocess.run(["git", *args], cwd=self.top, input=data, capture_output=True, env=self.git.env)
         if r.returncode != 0:
-            raise GitError(f"git {' '.join(args[:3])} failed in {self.top}: {r.stderr.decode(errors='replace').strip()}")
+            why = r.stderr.decode(errors="replace").strip()
+            raise GitError(f"git {' '.join(args[:3])} failed in {self.top}: {why}")
         return r.stdout
-
-    def uncommit(self, wt: Path, base: str) -> None:
-        """Turn commits made in `wt` since `base` (by an agent running git itself) back into plain changes."""
-        g = Git(self._top_of(wt))
-        if g("rev-parse", "HEAD") != base:
-            g("reset", "-q", "--mixed", base)
 
     def advance(self, new: str, expected_old: str) -> None:
         """Move the branch from `expected_old` to `new` atomically, or raise if it moved meanwhile."""
