@@ -218,7 +218,11 @@ class ProposalFolder:
                 if old is not None and old.mode != "120000" and self.sigs.get(rel) == _sig(st):
                     continue  # untouched: same inode, size, mtime and ctime as written
                 executable = bool(st.st_mode & stat.S_IXUSR)
-                data = _read(self.path / rel) if (read or old is not None) else b""
+                try:
+                    data = _read(self.path / rel) if (read or old is not None) else b""
+                except OSError as e:  # e.g. its mode set to 000 by the agent
+                    c.refused.append((rel, f"unreadable by the harness ({e.strerror})"))
+                    continue
                 if old is not None and old.mode in ("100644", "100755") and _blob_id(data) == old.oid \
                         and (old.mode == "100755") == executable:
                     self.sigs[rel] = _sig(st)  # rewritten with the same bytes: unchanged
