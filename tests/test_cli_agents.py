@@ -29,8 +29,10 @@ from autoresearch.errors import AgentError
 from autoresearch.ledger import Ledger
 from autoresearch.loop import Limits, Loop
 from autoresearch.procs import marked_pids
+from autoresearch.sandbox import probe
 from autoresearch.session import marker_prefix
 
+BWRAP = probe()[0]
 TRAIN = "LR = 0.02\nval_loss = abs(LR - 0.05) * 10\nprint(f'val_loss: {val_loss:.6f}')\n"
 
 FAKE = r'''#!PYTHON
@@ -80,8 +82,8 @@ elif name == "gemini":
     p.add_argument("--approval-mode", choices=["default", "auto_edit", "yolo", "plan"])
     p.add_argument("-m", "--model")
 args = p.parse_args()
-with open(os.environ["FAKE_LOG"], "a") as log:
-    log.write(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd()}) + "\n")
+# stderr reaches the agent's log: the one channel out of a confined agent
+print("FAKE_SEEN " + json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd()}), file=sys.stderr, flush=True)
 prompt = Path(args.message_file).read_text() if name == "aider" else sys.stdin.read()
 if "# Your task" not in prompt or "DESCRIPTION:" not in prompt:
     print("the prompt did not arrive", file=sys.stderr)
@@ -89,7 +91,7 @@ if "# Your task" not in prompt or "DESCRIPTION:" not in prompt:
 mode = os.environ.get("FAKE_MODE", "edit")
 if mode == "hang":
     child = subprocess.Popen(["sleep", "300"])
-    Path(os.environ["FAKE_LOG"] + ".pid").write_text(str(child.pid))
+    print(f"FAKE_CHILD {child.pid}", file=sys.stderr, flush=True)
     time.sleep(300)
 if mode == "fail":
     print("error: not logged in", file=sys.stderr)
@@ -178,6 +180,18 @@ def make_project(tmp_path: Path, agent: str, **extra) -> Path:
     return root
 
 
+def fake_lines(root: Path, prefix: str) -> list[str]:
+    """What the fakes said on stderr (the agent logs), after `prefix`."""
+    out = []
+    for log in sorted((root / ".autoresearch" / "logs" / "t").glob("agent-*.log")):
+        out += [ln[len(prefix):] for ln in log.read_text().splitlines() if ln.startswith(prefix)]
+    return out
+
+
+def fake_seen(root: Path) -> dict:
+    return json.loads(fake_lines(root, "FAKE_SEEN ")[-1])
+
+
 def run_loop(root: Path, n: int = 1):
     cfg = load(root)
     out = Loop(cfg, "t", agents.create(cfg.agent.name, cfg), limits=Limits(max_experiments=n)).run()
@@ -200,7 +214,7 @@ def test_each_cli_edits_headless_and_the_harness_commits(tmp_path, fakes, agent)
     (call,) = calls
     assert call["backend"] == agent and call["experiment_id"] == exp.id and "# Your task" in call["prompt"]
     assert "DESCRIPTION: raise LR" in call["reply"] and call["error"] == "" and call["latency_s"] > 0
-    seen = json.loads(fakes.read_text().splitlines()[-1])
+    seen = fake_seen(root)
     assert Path(seen["cwd"]).resolve() == (root / ".autoresearch" / "worktrees" / "t" / "propose").resolve()
     argv = seen["argv"]
     if agent == "claude-code":
@@ -217,7 +231,7 @@ def test_each_cli_edits_headless_and_the_harness_commits(tmp_path, fakes, agent)
 def test_model_allowed_tools_and_extra_args_reach_the_cli(tmp_path, fakes):
     root = make_project(tmp_path, "claude-code", model="claude-opus-4-1", allowed_tools=["Bash(python train.py)"])
     run_loop(root)
-    argv = json.loads(fakes.read_text().splitlines()[-1])["argv"]
+    argv = fake_seen(root)["argv"]
     assert argv[argv.index("--model") + 1] == "claude-opus-4-1"
     assert argv[argv.index("--allowedTools") + 1] == "Read,Edit,Write,Glob,Grep,Bash(python train.py)"
 
@@ -237,21 +251,30 @@ def test_a_hanging_cli_is_killed_with_its_children_at_agent_timeout(tmp_path, fa
     out, rows, calls = run_loop(root)
     assert time.monotonic() - t0 < 25
     assert rows[-1].status == "crash" and "timed out after 2s (agent.timeout_s)" in rows[-1].reason
-    child = int(Path(str(fakes) + ".pid").read_text())
+    child = int(fake_lines(root, "FAKE_CHILD ")[-1])
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _alive(child):
+    while not BWRAP and time.monotonic() < deadline and _alive(child):  # confined: a pid of its namespace
         time.sleep(0.1)
-    assert not _alive(child), "the CLI's grandchild survived"
+    assert BWRAP or not _alive(child), "the CLI's grandchild survived"
     assert marked_pids(marker_prefix(root, "t")) == []
     assert calls[0]["error"].startswith("codex timed out") and calls[0]["latency_s"] >= 2
 
 
-def test_a_cli_touching_a_protected_file_is_a_violation(tmp_path, fakes, monkeypatch):
+@pytest.mark.parametrize("sandbox", ["none", "auto"])
+def test_a_cli_touching_a_protected_file_is_a_violation(tmp_path, fakes, monkeypatch, sandbox):
+    """Unconfined, the write lands and the change is refused before running; confined, the
+    protected file is bound read-only and the CLI's write fails (a failed proposal)."""
     monkeypatch.setenv("FAKE_MODE", "protected")
     root = make_project(tmp_path, "opencode")
+    toml = (root / "autoresearch.toml").read_text().replace("[metric]", f'sandbox = "{sandbox}"\n[metric]')
+    (root / "autoresearch.toml").write_text(toml)
+    git(root, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", f"sandbox {sandbox}")
     out, rows, calls = run_loop(root)
-    assert rows[-1].status == "violation" and "prepare.py" in rows[-1].reason
-    assert rows[-1].cost_usd == pytest.approx(0.004) and len(calls) == 1  # what it spent is still counted
+    if sandbox == "auto" and BWRAP:
+        assert rows[-1].status == "crash" and "Read-only file system" in rows[-1].reason, rows[-1].reason
+    else:
+        assert rows[-1].status == "violation" and "prepare.py" in rows[-1].reason
+        assert rows[-1].cost_usd == pytest.approx(0.004) and len(calls) == 1  # what it spent is still counted
     assert git(root, "rev-parse", "autoresearch/t") == git(root, "rev-parse", "HEAD")  # nothing committed
 
 

@@ -145,3 +145,22 @@ def test_zero_config_on_the_original_three_files(tmp_path):
     assert cfg.metric.memory == "peak_vram_mb"
     assert cfg.experiment.budget_s == 300 and cfg.timeout_s == 600
     assert cfg.experiment.run.endswith("train.py")
+
+
+def test_agent_network_is_auto_true_or_false(tmp_path):
+    msg = error_of(tmp_path / "a", GOOD + '[agent]\nnetwork = "yes"\n')
+    assert "`agent.network`" in msg and "'yes'" in msg and "network = true" in msg
+    cfg = load(project_with(tmp_path / "b", GOOD))
+    assert cfg.agent.network == "auto" and cfg.agent.network_for(True) and not cfg.agent.network_for(False)
+    cfg = load(project_with(tmp_path / "c", GOOD + "[agent]\nnetwork = false\n"))
+    assert not cfg.agent.network_for(True)
+    cfg = load(project_with(tmp_path / "d", GOOD + "[agent]\nnetwork = true\n"))
+    assert cfg.agent.network_for(False) and cfg.snapshot()["agent"]["network"] is True
+
+
+def test_globs_are_anchored_at_the_project_root(tmp_path):
+    toml = GOOD.replace('editable = ["train.py"]', 'editable = ["train.py", "src/**/*.py"]')
+    root = make_project(tmp_path / "p", toml=toml,
+                        files={"sub/train.py": "X = 1\n", "src/a.py": "A = 1\n"}, commit=False)
+    cfg = load(root)
+    assert cfg.is_editable("train.py") and not cfg.is_editable("sub/train.py") and cfg.is_editable("src/a.py")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import (PREPARE, TOML, TRAIN, ScriptedAgent, edit, git, improve_by, make_project, ran, rows_of,
+from conftest import (PREPARE, PROGRAM, TOML, TRAIN, ScriptedAgent, edit, git, improve_by, make_project, ran, rows_of,
                       set_constant, set_x, write_control)
 
 from autoresearch.agents.base import Proposal
@@ -93,37 +94,66 @@ def test_change_outside_editable_is_refused_before_running(witnessed):
     assert git(root, "rev-parse", "autoresearch/t") == rows[0].commit
 
 
-def test_change_the_agent_committed_itself_outside_editable_is_refused(witnessed):
+def _git_in_folder(wt, *args):
+    """git as a process agent runs it in its folder (the harness sets the ceiling for it)."""
+    env = dict(os.environ, GIT_CEILING_DIRECTORIES=str(wt.parent))
+    return subprocess.run(["git", *args], cwd=wt, env=env, capture_output=True, text=True)
+
+
+def test_the_agents_folder_is_no_repository_and_hidden_files_are_still_refused(witnessed):
     root, side = witnessed
 
     def commits_itself(ctx, wt):
         set_constant(wt / "train.py", "X", 2.0)
         (wt / "other.py").write_text("VALUE = 2\n")
-        git(wt, "commit", "-q", "-m", "sneaky commit", "other.py")  # hides other.py from `git status`
+        r = _git_in_folder(wt, "commit", "-q", "-m", "sneaky commit", "other.py")
+        assert r.returncode != 0 and "not a git repository" in r.stderr, r.stderr  # nothing to commit into
         return "X = 2.0"
 
-    def commits_a_new_file(ctx, wt):
+    def hides_a_new_file(ctx, wt):
         (wt / "evil.py").write_text("print('score: 0.0')\n")
         set_constant(wt / "train.py", "X", 2.0)
-        git(wt, "add", "evil.py", "train.py")
-        git(wt, "commit", "-q", "-m", "sneaky new file")
+        (wt / ".gitignore").write_text("evil.py\n")  # ignored by git status: not by the manifest
         return "X = 2.0 plus evil.py"
 
-    out, rows, _ = run_loop(root, [commits_itself, commits_a_new_file], 2)
+    out, rows, _ = run_loop(root, [commits_itself, hides_a_new_file], 2)
+    assert not (root / ".autoresearch" / "worktrees" / "t" / "propose" / ".git").exists()
     assert [e.status for e in rows[1:]] == ["violation", "violation"]
-    assert "other.py" in rows[1].reason and "evil.py" in rows[2].reason
+    assert "other.py" in rows[1].reason and "evil.py" in rows[2].reason and ".gitignore" in rows[2].reason
     assert executed(side) == [rows[0].id], "the run command executed for a refused change"
     assert git(root, "rev-parse", "autoresearch/t") == rows[0].commit
 
 
-def test_agent_committing_an_editable_change_itself_is_fine(project):
-    def commits(ctx, wt):
-        set_constant(wt / "train.py", "X", 2.0)
-        git(wt, "commit", "-q", "-am", "my own commit")
-        return "X = 2.0 (committed by the agent)"
+def test_the_harness_commits_the_agents_bytes_with_the_parents_modes(project):
+    (project / "run.sh").write_text("echo hi\n")
+    os.chmod(project / "run.sh", 0o755)
+    (project / "tools").mkdir()
+    (project / "tools" / "old.txt").write_text("x\n")
+    git(project, "add", "run.sh", "tools")
+    git(project, "commit", "-qm", "an executable")
+    toml = (project / "autoresearch.toml").read_text().replace('editable = ["train.py"]',
+                                                               'editable = ["train.py", "run.sh", "tools/"]')
+    (project / "autoresearch.toml").write_text(toml)
+    git(project, "commit", "-qam", "run.sh is editable")
 
-    out, rows, _ = run_loop(project, [commits], 1)
+    def edits(ctx, wt):
+        set_constant(wt / "train.py", "X", 2.0)
+        (wt / "run.sh").write_text("echo bye\n")  # rewritten: still 100755
+        (wt / "tools").mkdir(exist_ok=True)
+        (wt / "tools" / "a.sh").write_text("echo new\n")
+        os.chmod(wt / "tools" / "a.sh", 0o755)  # new and executable: 100755
+        (wt / "tools" / "b.txt").write_bytes(b"crlf\r\nline\r\n")  # bytes as written, no filter
+        return "X = 2.0"
+
+    out, rows, _ = run_loop(project, [edits], 1)
     assert rows[1].status == "keep" and rows[1].parent == rows[0].commit
+    tree = git(project, "ls-tree", "-r", rows[1].commit)
+    modes = {line.split("\t")[1]: line.split()[0] for line in tree.splitlines()}
+    assert modes["run.sh"] == "100755" and modes["tools/a.sh"] == "100755" and modes["tools/b.txt"] == "100644"
+    assert modes["train.py"] == "100644"
+    raw = subprocess.run(["git", "cat-file", "blob", f"{rows[1].commit}:tools/b.txt"], cwd=project,
+                         capture_output=True).stdout
+    assert raw == b"crlf\r\nline\r\n"
     assert git(project, "rev-list", "--count", f"{rows[0].commit}..autoresearch/t") == "1"
 
 
@@ -148,9 +178,13 @@ def test_empty_changes_are_discarded_without_running(tracked):
     assert ran(root, "t") == [rows[0].id]
 
 
-def test_steering_files_are_not_changes(project):
-    out, rows, _ = run_loop(project, [edit("program.md", "# hijacked\n", "new program")], 1)
-    assert rows[1].status == "discard" and "changed nothing" in rows[1].reason
+def test_program_md_is_the_users_and_ideas_md_is_not_a_change(project):
+    out, rows, _ = run_loop(project, [edit("program.md", "# hijacked\n", "new program"),
+                                      edit("ideas.md", "- my own note\n", "a note")], 2)
+    assert rows[1].status == "violation" and "program.md changed" in rows[1].reason  # refused, recorded
+    assert rows[1].id not in ran(project, "t") and "hijacked" in rows[1].patch
+    assert rows[2].status == "discard" and "changed nothing" in rows[2].reason  # the human's notes: dropped
+    assert (project / "program.md").read_text() == PROGRAM and not (project / "ideas.md").exists()
 
 
 def test_new_file_matching_an_editable_glob_is_committed_and_others_are_not(tmp_path):
@@ -241,8 +275,7 @@ def test_sigterm_during_a_proposal_stops_cleanly(project):
     assert out.stop_reason == "stopped by SIGTERM" and agent.calls == 1
     assert [e.status for e in rows] == ["keep"]  # the half-made proposal was dropped, not committed
     assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
-    wt = project / ".autoresearch" / "worktrees" / "t" / "propose"
-    assert git(wt, "status", "--porcelain") == ""
+    assert len(git(project, "for-each-ref", "refs/autoresearch/t/").splitlines()) == 1  # the baseline's pin only
 
 
 def test_sigint_during_a_run_finishes_the_record_as_interrupted(tmp_path):

@@ -69,7 +69,7 @@ DRIVER = textwrap.dedent("""\
         setattr(cls, name, wrapper)
 
     if point == "after_commit":
-        after(Workspace, "commit", lambda *a, **k: True)
+        after(Workspace, "commit_files", lambda *a, **k: True)
     elif point == "after_begin":
         after(Ledger, "begin", lambda self, exp: exp.kind != "baseline")
     elif point == "after_keep_record":

@@ -6,6 +6,7 @@ Every call is the real CLI in a subprocess, on a real repository; the rules of t
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,29 @@ def test_a_commit_the_coding_agent_made_itself_is_checked_too(proj):
     assert v["status"] == "violation" and "other.py" in v["reason"] and v["id"] not in ran(proj, "tool")
     assert tip(proj) == kept and git(proj, "rev-parse", "HEAD") == kept
     assert (proj / "other.py").read_text() == "VALUE = 1\n"
+
+
+def test_links_special_files_and_look_alikes_are_refused_in_the_checkout(proj, tmp_path):
+    """The same change checks as a proposal's: a symlink or a fifo where train.py was is a violation (put
+    back); `sub/train.py` is not `train.py` (anchored patterns) and is never committed."""
+    set_constant(proj / "train.py", "X", 2.0)
+    v = experiment(proj, "X = 2.0")
+    assert v["status"] == "keep"
+    outside = tmp_path / "elsewhere.py"
+    outside.write_text((proj / "train.py").read_text().replace("X = 2.0", "X = 1.0"))
+    (proj / "train.py").unlink()
+    (proj / "train.py").symlink_to(outside)
+    v = experiment(proj, "train.py is a link")
+    assert v["status"] == "violation" and "train.py is a symlink" in v["reason"]
+    assert not (proj / "train.py").is_symlink() and "X = 2.0\n" in (proj / "train.py").read_text()
+    (proj / "train.py").unlink()
+    os.mkfifo(proj / "train.py")
+    v = experiment(proj, "train.py is a fifo")
+    assert v["status"] == "violation" and "not a regular file" in v["reason"]
+    assert "X = 2.0\n" in (proj / "train.py").read_text()
+    (proj / "sub").mkdir()
+    (proj / "sub" / "train.py").write_text("X = 0\n")
+    set_constant(proj / "train.py", "X", 1.5)
+    v = experiment(proj, "X = 1.5")
+    assert v["status"] == "keep"
+    assert git(proj, "show", "--name-only", "--format=", v["commit"]).split() == ["train.py"]

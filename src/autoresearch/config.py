@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import fnmatch
 import os
 import sys
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .errors import ConfigError
+from .globs import matches
 
 CONFIG_NAME = "autoresearch.toml"
 ORIGINAL_FILES = ("prepare.py", "train.py", "program.md")
@@ -94,6 +94,11 @@ class AgentConfig:
     max_retries: int = 4  # API agents: retries of one request on 429/5xx/timeouts
     max_reasks: int = 2  # API agents: replies sent back to the model when an edit does not apply
     request_timeout_s: float = 300.0  # API agents: one HTTP request
+    network: Any = "auto"  # "auto" | true | false: may a process agent reach the network (see network_for)
+
+    def network_for(self, default: bool) -> bool:
+        """`network` resolved: "auto" is the backend's `default` (API and CLI agents yes, command and mutate no)."""
+        return default if self.network == "auto" else bool(self.network)
 
 
 @dataclass
@@ -179,20 +184,16 @@ class Config:
         return self.metric.direction == "min"
 
     def is_editable(self, path: str) -> bool:
-        return _matches(path, self.experiment.editable) and not self.is_protected(path)
+        return matches(path, self.experiment.editable) and not self.is_protected(path)
 
     def is_protected(self, path: str) -> bool:
-        return _matches(path, self.experiment.protected) or path == CONFIG_NAME
+        return matches(path, self.experiment.protected) or path == CONFIG_NAME
 
     def snapshot(self) -> dict[str, Any]:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS} | {
             "timeout_s_resolved": self.timeout_s,
             "source": self.source,
         }
-
-
-def _matches(path: str, globs: list[str]) -> bool:
-    return any(fnmatch.fnmatchcase(path, g) or Path(path).match(g) for g in globs)
 
 
 def load(root: str | os.PathLike, overrides: Optional[dict[str, dict[str, Any]]] = None) -> Config:
@@ -254,6 +255,12 @@ def _build(section: str, cls: type, values: dict[str, Any]):
     for key, value in values.items():
         if key not in known:
             raise ConfigError(f"unknown key `{section}.{key}`{_suggest(key, known)}")
+        if (section, key) == ("agent", "network"):
+            if value not in ("auto", True, False):
+                raise ConfigError(f"`agent.network` must be \"auto\", true or false, got {value!r}: write "
+                                  "network = true to let the agent reach the network, false to cut it off")
+            kwargs[key] = value
+            continue
         kwargs[key] = _coerce(f"{section}.{key}", hints[key], value)
         choices = CHOICES.get((section, key))
         if choices and kwargs[key] not in choices:
@@ -374,11 +381,11 @@ def _check(cfg: Config) -> None:
     files = tracked_or_present(cfg.root)
     for key in ("editable", "protected"):
         for g in getattr(e, key):
-            if not any(_matches(f, [g]) for f in files):
+            if not any(matches(f, [g]) for f in files):
                 raise ConfigError(
                     f"`experiment.{key}` glob {g!r} matches no file in {cfg.root}: fix the pattern or create the file"
                 )
-    both = [f for f in files if _matches(f, e.editable) and _matches(f, e.protected)]
+    both = [f for f in files if matches(f, e.editable) and matches(f, e.protected)]
     if both:
         raise ConfigError(
             f"{both[0]} is both editable and protected: remove it from `experiment.editable` or `experiment.protected`"

@@ -2,8 +2,8 @@
 
     baseline: measure the unchanged starting point; it becomes the incumbent.
     repeat until a stop condition:
-        propose  the agent edits a clean worktree at the incumbent
-        check    only editable files changed, and something did
+        propose  the agent edits a plain copy of the incumbent, in its sandbox
+        check    only editable files changed (no link, no special file, not program.md), and something did
         commit   one commit per experiment, its message the description
         run      the judge runs it under the budget, as its own process tree
         decide   the policy compares it with the incumbent (measuring more if it must)
@@ -40,10 +40,11 @@ from .control import Control
 from .errors import AutoresearchError
 from .judge import Measurement, judge
 from .ledger import FAILED, Experiment, Ledger, write_tsv
+from .proposal import ProposalFolder
 from .sandbox import Sandbox
 from .session import TagLock, marker_prefix, reconcile
 from .stateguard import StateGuard
-from .workspace import STEERING_FILES, Git, NothingChanged, Workspace
+from .workspace import NothingChanged, Workspace
 
 
 @dataclass
@@ -83,6 +84,7 @@ class Loop:
         self.digests: dict[str, str] = {}
         self.start_commit = ""
         self.box: Optional[Sandbox] = None
+        self.folder = ProposalFolder(self.ws)  # where the agent works
         self.control = Control(cfg.root, tag, self.ledger, lambda kind, **data: self.report(kind, **data))
         self.tracker = tracking.make(cfg, tag, self.ledger)  # MLflow, when [tracking] asks for it
         self.concurrent = False  # set by the scheduler: other threads then move the branch and add rows
@@ -169,7 +171,7 @@ class Loop:
         """Ask the agent for a change; return a committed, `running` experiment or a finished row."""
         parent = self.ws.tip()
         start = repair_of.commit if repair_of else parent
-        wt = self.ws.worktree("propose", at=start)
+        wt = self.folder.prepare(start)  # a plain folder: no way into the repository (proposal.py)
         ctx = self.context(wt, repair_of)
         self.report("proposing", repair=repair_of is not None)
         t0 = time.monotonic()
@@ -186,29 +188,23 @@ class Loop:
         exp.repair_of = repair_of.id if repair_of else None
         tampered = state.check()  # put back whatever the agent changed there, and record it
         if self.stop_requested:
-            self.ws.reset(wt, parent)
             if proposal.meta.get("llm_calls") or proposal.cost_usd or proposal.tokens_in:
                 # the agent's spending is data even when the change never runs
                 return self.finish_unrun(exp, "interrupted", "stopped before it ran", proposal)
             return None
         if tampered:
-            self.ws.reset(wt, parent)
             return self.finish_unrun(exp, "violation", f"the agent touched the harness's state: {'; '.join(tampered)}",
                                      proposal)
         if proposal.error:
             return self.finish_unrun(exp, "crash", f"agent failed: {proposal.error}", proposal)
-        self.ws.uncommit(wt, start)  # commits the agent made itself are checked like any change
-        changed = [p for p in self.ws.changed_paths(wt) if p not in STEERING_FILES]
-        outside = [p for p in changed if not self.cfg.is_editable(p)]
-        if outside:
-            exp.patch = Git(wt)("diff", "HEAD", check=False)  # kept as evidence of what was tried
-            self.ws.reset(wt, parent)
-            return self.finish_unrun(exp, "violation", f"changed files outside `experiment.editable`: "
-                                                       f"{', '.join(outside[:5])} (refused before running)", proposal)
-        if not changed:
+        change = self.folder.changes()  # walked with lstat, compared with what the folder held
+        if problems := change.problems(self.cfg):
+            exp.patch = change.patch()  # kept as evidence of what was tried
+            return self.finish_unrun(exp, "violation", f"{'; '.join(problems)} (refused before running)", proposal)
+        if not change.paths:
             return self.finish_unrun(exp, "discard", "the agent changed nothing", proposal)
-        try:
-            exp.commit = self.ws.commit(wt, changed, self.commit_message(exp), parent)
+        try:  # from the bytes the harness read: no git runs in the folder the agent wrote
+            exp.commit = self.ws.commit_files(parent, change.files, self.commit_message(exp), base=start)
         except NothingChanged:
             return self.finish_unrun(exp, "discard", "the change is empty once committed", proposal)
         exp.patch = self.ws.diff(parent, exp.commit)
@@ -231,6 +227,7 @@ class Loop:
             cfg=self.cfg, tag=self.tag, program=read("program.md"), ideas=read("ideas.md"),
             files=read_files(wt, self.cfg.experiment.editable, self.cfg.experiment.protected),
             readonly=read_files(wt, self.cfg.experiment.protected),
+            tracked=frozenset(self.folder.manifest), sandbox=self.sandbox(),
             history=self.ledger.experiments(self.tag), incumbent=self.ledger.incumbent(self.tag), repair=repair_of,
             running=self.in_flight(),
         )

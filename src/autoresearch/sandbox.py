@@ -253,6 +253,101 @@ class Sandbox:
         return a
 
 
+    @property
+    def confines_agents(self) -> bool:
+        """True when process agents (command, CLI) run inside wrap_agent()'s namespace; False: they run
+        as the user, unconfined (their rows cannot be trusted as much: see docs/integrity.md)."""
+        return self.mode == "bwrap"
+
+    def wrap_agent(self, *, folder: Path, scratch: Iterable[Path] = (), network: bool,
+                   protected: Iterable[Path] = (), home_files: Iterable[Path] = (),
+                   readable: Iterable[Path] = (), writable: Iterable[Path] = ()) -> Optional[list[str]]:
+        """The argv prefix that confines one proposal's agent (None: no bwrap, run it as today).
+
+        The agent sees the machine read-only, its proposal `folder` writable (the `protected`
+        files in it read-only), the `scratch` folders writable (its prompt, context and
+        description files), a private /tmp and a private, empty, writable HOME holding only
+        `home_files` (the backend's login, read-only). The repository's top folder and the
+        project root are empty, read-only tmpfs: the user's checkout, `.git`, the ledger, the secret, the
+        logs and the other worktrees are not there. Toolchains installed under HOME (the
+        interpreter, folders on PATH, `readable`) are bound back read-only, `writable` (folders
+        the user named for the agent's own state) read-write; none of them can show the hidden
+        repository again (its tmpfs is mounted after them). Its own PID, IPC
+        and UTS namespaces, and no network unless `network`: when the command ends, PID 1 of
+        its namespace ends and the kernel kills every process left in it (a `setsid`
+        daemon included). As root, every capability is dropped, so no mount can be undone."""
+        if self.mode != "bwrap":
+            return None
+        home = Path(os.path.expanduser("~")).resolve()
+        a = ["bwrap", "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+             "--unshare-cgroup-try", "--new-session"]
+        if os.geteuid() == 0:
+            a += ["--cap-drop", "ALL"]
+        if not network:
+            a.append("--unshare-net")
+        a += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+        a += ["--tmpfs", str(home)]
+        tools = [Path(sys.prefix), Path(sys.base_prefix), *readable]
+        tools += [Path(d) for d in os.environ.get("PATH", "").split(os.pathsep) if d.startswith("/")]
+        for p in _bind_back(tools, home):
+            a += ["--ro-bind", str(p), str(p)]
+        for p in writable:
+            if p.is_dir() and not p.is_symlink():
+                a += ["--bind", str(p), str(p)]
+        hidden = [_repo_top(self.root), self.root] + ([self.git_dir] if self.git_dir else [])
+        for p in dict.fromkeys(hidden):  # after the tools: nothing bound back can show them again
+            a += ["--tmpfs", str(p)]
+        # a .venv in the project, an agent script in the checkout: bound back alone, read-only
+        for p in dict.fromkeys([Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(),
+                                *(Path(r).resolve() for r in readable)]):
+            if p.exists() and any(h in p.parents for h in hidden) and not {".autoresearch", ".git"} & set(p.parts):
+                a += ["--ro-bind", str(p), str(p)]
+        for f in home_files:
+            if f.exists():
+                a += ["--ro-bind", str(f), str(f)]
+        for d in scratch:
+            a += ["--bind", str(d), str(d)]
+        a += ["--bind", str(folder), str(folder)]
+        for f in protected:
+            if f.is_file() and not f.is_symlink():
+                a += ["--ro-bind", str(f), str(f)]
+        for p in dict.fromkeys(hidden):  # empty and read-only: nothing to read, nothing to fake there
+            a += ["--remount-ro", str(p)]
+        a += ["--setenv", "HOME", str(home), "--setenv", "TMPDIR", "/tmp",
+              "--setenv", "GIT_CEILING_DIRECTORIES", str(folder.parent), "--unsetenv", "GIT_DIR",
+              "--chdir", str(folder)]
+        return a
+
+
+@lru_cache(maxsize=8)
+def _repo_top(root: Path) -> Path:
+    r = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True)
+    return Path(r.stdout.strip()).resolve() if r.returncode == 0 else Path(root)
+
+
+def _bind_back(paths: list[Path], home: Path) -> list[Path]:
+    """What a confined agent needs from folders it does not see (HOME, /tmp), outermost first: for a
+    path under HOME its top folder there (~/.pyenv for ~/.pyenv/shims: a toolchain needs its whole
+    tree), for one under /tmp the path itself."""
+    out: list[Path] = []
+    tmp = Path("/tmp")
+    for p in paths:
+        try:
+            p = p.resolve()
+        except OSError:
+            continue
+        if not p.exists():
+            continue
+        if home in p.parents:
+            p = home / p.relative_to(home).parts[0]
+        elif tmp not in p.parents:
+            continue
+        if p not in out:
+            out.append(p)
+    out.sort(key=lambda p: len(p.parts))
+    return [p for i, p in enumerate(out) if not any(q in p.parents for q in out[:i])]
+
+
 def remove_stale_run_dirs() -> int:
     """Delete the run folders (checkpoints: possibly gigabytes) of harness processes that died (SIGKILL)."""
     removed = 0

@@ -5,7 +5,7 @@ remote engine, or proposals ahead). It is the same ratchet with a queue in front
 
     baseline   measured through the engine before anything is proposed
     propose    one thread calls Loop.propose() — one agent call at a time, in the one
-               "propose" worktree — whenever free slots + engine.proposals_ahead exceed
+               "propose" folder — whenever free slots + engine.proposals_ahead exceed
                the proposals waiting; the agent's Context lists the experiments in flight
     run        a waiting proposal starts on the next free slot, from the best at the time
                it was proposed (reruns, reference runs and re-validations go first)

@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from .config import CONFIG_NAME, _matches, load
+from .config import CONFIG_NAME, load
 from .errors import AutoresearchError, ConfigError
+from .globs import matches
 from .workspace import Git, Workspace, find_root
 
 Ask = Callable[[str, str], str]  # (question, default) -> answer
@@ -198,10 +199,10 @@ def _split(v: str) -> list[str]:
 
 def _globs(globs: list[str], committed: list[str], other: Optional[list[str]] = None) -> str:
     for g in globs:
-        if not any(_matches(f, [g]) for f in committed):
+        if not any(matches(f, [g]) for f in committed):
             return (f"{g!r} matches no file committed at HEAD: the loop runs commits, so commit the file first "
                     f"(git add {shlex.quote(g)} && git commit) or fix the glob")
-    both = [f for f in committed if other and _matches(f, globs) and _matches(f, other)]
+    both = [f for f in committed if other and matches(f, globs) and matches(f, other)]
     return f"{both[0]} would be both editable and protected: leave it out of one of them" if both else ""
 
 

@@ -15,8 +15,9 @@ process safety: WAL and a busy timeout).
 Not covered: it assumes its session is the only writer of its tag while it watches (true
 for the sequential loop); with `engine.workers > 1` it only checks that finished rows
 and the pins that existed never change, so a forged new row goes unseen there. A ledger
-*file* deleted or replaced is reported, not rebuilt. Agents run unsandboxed (they need
-the network and the user's keys), so detection after the fact is the defence for them.
+*file* deleted or replaced is reported, not rebuilt. Process agents run confined where
+bubblewrap works (Sandbox.wrap_agent: none of this is mounted for them); in-process agents
+and unconfined ones are what this guard is for.
 """
 
 from __future__ import annotations
@@ -196,11 +197,12 @@ class StateGuard:
 
     # -- the user's checkout
     def _checkout_files(self) -> dict[str, Optional[bytes]]:
-        from .config import CONFIG_NAME, _matches, tracked_or_present
+        from .config import CONFIG_NAME, tracked_or_present
+        from .globs import matches
 
         out = {}
         for rel in tracked_or_present(self.cfg.root):
-            if rel == CONFIG_NAME or _matches(rel, self.cfg.experiment.protected):
+            if rel == CONFIG_NAME or matches(rel, self.cfg.experiment.protected):
                 p = self.cfg.root / rel
                 if p.stat().st_size <= self.MAX_FILE:
                     out[rel] = p.read_bytes()

@@ -4,7 +4,12 @@ For a coding agent that drives its own loop (the original's way): it edits the e
 files in place and calls `autoresearch experiment -m "what I tried"`. The harness then
 does everything the loop would — check, commit, run (in its own worktree), judge,
 decide, record — and every rule still holds:
-- a change to a file outside `experiment.editable` is refused (`violation`) and undone;
+- a change to a file outside `experiment.editable`, a symlink, a non-regular file or a nested
+  `.git` is refused (`violation`) and undone, as a proposal's would be (proposal.py); the
+  commit is made from the bytes the harness reads, by git plumbing (no `git add` of them);
+- the checkout cannot be sandboxed (the coding agent is the user's own process), and
+  program.md in it may be the human's edit as well as the agent's: a change to it is recorded
+  (a `steering` event with its digest and first changed line), not refused;
 - keep: the branch advances by compare-and-swap to the new commit, which matches the
   checkout, so the change stays; otherwise the changed files are put back as they were
   at the parent, so the checkout is clean for the next try;
@@ -22,6 +27,7 @@ from .config import Config
 from .errors import WorkspaceError
 from .ledger import Experiment
 from .loop import Loop
+from .proposal import read_change, refused_kinds
 from .session import TagLock
 from .workspace import STEERING_FILES, Git, NothingChanged, default_tag
 
@@ -76,16 +82,20 @@ def experiment(cfg: Config, description: str, tag: Optional[str] = None, reporte
         changed = [p for p in changed if p in tracked or cfg.is_editable(p)]  # ignore the user's unrelated junk
         exp = loop.new_experiment(parent, description, kind="candidate", proposal=Proposal(description))
         exp.agent = "tool"
+        loop.control.note_steering()  # program.md / ideas.md changed since the last call: recorded
+        refused = refused_kinds(checkout, changed)
         outside = [p for p in changed if not cfg.is_editable(p)]
-        if outside:
+        if outside or refused:
             exp.patch = Git(checkout)("diff", "HEAD", check=False)
-            ws.restore(checkout, outside, parent)
-            return _verdict(loop, loop.finish_unrun(exp, "violation", f"changed files outside `experiment.editable`: "
-                                                    f"{', '.join(outside)} (put back as they were)"))
+            bad = sorted(set(outside) | {p for p, _ in refused})
+            ws.restore(checkout, bad, parent)
+            why = [f"{p} is {what}" for p, what in refused] + \
+                ([f"changed files outside `experiment.editable`: {', '.join(outside)}"] if outside else [])
+            return _verdict(loop, loop.finish_unrun(exp, "violation", f"{'; '.join(why)} (put back as they were)"))
         if not changed:
             return _verdict(loop, loop.finish_unrun(exp, "discard", "no change to the editable files"))
         try:
-            exp.commit = _commit_in_checkout(ws, checkout, changed, loop.commit_message(exp), parent)
+            exp.commit = ws.commit_files(parent, read_change(checkout, changed), loop.commit_message(exp))
         except NothingChanged:
             return _verdict(loop, loop.finish_unrun(exp, "discard", "the change is empty once committed"))
         exp.patch = ws.diff(parent, exp.commit)
@@ -96,18 +106,9 @@ def experiment(cfg: Config, description: str, tag: Optional[str] = None, reporte
         finally:
             if exp.status != "keep":
                 ws.restore(checkout, changed, parent)
-                Git(checkout)("reset", "-q", "--", *changed, check=False)
+            Git(checkout)("reset", "-q", "--", *changed, check=False)  # the index follows HEAD (kept or not)
             loop.ledger.end_session(loop.session)
         return _verdict(loop, exp)
-
-
-def _commit_in_checkout(ws, checkout, paths, message, parent) -> str:
-    g = Git(checkout)
-    g("add", "-A", "--", *[ws._full(p) for p in paths])
-    tree = g("write-tree")
-    if tree == g("rev-parse", f"{parent}^{{tree}}"):
-        raise NothingChanged("empty")
-    return g("commit-tree", tree, "-p", parent, "-F", "-", input=message.strip() + "\n")
 
 
 def _verdict(loop: Loop, exp: Experiment) -> dict[str, Any]:

@@ -9,6 +9,8 @@ Guarantees:
 - Every experiment's commit stays reachable under `refs/autoresearch/<tag>/<id>`, so its
   diff can always be shown, even after the branch went back to the parent.
 - Each commit's tree is the parent's tree plus the editable files changed; nothing else.
+  `commit_files()` builds it from bytes the harness read (blobs by `hash-object --no-filters`,
+  a temporary index, `commit-tree`): no git command runs in a folder an agent wrote.
 - Plain subprocess around the `git` command line; each worktree has its own index, so
   concurrent workers never contend for `index.lock`.
 - Git that runs nobody's code: every harness git command is built by `git_command()` (run by
@@ -33,6 +35,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Optional
@@ -356,11 +359,92 @@ class Workspace:
         g("update-ref", "--no-deref", "HEAD", sha)
         return sha
 
-    def uncommit(self, wt: Path, base: str) -> None:
-        """Turn commits made in `wt` since `base` (by an agent running git itself) back into plain changes."""
-        g = Git(self._top_of(wt))
-        if g("rev-parse", "HEAD") != base:
-            g("reset", "-q", "--mixed", base)
+    def commit_files(self, parent: str, changes: "dict[str, Optional[tuple[bytes, bool]]]", message: str,
+                     base: Optional[str] = None) -> str:
+        """A commit of `base`'s tree (default: `parent`'s) with `changes` applied, whose parent is `parent`.
+
+        `changes` maps a project path to (bytes, executable) or None (deleted). Nothing runs in a
+        folder an agent wrote: blobs are made from the bytes (`hash-object --no-filters`, so no
+        attribute or filter of the agent's applies), the tree is built in a temporary index, and
+        no ref or worktree moves. A changed file keeps its mode at the base (a new one is 100644,
+        or 100755 when executable). Raises NothingChanged when the tree is `parent`'s."""
+        base = base or parent
+        with tempfile.TemporaryDirectory(prefix="autoresearch-index-") as tmp:
+            g = Git(self.top)
+            g.env = dict(g.env, GIT_INDEX_FILE=str(Path(tmp) / "index"))
+            g("read-tree", base)
+            modes = self.modes(base, list(changes))
+            info, removed = [], []
+            for rel, change in sorted(changes.items()):
+                full = self._full(rel)
+                if change is None:
+                    removed.append(full)
+                    continue
+                data, executable = change
+                blob = self.git_bytes("hash-object", "-w", "--no-filters", "--stdin", data=data).decode().strip()
+                mode = modes.get(rel) or ("100755" if executable else "100644")
+                if mode not in ("100644", "100755"):  # a tracked symlink or submodule replaced by a file
+                    mode = "100755" if executable else "100644"
+                info.append(f"{mode} {blob}\t{full}")
+            if info:
+                g("update-index", "--add", "--index-info", input="\n".join(info) + "\n")
+            if removed:
+                g("update-index", "--force-remove", "-z", "--stdin", input="\0".join(removed) + "\0")
+            tree = g("write-tree")
+        if tree == self.git("rev-parse", f"{parent}^{{tree}}"):
+            raise NothingChanged("the change is empty once committed")
+        return self.git("commit-tree", tree, "-p", parent, "-F", "-", input=message.strip() + "\n")
+
+    def modes(self, sha: str, paths: list[str]) -> dict[str, str]:
+        """Project path -> git mode at `sha`, for those of `paths` that exist there."""
+        if not paths:
+            return {}
+        out = self.git_bytes("ls-tree", "-z", "--full-tree", sha, "--", *[self._full(p) for p in paths])
+        found = {}
+        for entry in out.split(b"\0"):
+            if entry:
+                meta, _, name = entry.partition(b"\t")
+                found[self._rel(name.decode("utf-8", "surrogateescape"))] = meta.split()[0].decode()
+        return found
+
+    def tree_entries(self, sha: str) -> list[tuple[str, str, str]]:
+        """(mode, object id, project path) of every file of the project at `sha` (`ls-tree -r`)."""
+        args = ["ls-tree", "-r", "-z", "--full-tree", sha] + (["--", self.prefix] if self.prefix else [])
+        out = []
+        for entry in self.git_bytes(*args).split(b"\0"):
+            if entry:
+                meta, _, name = entry.partition(b"\t")
+                mode, _, oid = meta.decode().split()
+                out.append((mode, oid, self._rel(name.decode("utf-8", "surrogateescape"))))
+        return out
+
+    def changed_between(self, a: str, b: str) -> list[str]:
+        """Project paths whose content or mode differs between commits `a` and `b`."""
+        out = self.git_bytes("diff-tree", "-r", "-z", "--no-renames", "--name-only", a, b,
+                             *(["--", self.prefix] if self.prefix else []))
+        return [self._rel(p.decode("utf-8", "surrogateescape")) for p in out.split(b"\0") if p]
+
+    def blobs(self, oids: list[str]) -> dict[str, bytes]:
+        """The content of each blob in `oids` (one `cat-file --batch`)."""
+        if not oids:
+            return {}
+        raw = self.git_bytes("cat-file", "--batch", data=("\n".join(oids) + "\n").encode())
+        out, i = {}, 0
+        for oid in oids:
+            nl = raw.index(b"\n", i)
+            header = raw[i:nl].split()
+            size = int(header[2])
+            out[oid] = raw[nl + 1:nl + 1 + size]
+            i = nl + 1 + size + 1
+        return out
+
+    def git_bytes(self, *args: str, data: Optional[bytes] = None) -> bytes:
+        """git in the repository's top folder, bytes in and out (paths with any characters, binary blobs)."""
+        r = subprocess.run(["git", *args], cwd=self.top, input=data, capture_output=True, env=self.git.env)
+        if r.returncode != 0:
+            why = r.stderr.decode(errors="replace").strip()
+            raise GitError(f"git {' '.join(args[:3])} failed in {self.top}: {why}")
+        return r.stdout
 
     def advance(self, new: str, expected_old: str) -> None:
         """Move the branch from `expected_old` to `new` atomically, or raise if it moved meanwhile."""
@@ -436,17 +520,20 @@ class Workspace:
 
     def digests(self, wt: Path, globs: list[str]) -> dict[str, str]:
         """sha256 of every file under `wt` matching `globs` (the protected set)."""
-        from .config import _matches, tracked_or_present
+        from .config import tracked_or_present
+        from .globs import matches
 
         out = {}
         for rel in tracked_or_present(wt):
-            if _matches(rel, globs):
+            if matches(rel, globs):
                 out[rel] = hashlib.sha256((wt / rel).read_bytes()).hexdigest()
         return out
 
     def remove_worktrees(self) -> None:
         for path in sorted(self.trees.glob("*")) if self.trees.exists() else []:
             self.git("worktree", "remove", "--force", str(path), check=False)
+            if path.is_dir() and not (path / ".git").exists():  # a plain proposal folder (proposal.py)
+                shutil.rmtree(path, ignore_errors=True)
         self.git("worktree", "prune", check=False)
 
 

@@ -1,6 +1,6 @@
 """Coding-agent CLIs as the researcher: Claude Code, Codex, aider, OpenCode, Gemini CLI.
 
-Each runs headless, once per proposal, in the experiment's worktree (its cwd) with the
+Each runs headless, once per proposal, in the proposal folder (its cwd) with the
 Context as its prompt, through procs.run_tree: its own process tree, killed whole at
 `agent.timeout_s` (its processes carry the run's marker, so a restart after a crash of the
 harness kills any it left). Each uses only its documented non-interactive flags:
@@ -20,8 +20,14 @@ plus `--model agent.model` when set and `agent.extra_args` last. The CLI edits f
 the harness commits, and refuses (as a `violation`) any change outside the editable
 files. The CLI keeps the user's environment (it needs its login or key);
 `agent.base_url` is passed the way each CLI reads it. Scratch files a CLI is known to
-leave in the worktree (.aider*, .claude/, .gemini/, .opencode/) are removed when
-untracked, so they never count as changes.
+leave in the folder (.aider*, .claude/, .gemini/, .opencode/) are removed when the start
+commit does not have them, so they never count as changes.
+
+With bubblewrap the CLI runs confined (Sandbox.wrap_agent): its proposal folder writable
+(the protected files, the config and program.md read-only), a private HOME holding only
+its login files (`logins`, read-only: a token refresh is not written back), a private
+/tmp, the network unless `agent.network = false`, and no view of the user's checkout,
+`.git`, the ledger or other processes.
 
 Cost: the CLI's own figure where it reports one (Claude Code's total_cost_usd,
 OpenCode's per-step cost, aider's "Cost: $X message"), else tokens x the price table.
@@ -32,6 +38,7 @@ become the description, the rationale and a notebook entry.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -45,9 +52,9 @@ from typing import Any, Optional
 from ..errors import AgentError
 from ..procs import run_tree
 from ..session import marker_prefix
-from ..workspace import Git
 from . import notebook
 from .base import Proposal
+from .command import protected_in
 from .context import Context
 from .llm import sections
 from .prices import cost_usd
@@ -88,6 +95,7 @@ class CLIAgent:
     program = ""
     install = ""
     scratch: tuple[str, ...] = ()
+    logins: tuple[str, ...] = ()  # files under ~ the CLI reads to log in
     prompt_on_stdin = True
 
     def __init__(self, cfg, ledger=None):
@@ -129,8 +137,14 @@ class CLIAgent:
             cmd = shlex.join([self.exe, *self.argv(run), *a.extra_args])
             cmd += (f" < {shlex.quote(str(run.prompt_file))}" if self.prompt_on_stdin else "") \
                 + f" > {shlex.quote(str(run.out_file))}"
-            env = dict(os.environ) | {"DISABLE_AUTOUPDATER": "1", "NO_COLOR": "1"} | self.env()
-            res = run_tree(cmd, cwd=workdir, env=env, log_path=log, timeout_s=a.timeout_s,
+            env = dict(os.environ) | {"DISABLE_AUTOUPDATER": "1", "NO_COLOR": "1",
+                                      "GIT_CEILING_DIRECTORIES": str(workdir.parent)} | self.env()
+            wrap = None
+            if ctx.sandbox is not None:  # confined: see the module docstring
+                wrap = ctx.sandbox.wrap_agent(folder=workdir, scratch=[run.tmp], protected=protected_in(ctx, workdir),
+                                              network=a.network_for(True), home_files=self.home_files(),
+                                              readable=[Path(self.exe)])
+            res = run_tree(cmd, cwd=workdir, env=env, log_path=log, timeout_s=a.timeout_s, wrap=wrap,
                            grace_s=self.cfg.experiment.grace_s,
                            marker=f"{marker_prefix(self.cfg.root, ctx.tag)}agent:{len(ctx.history)}")
             stdout = run.out_file.read_text(encoding="utf-8", errors="replace") if run.out_file.exists() else ""
@@ -138,7 +152,7 @@ class CLIAgent:
                 result = self.parse(stdout, run)
             except (ValueError, KeyError, TypeError, AttributeError) as e:
                 result = Result(text=stdout[-4000:], error=f"could not read the CLI's output ({type(e).__name__}: {e})")
-        self.clean(workdir)
+        self.clean(workdir, ctx.tracked)
         stderr = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
         model = result.model or a.model
         cost = result.cost_usd if result.cost_usd is not None else cost_usd(model, result.tokens_in,
@@ -164,16 +178,28 @@ class CLIAgent:
         notebook.append(self.cfg.root, ctx.tag, notes, experiment=len(ctx.history), description=desc)
         return Proposal(desc[:300], rationale=rationale, **base)
 
-    def clean(self, workdir: Path) -> None:
-        """Remove the CLI's known scratch files from the worktree, if git does not track them."""
+    def home_files(self) -> list[Path]:
+        """The login files the CLI needs in its private HOME (bound read-only when they exist)."""
+        return [Path(os.path.expanduser(p)) for p in self.logins]
+
+    def clean(self, workdir: Path, tracked: frozenset = frozenset()) -> None:
+        """Remove the CLI's known scratch files from the folder, unless the start commit has them.
+        Walked with lstat (a link is removed as a link, never followed); no git runs there."""
         if not self.scratch:
             return
-        untracked = Git(workdir)("ls-files", "--others", "--directory", "--no-empty-directory", check=False)
-        for rel in untracked.splitlines():
-            name = rel.rstrip("/").split("/")[-1]
-            if any(Path(name).match(g) for g in self.scratch):
-                p = workdir / rel.rstrip("/")
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        stack = [workdir]
+        while stack:
+            d = stack.pop()
+            for entry in os.scandir(d):
+                rel = Path(entry.path).relative_to(workdir).as_posix()
+                if any(fnmatch.fnmatchcase(entry.name, g) for g in self.scratch) and \
+                        not any(t == rel or t.startswith(rel + "/") for t in tracked):
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                    else:
+                        os.unlink(entry.path)
+                elif entry.is_dir(follow_symlinks=False) and entry.name != ".git":
+                    stack.append(Path(entry.path))
 
 
 class ClaudeCodeAgent(CLIAgent):
@@ -181,6 +207,7 @@ class ClaudeCodeAgent(CLIAgent):
     program = "claude"
     install = "npm install -g @anthropic-ai/claude-code (or pip install 'autoresearch[claude]', which bundles it)"
     scratch = (".claude",)
+    logins = ("~/.claude/.credentials.json", "~/.claude.json")
     tools = ("Read", "Edit", "Write", "Glob", "Grep")
 
     def fallback(self) -> str:
@@ -215,6 +242,7 @@ class CodexAgent(CLIAgent):
     name = "codex"
     program = "codex"
     install = "npm install -g @openai/codex"
+    logins = ("~/.codex/auth.json", "~/.codex/config.toml")
 
     def argv(self, run: Run) -> list[str]:
         return ["exec", "--json", "--sandbox", "workspace-write", "--skip-git-repo-check",
@@ -248,6 +276,7 @@ class AiderAgent(CLIAgent):
     program = "aider"
     install = "python -m pip install aider-install && aider-install"
     scratch = (".aider*",)
+    logins = ("~/.aider.conf.yml", "~/.env")
     prompt_on_stdin = False
 
     def argv(self, run: Run) -> list[str]:
@@ -279,6 +308,7 @@ class OpenCodeAgent(CLIAgent):
     program = "opencode"
     install = "npm install -g opencode-ai"
     scratch = (".opencode",)
+    logins = ("~/.local/share/opencode/auth.json", "~/.config/opencode")
 
     def argv(self, run: Run) -> list[str]:
         return ["run", "--format", "json", *self.model_args(), ONE_LINE]
@@ -307,6 +337,7 @@ class GeminiAgent(CLIAgent):
     program = "gemini"
     install = "npm install -g @google/gemini-cli"
     scratch = (".gemini",)
+    logins = ("~/.gemini/oauth_creds.json", "~/.gemini/settings.json", "~/.gemini/google_accounts.json")
 
     def argv(self, run: Run) -> list[str]:
         return ["-p", ONE_LINE, "--output-format", "json", "--approval-mode", "auto_edit", *self.model_args()]

@@ -6,14 +6,22 @@ The command runs in the experiment's worktree (cwd) as its own process tree, kil
 - AUTORESEARCH_DESCRIPTION_FILE: a path where it may write a one-line description
   (otherwise the last line it printed is used);
 - AUTORESEARCH_WORKTREE, AUTORESEARCH_TAG, AUTORESEARCH_REPAIR (1 when asked to fix a crash).
-Whatever it changed in the worktree is the proposal; the harness checks and commits it.
+Whatever it changed in the folder is the proposal; the harness checks and commits it.
 A non-zero exit or a timeout is a failed proposal (recorded), not a harness error.
 Unlike experiments, the agent keeps the user's environment: it may need API keys.
+
+With bubblewrap it runs confined (Sandbox.wrap_agent): its folder writable, the context and
+description files in a private scratch folder, a private HOME and /tmp, no view of the user's
+checkout, `.git` or the ledger, no network unless `agent.network` says so, and nothing it
+starts outlives it. Absolute paths named in the command are readable (its script); the
+folders they are in, when inside /tmp or HOME, writable (its own state between proposals);
+the repository stays hidden even inside them.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import tempfile
 from pathlib import Path
 
@@ -21,6 +29,43 @@ from ..procs import run_tree
 from ..session import marker_prefix
 from .base import Proposal
 from .context import Context
+
+
+def named_paths(command: str) -> list[Path]:
+    """Existing absolute paths among the words of a shell command (the agent's own script)."""
+    return [Path(w) for w in _words(command) if w.startswith("/") and os.path.exists(w)]
+
+
+def state_folders(command: str) -> list[Path]:
+    """Where a command agent may keep its own state: each folder named in the command, or holding a
+    path named there, that lies inside /tmp or HOME (never /tmp or HOME itself, nor a system folder)."""
+    home, tmp = Path(os.path.expanduser("~")).resolve(), Path("/tmp")
+    out: list[Path] = []
+    for word in _words(command):
+        if not word.startswith("/"):
+            continue
+        p = Path(word)
+        d = (p if p.is_dir() else p.parent).resolve()
+        if d.is_dir() and d not in (home, tmp) and (home in d.parents or tmp in d.parents) and d not in out:
+            out.append(d)
+    return out
+
+
+def _words(command: str) -> list[str]:
+    try:
+        return shlex.split(command)
+    except ValueError:
+        return command.split()
+
+
+def protected_in(ctx: Context, workdir: Path) -> list[Path]:
+    """The files of the proposal folder an agent may read but not write: the protected set, the config
+    and program.md (the user's)."""
+    from ..config import CONFIG_NAME
+    from ..globs import matches
+
+    return [workdir / p for p in sorted(ctx.tracked)
+            if p in (CONFIG_NAME, "program.md") or matches(p, ctx.cfg.experiment.protected)]
 
 
 class CommandAgent:
@@ -50,8 +95,15 @@ class CommandAgent:
                 "AUTORESEARCH_WORKTREE": str(workdir),
                 "AUTORESEARCH_TAG": ctx.tag,
                 "AUTORESEARCH_REPAIR": "1" if ctx.repair is not None else "0",
+                "GIT_CEILING_DIRECTORIES": str(workdir.parent),  # git in the folder finds no repository
             }
-            res = run_tree(self.cfg.agent.command, cwd=workdir, env=env, log_path=log,
+            wrap = None
+            if ctx.sandbox is not None:
+                wrap = ctx.sandbox.wrap_agent(folder=workdir, scratch=[Path(tmp)], protected=protected_in(ctx, workdir),
+                                              network=self.cfg.agent.network_for(False),
+                                              readable=named_paths(self.cfg.agent.command),
+                                              writable=state_folders(self.cfg.agent.command))
+            res = run_tree(self.cfg.agent.command, cwd=workdir, env=env, log_path=log, wrap=wrap,
                            timeout_s=self.cfg.agent.timeout_s, grace_s=self.cfg.experiment.grace_s,
                            # under the tag's marker prefix: a restart after a SIGKILL finds what it left
                            marker=f"{marker_prefix(self.cfg.root, ctx.tag)}agent:{n}:{os.getpid()}")

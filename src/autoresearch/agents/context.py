@@ -25,7 +25,7 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from ..config import Config, tracked_or_present
 from ..ledger import Experiment
@@ -60,6 +60,8 @@ class Context:
     ideas: str = ""  # the human's ideas.md (read live from the project)
     experiment_id: Optional[int] = None
     notes: Optional[str] = None  # the agent's notebook; None: read from .autoresearch/notes/<tag>.md
+    tracked: frozenset = frozenset()  # the proposal folder's files at the start (project paths)
+    sandbox: Any = None  # the session's sandbox.Sandbox: process agents run through its wrap_agent()
 
     @property
     def lower_is_better(self) -> bool:
@@ -313,11 +315,11 @@ def _norm(s: str) -> str:
 
 
 def read_files(root: Path, globs: list[str], exclude: list[str] = ()) -> dict[str, str]:
-    from ..config import _matches
+    from ..globs import matches
 
     out = {}
     for rel in sorted(tracked_or_present(root)):
-        if _matches(rel, globs) and not _matches(rel, list(exclude)):
+        if matches(rel, globs) and not matches(rel, list(exclude)):
             try:
                 out[rel] = (root / rel).read_text(encoding="utf-8")
             except (UnicodeDecodeError, OSError):

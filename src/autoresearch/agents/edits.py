@@ -21,7 +21,8 @@ Guarantees:
 - `parse_edits()` raises EditError (with a message meant for the model) on a block it
   cannot read; text outside blocks is ignored.
 - `apply_edits()` is atomic: every block is matched in memory first; if any fails
-  (text not found, found more than once, a path outside the worktree or inside .git),
+  (text not found, found more than once, a path outside the folder, through a symlink or
+  inside .git),
   nothing is written and EditError says which block and why, with the closest lines
   as a hint. Otherwise each file is written to a temp file and renamed into place;
   should a write fail midway, the files already written are restored.
@@ -253,6 +254,19 @@ def _safe_path(root: Path, path: str) -> str:
     full = (root / rel).resolve()
     if root.resolve() not in full.parents:
         raise EditError(f"{path} resolves outside the project")
+    cur = root
+    for part in Path(rel).parts:  # no link anywhere on the way: a write never leaves the folder
+        cur = cur / part
+        if cur.is_symlink():
+            raise EditError(f"{path} goes through a symlink ({cur.relative_to(root).as_posix()}): edit real files only")
+    return rel
+
+
+def write_text(root: Path, path: str, text: str) -> str:
+    """Write `text` to `path` inside `root` (atomically), refusing a path that leaves `root`: `..`,
+    an absolute path elsewhere, a symlink on the way, or .git/.autoresearch. Returns the relative path."""
+    rel = _safe_path(Path(root), path)
+    _write_atomic(Path(root) / rel, text)
     return rel
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .base import Proposal
 from .context import Context
+from .edits import write_text
 
 ASSIGN = re.compile(
     r"^(?P<indent>[ \t]*)(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<sep>[ \t]*(?::[ \t]*[A-Za-z_][\w\[\], ]*[ \t]*)?[=:][ \t]*)"
@@ -146,7 +147,7 @@ def apply(workdir: Path, changes: list[tuple[Constant, str]]) -> None:
             ending = raw[len(raw.rstrip("\r\n")):]
             m = ASSIGN.match(raw.rstrip("\r\n"))
             lines[c.line] = m.group("indent") + m.group("name") + m.group("sep") + new + m.group("rest") + ending
-        p.write_text("".join(lines), encoding="utf-8")
+        write_text(workdir, path, "".join(lines))  # never through a link, never outside the folder
 
 
 def _misses_since_keep(ctx: Context) -> int:
