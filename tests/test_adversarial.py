@@ -500,6 +500,7 @@ def test_a_hook_planted_by_the_agent_cannot_forge_a_keep(tmp_path, monkeypatch, 
     from conftest import make_project, set_x
 
     from autoresearch import stateguard, workspace
+    from autoresearch.errors import WorkspaceError
 
     monkeypatch.setattr(workspace, "HARDENED", hardened)
     monkeypatch.setattr(stateguard, "WATCH_GIT_DIR", watch)
@@ -509,7 +510,10 @@ def test_a_hook_planted_by_the_agent_cannot_forge_a_keep(tmp_path, monkeypatch, 
     # a worse change (discarded), the hook, a turn that changes nothing (its worktree reset is the first ref
     # update after the planting: the hook fires there), then a small improvement on whatever the tip is
     agent = ScriptedAgent([set_x(5.0), _plant_hook_step(ledger, "h"), lambda ctx, wt: "nothing"])
-    Loop(cfg, "h", agent, limits=Limits(max_experiments=4)).run()
+    try:
+        Loop(cfg, "h", agent, limits=Limits(max_experiments=4)).run()
+    except WorkspaceError as e:  # the control: the hook's branch move can also break the harness's own CAS
+        assert not hardened and not watch and "someone moved it" in str(e), e
     rows = rows_of(root, "h")
     tip_x = git(root, "show", "autoresearch/h:train.py").split("\nX = ", 1)[1].split("\n", 1)[0]
     if not hardened and not watch:  # the control: the hook ran inside the harness's own git and forged a keep
@@ -710,9 +714,10 @@ def test_an_agent_cannot_reach_program_md_the_ledger_git_or_the_branch(tmp_path,
     log = (root / ".autoresearch" / "logs" / "h" / "agent-00001.log").read_text()
     if sandbox == "none":  # the control
         assert "wrote program.md" in log and "hook" in log and "ledger" in log
-        assert (root / "program.md").read_text().startswith("# hijacked") and hook.exists()
-        assert rows[1].status == "violation"  # what the state guard saw
-        hook.unlink()
+        assert (root / "program.md").read_text().startswith("# hijacked")
+        # what the state guard saw (the second line): the hook was planted, and removed after the fact
+        assert rows[1].status == "violation" and ".git/hooks/reference-transaction was added" in rows[1].reason
+        hook.unlink(missing_ok=True)
         return
     for done in ("wrote program.md", "hook", "moved", "ledger", "tsv"):
         assert done not in log.splitlines(), f"the agent managed: {done}"
