@@ -100,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = cmd("diff", _diff, "the change an experiment made")
     sp.add_argument("id", type=int)
+    sp.add_argument("--tag", help="the run the experiment belongs to (default: any)")
 
     sp = cmd("report", _report, "write progress.png and report.md (or one self-contained report.html)")
     sp.add_argument("--tag")
