@@ -47,6 +47,7 @@ class ExperimentConfig:
     seed: int = 42
     checks: str = ""
     checks_timeout_s: float = 600.0
+    checks_retries: int = 1  # a failing check is run again this many times before `checks_failed` (flaky tests)
     env: dict[str, str] = field(default_factory=dict)
     env_allow: list[str] = field(default_factory=list)
     sandbox: str = "auto"  # auto | bwrap | none
