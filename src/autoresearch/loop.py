@@ -313,7 +313,8 @@ class Loop:
                   f"{exp.id}:{seed}", protected_digests=self.digests, restore_from=self.start_commit,
                   env_extra={"AUTORESEARCH_TAG": self.tag, "AUTORESEARCH_EXPERIMENT": str(exp.id)},
                   should_stop=lambda: self.stop_requested is not None,
-                  on_tick=lambda t: self.report("tick", exp=exp, elapsed=t), sandbox=self.sandbox(),
+                  on_tick=lambda t: self.report("tick", exp=exp, elapsed=t, log=str(log)), sandbox=self.sandbox(),
+                  on_evaluate=lambda: self.report("evaluating", exp=exp, log=str(log)),
                   parent=exp.parent if primary and exp.kind != "baseline" else None)
         if tampered := state.check():  # without bwrap a run could reach the ledger or the branch
             m.status, m.reason, m.metric = "violation", f"the run touched the harness's state: {'; '.join(tampered)}", None
