@@ -3,8 +3,10 @@
 Guarantees:
 - Never overwrites: an existing autoresearch.toml is refused; program.md is written only
   when missing. Nothing is written until every answer has passed its check.
-- Each answer is checked: globs must match files committed at HEAD (the loop runs
-  experiments in worktrees of commits, so an uncommitted file would not be there), the
+- Each answer is checked: each pattern must match files committed at HEAD (the loop runs
+  experiments in worktrees of commits, so an uncommitted file would not be there; a
+  pattern matching nothing is refused naming it and, when there is one, the pattern
+  probably meant), and the files each pattern matches are shown; the
   editable and protected sets must not overlap, the direction is min or max, the budget
   is positive, and the resulting autoresearch.toml passes the real config loader.
 - The run command is run once the way the loop will run it (judge.py): in a worktree of
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .config import CONFIG_NAME, _matches, load
+from .config import describe_patterns, matching_files, unmatched_hint
 from .errors import AutoresearchError, ConfigError
 from .workspace import Git, Workspace, find_root
 
@@ -75,6 +78,8 @@ def init_here(root: Path, answers: Answers, ask: Optional[Ask] = None, say: Call
     ws = Workspace(root, TAG)
     committed = _committed_files(git, ws.prefix)
     a = _complete(answers, committed, ask)
+    for line in describe_patterns(a.editable, a.protected, committed):
+        say(f"autoresearch: {line}")
     head = git("rev-parse", "HEAD")
     dirty = ws.dirty_tracked()
     if dirty:
@@ -121,8 +126,9 @@ def _complete(a: Answers, committed: list[str], ask: Optional[Ask]) -> Answers:
                                     "e.g. autoresearch init --here --run 'python train.py' --editable train.py "
                                     "--metric val_loss --direction min")
         _check_or_raise(_nonempty, a.run, "--run")
-        _check_or_raise(lambda v: _globs(v, committed), a.editable, "--editable")
-        _check_or_raise(lambda v: _globs(v, committed, a.editable), a.protected, "--protected")
+        _check_or_raise(lambda v: _unmatched(v, committed) or _globs(v, committed), a.editable, "--editable")
+        _check_or_raise(lambda v: _unmatched(v, committed) or _globs(v, committed, a.editable), a.protected,
+                        "--protected")
         _check_or_raise(_metric_name, a.metric, "--metric")
         _check_or_raise(_direction, a.direction, "--direction")
         a.budget = 300.0 if a.budget is None else a.budget
@@ -131,14 +137,17 @@ def _complete(a: Answers, committed: list[str], ask: Optional[Ask]) -> Answers:
     say_files = ", ".join(committed[:12]) + (" ..." if len(committed) > 12 else "")
     if not a.run or _nonempty(a.run):
         a.run = _ask_until(ask, "Command that runs one experiment (it must print the metric)", a.run or "", _nonempty)
-    if not a.editable or _globs(a.editable, committed):
+    if not a.editable or _unmatched(a.editable, committed) or _globs(a.editable, committed):
         a.editable = _split(_ask_until(ask, f"Files the agent may change, as globs (committed: {say_files})",
-                                       " ".join(a.editable), lambda v: _globs(_split(v), committed)))
+                                       " ".join(a.editable),
+                                       lambda v: _unmatched(_split(v), committed) or _globs(_split(v), committed)))
     if a.protected and _globs(a.protected, committed, a.editable):
         a.protected = []
     if not a.protected:
         a.protected = _split(_ask_until(ask, "Files that must never change: the evaluation, the data (globs; "
-                                             "Enter for none)", "", lambda v: _globs(_split(v), committed, a.editable)))
+                                             "Enter for none)", "",
+                                        lambda v: _unmatched(_split(v), committed)
+                                        or _globs(_split(v), committed, a.editable)))
     if not a.metric or _metric_name(a.metric):
         a.metric = _ask_until(ask, "Name of the metric the run prints as `name: value`", a.metric or "", _metric_name)
     if not a.direction or _direction(a.direction):
@@ -203,6 +212,15 @@ def _globs(globs: list[str], committed: list[str], other: Optional[list[str]] = 
                     f"(git add {shlex.quote(g)} && git commit) or fix the glob")
     both = [f for f in committed if other and _matches(f, globs) and _matches(f, other)]
     return f"{both[0]} would be both editable and protected: leave it out of one of them" if both else ""
+
+
+def _unmatched(patterns: list[str], committed: list[str]) -> str:
+    """The problem with the first pattern that matches no committed file, with the fix; '' if none."""
+    for g in patterns:
+        if not matching_files(g, committed):
+            return (f"{g!r} matches no file committed at HEAD{unmatched_hint(g, committed)}; fix the pattern, "
+                    "or if the file is new, commit it first (the loop runs commits): git add <file> && git commit")
+    return ""
 
 
 def _committed_files(git: Git, prefix: str) -> list[str]:
