@@ -265,3 +265,19 @@ def test_loop_stops_when_mutate_runs_out_of_ideas(tmp_path):
     out2 = Loop(load(root2), "m", AsError(load(root2)), limits=Limits(max_experiments=len(rows) + 2)).run()
     assert ("crash", "(no description)") in [(e.status, e.description) for e in rows_of(root2, "m")]
     assert "run out" not in out2.stop_reason
+
+
+def test_scheduler_drains_and_stops_when_mutate_runs_out_of_ideas(tmp_path):
+    """With two workers the stop is a drain: what is in flight finishes and is recorded, nothing crashes."""
+    from conftest import assert_consistent, rows_of
+
+    from autoresearch.loop import Limits, Loop
+
+    root = make_project(tmp_path / "p", files={"train.py": "N = 1\nprint('score: 1.0')\n"},
+                        extra_toml="[engine]\nworkers = 2\n")
+    out = Loop(load(root), "m", MutateAgent(load(root)), limits=Limits(max_experiments=200)).run()
+    rows = rows_of(root, "m")
+    assert "run out of new changes" in out.stop_reason, out.stop_reason
+    assert 1 < len(rows) < 200 and all(e.status in ("keep", "discard") for e in rows), \
+        [(e.status, e.reason) for e in rows]
+    assert_consistent(root, "m")
