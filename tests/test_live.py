@@ -39,6 +39,7 @@ from train import X
 time.sleep(1.5)
 print(f"score: {(X - 1.0) ** 2 + 0.5:.6f}")
 '''
+CHECK = "import time\ntime.sleep(1.0)\n"
 
 
 @pytest.mark.parametrize("line,step,loss,rate", [
@@ -68,9 +69,10 @@ def test_last_progress_reads_the_end_of_a_log(tmp_path):
     assert p.text() == "step 20 · loss 2.25 · 9,500 tok/s"
 
 
-def progress_project(root: Path) -> Path:
-    root = make_project(root, files={"train.py": TRAIN, "evaluate.py": EVALUATE},
-                        extra_toml='command = "python evaluate.py"\ntimeout_s = 30')
+def progress_project(root: Path, checks: str = "") -> Path:
+    root = make_project(root, files={"train.py": TRAIN, "evaluate.py": EVALUATE, "slow_check.py": CHECK},
+                        extra_toml='command = "python evaluate.py"\ntimeout_s = 30',
+                        extra_experiment=f'checks = "{checks}"')
     toml = (root / "autoresearch.toml").read_text().replace("budget_s = 1\n", "budget_s = 3\n")
     (root / "autoresearch.toml").write_text(toml.replace('protected = ["prepare.py"]',
                                                          'protected = ["prepare.py", "evaluate.py"]'))
@@ -82,7 +84,7 @@ def test_live_view_shows_progress_while_training_and_evaluating_while_evaluating
     """Before, the view showed only a time bar while training and froze during the evaluation."""
     from rich.console import Console
 
-    root = progress_project(tmp_path / "p")
+    root = progress_project(tmp_path / "p", checks="python slow_check.py")
 
     out = io.StringIO()
     reporter = LiveReporter("score", 3.0, "t", console=Console(file=out, force_terminal=True, width=140))
@@ -111,6 +113,7 @@ def test_live_view_shows_progress_while_training_and_evaluating_while_evaluating
     assert evaluating, frames[-5:]
     assert any("step 5 · loss 0.8 · 5,000 tok/s" in f for f in evaluating)  # the run's last line, kept
     assert any(re.search(r"for [1-9]s", f) for f in evaluating)  # its clock moves while nothing reports
+    assert any("running the checks (experiment.checks)" in f and "evaluating" not in f for f in frames)
     written = out.getvalue()  # the real Live output to the terminal stream
     assert "tok/s" in written and "metric.command has been evaluating it" in written
 

@@ -177,11 +177,12 @@ def run_checks(cfg: Config, ws: Workspace, wt: Path, *, log_path: Path, marker: 
 
 def enforce(cfg: Config, ws: Workspace, exp: Experiment, incumbent: Optional[Experiment], *,
             should_stop: Callable[[], bool] = lambda: False, worktree: str = "run0",
-            sandbox: Optional[Sandbox] = None) -> None:
+            sandbox: Optional[Sandbox] = None, on_checks: Callable[[int], None] = lambda attempt: None) -> None:
     """Take a would-be `keep` through the guards; on a failure, set its status and reason.
 
     `incumbent` is what the candidate improves on (ignored for the baseline); `worktree`
     names the run worktree to check in (engines running several at once pass their own).
+    `on_checks(attempt)` is called as each run of the checks starts (0: the first; display only).
     """
     if exp.status != "keep":
         return
@@ -202,6 +203,7 @@ def enforce(cfg: Config, ws: Workspace, exp: Experiment, incumbent: Optional[Exp
     for attempt in range(cfg.experiment.checks_retries + 1):
         wt = ws.worktree(worktree, at=exp.commit)  # clean, at the candidate: outputs (and a failed try's) are gone
         name = ".checks.log" if attempt == 0 else f".checks.retry{attempt}.log"
+        on_checks(attempt)
         res = run_checks(cfg, ws, wt, log_path=log.with_name(log.stem + name),
                          marker=f"{marker_prefix(cfg.root, exp.tag)}{exp.id}:checks{attempt or ''}",
                          should_stop=should_stop, sandbox=sandbox)

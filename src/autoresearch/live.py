@@ -2,7 +2,8 @@
 
 A reporter is a callable `reporter(kind, **data)` that the loop calls with events:
 `note`, `proposing`, `started`, `tick` (elapsed, log), `evaluating` (the run is over and
-`metric.command` evaluates it), `rerun`, `finished`. Reporters only display; they never
+`metric.command` evaluates it), `rerun`, `checks` (attempt: the guard command starts),
+`finished`. Reporters only display; they never
 change what the loop does, and a reporter failing never stops the loop.
 
 While a run trains, the live view shows its step, loss and tokens/s from the last progress
@@ -103,6 +104,9 @@ class LiveReporter:
             elif kind == "rerun":
                 self.phase, self.elapsed = f"confirming on seed {data['seed']}", 0.0
                 self.progress, self.evaluating_since = None, None
+            elif kind == "checks":
+                retry = f" (retry {data['attempt']}: the last run failed)" if data.get("attempt") else ""
+                self.phase, self.evaluating_since = f"running the checks (experiment.checks){retry}", None
             elif kind == "finished":
                 e = data["exp"]
                 self.recent.append(e)
@@ -140,6 +144,8 @@ class LiveReporter:
                         Text(f"the run is over ({self.elapsed:.0f}s); metric.command has been evaluating it "
                              f"for {waited:.0f}s", style="yellow"),
                         Text(self.progress.text() if self.progress else "", style="dim"))
+        elif self.current is not None and self.phase.startswith("running the checks"):
+            now = Text(f"#{self.current.id} {self.phase}: {self.current.description[:80]}", style="yellow")
         elif self.current is not None:
             cur = Text(f"#{self.current.id} {self.phase}: {self.current.description[:80]}")
             bar = ProgressBar(total=max(self.budget, 1e-9), completed=min(self.elapsed, self.budget), width=40)

@@ -284,7 +284,8 @@ class Loop:
                 exp.status, exp.reason, exp.evidence = ("keep" if verdict.keep else "discard"), verdict.reason, \
                     verdict.evidence
                 guards.enforce(self.cfg, self.ws, exp, self.ledger.incumbent(self.tag), sandbox=self.sandbox(),
-                               should_stop=lambda: self.stop_requested is not None)  # only would-be keeps pay
+                               should_stop=lambda: self.stop_requested is not None,  # only would-be keeps pay
+                               on_checks=lambda n: self.report("checks", exp=exp, attempt=n))
             else:
                 exp.status = m.status
         except _Interrupted:
