@@ -195,3 +195,11 @@ def test_diff_takes_tag(tmp_path, capsys):
     assert "+X = 2.0" in capsys.readouterr().out
     assert main(["diff", str(a.id), "--tag", "nope", "-C", str(root)]) == 1
     assert "no run tagged `nope`" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["results"], ["diff", "3"], ["status"], ["report"], ["watch"], ["finalize"],
+                                  ["confirm"], ["pause"], ["resume"]])
+def test_every_reading_verb_takes_a_tag(argv):
+    from autoresearch.cli import _parser
+
+    assert _parser().parse_args(argv + ["--tag", "mut"]).tag == "mut"
