@@ -199,8 +199,9 @@ def test_only_module_level_constants_are_touched(tmp_path):
     docstring line. Before, a file with no module-level constant had its locals perturbed
     (`use_length = 1 -> 4`: a null change that a noisy run kept), and the docstring's `x = 1` matched."""
     root = make_project(tmp_path / "p", files={"train.py": LOCALS, "helpers.py": ONLY_LOCALS})
-    (root / "autoresearch.toml").write_text((root / "autoresearch.toml").read_text()
-                                            .replace('editable = ["train.py"]', 'editable = ["train.py", "helpers.py"]'))
+    toml = (root / "autoresearch.toml").read_text()
+    (root / "autoresearch.toml").write_text(toml.replace('editable = ["train.py"]',
+                                                         'editable = ["train.py", "helpers.py"]'))
     assert [(c.path, c.name, c.line) for c in constants(root).values()] == [("train.py", "LR", 3)]
     agent = MutateAgent(load(root))
     history = [row("keep", "baseline", kind="baseline", i=1)]

@@ -17,10 +17,11 @@ policy discards never pays for them (the checks may take minutes: a test suite).
    with the experiment's scrubbed environment plus AUTORESEARCH_CHECKS=1 and inside the
    same sandbox (sandbox.py: bubblewrap when usable), killed at `experiment.checks_timeout_s`.
    A failing check (a non-zero exit; not a timeout, whose retry would cost as much again)
-   is run again, from a clean worktree, up to `experiment.checks_retries` times (default 1: a flaky test suite does not reject a good
-   change); it passes if any attempt passes, and every attempt is recorded (status, exit
-   code, time, log), so a flaky pass is visible as such in the evidence and the reason.
-   When every attempt fails it is `checks_failed`: its metric stays on record, the reason
+   is run again, from a clean worktree, up to `experiment.checks_retries` times (default 1:
+   a flaky test suite does not reject a good change); it passes if any attempt passes, and
+   every attempt is recorded (status, exit code, time, log), so a flaky pass is visible as
+   such in the evidence and the reason. A timeout, or a failure on every attempt, is
+   `checks_failed`: its metric stays on record, the reason
    quotes the last lines of the output, `log_tail` holds the tail and the whole output is
    in `<experiment log>.checks.log` (retries: `.checks.retry<N>.log`).
 

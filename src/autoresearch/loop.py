@@ -16,8 +16,9 @@ Every rule lives here or in the modules this calls, never in a prompt. A trial i
 (parent, commit, seed, budget) and is self-contained, so engines can run many at once:
 with several workers (or proposals made while one runs) run() hands over to scheduler.py.
 Stop: max experiments, max hours, a target value, too many failures in a row, the
-agent's cost caps, the agent saying it has nothing left to try (`Proposal.stop`), or SIGINT/SIGTERM — which finish the running record as
-`interrupted`, leave git clean and return normally.
+agent's cost caps, the agent saying it has nothing left to try (`Proposal.stop`), or
+SIGINT/SIGTERM — which finish the running record as `interrupted`, leave git clean and
+return normally.
 """
 
 from __future__ import annotations
