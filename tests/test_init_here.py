@@ -290,3 +290,15 @@ def test_run_shows_the_files_each_pattern_matches_and_refuses_one_that_matches_n
     assert r.returncode == 1
     assert ("`experiment.editable` pattern 'trian.py' matches no file in" in r.stderr
             and "did you mean 'train.py'?; fix the pattern in autoresearch.toml" in r.stderr), r.stderr
+
+
+def test_flaky_checks_are_run_again_as_the_loop_does(tmp_path: Path):
+    """The check run retries a failing check once (experiment.checks_retries' default), like the loop.
+    The check's memory is a git-ignored file in the worktree: the reset between attempts keeps it."""
+    root = make_repo(tmp_path / "r", {"train.py": TRAIN, "prepare.py": "DATA = [1, 2, 3]\n",
+                                      ".gitignore": "failed-once\n",
+                                      "flaky.py": "import os, sys\nseen = os.path.exists('failed-once')\n"
+                                                  "open('failed-once', 'w').close()\nsys.exit(0 if seen else 1)\n"})
+    r = cli(root, *FLAGS, "--checks", "python flaky.py")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "the checks failed (exit 1); running them again" in r.stdout

@@ -13,7 +13,7 @@ Guarantees:
   HEAD under `.autoresearch/`, as its own process tree, in the sandbox, with the scrubbed
   environment and AUTORESEARCH_BUDGET_S. It must exit 0 and print the metric; otherwise
   the error quotes the end of its output and names the metrics it did print. A `--checks`
-  command must pass there too.
+  command must pass there too (a failure is run again, as the loop does: checks_retries).
 - Only the new files are committed (`git commit -- <them>`); anything else staged or
   modified stays as it was.
 - With stdin a terminal, a missing answer is asked for, and a failed one asked again;
@@ -295,6 +295,13 @@ def _validate(ws: Workspace, head: str, a: Answers, toml: str, program: str,
             wt = ws.worktree("validate", at=head)
             say(f"autoresearch: running the checks `{a.checks}` once ...")
             res = run_checks(cfg, ws, wt, log_path=logs / "checks.log", marker=f"{marker}checks")
+            for retry in range(1, cfg.experiment.checks_retries + 1):  # as the loop does: a flaky test is re-run
+                if res.status != "failed":
+                    break
+                say(f"autoresearch: the checks failed (exit {res.exit_code}); running them again "
+                    f"(experiment.checks_retries) ...")
+                res = run_checks(cfg, ws, ws.worktree("validate", at=head), log_path=logs / f"checks.retry{retry}.log",
+                                 marker=f"{marker}checks{retry}")
             if not res.ok:
                 raise _RunFailed(f"the checks `{a.checks}` do not pass at HEAD ({res.status}, exit {res.exit_code}): "
                                  "a guard that fails before any change would reject every change. Its last lines:\n"
