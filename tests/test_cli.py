@@ -169,3 +169,37 @@ def test_budget_flag_past_the_configured_timeout_moves_the_timeout(tmp_path):
     assert rows[0].budget_s == 30 and rows[0].timeout_s == 2 * 30 + 60
     r = cli("run", "--tag", "b", "--budget", "-1", "--max-experiments", "1", cwd=root)
     assert r.returncode == 1 and "experiment.budget_s" in r.stderr
+
+
+def test_diff_takes_tag(tmp_path, capsys):
+    """`diff N --tag T` (refused as an unknown argument before): the patch of experiment N of run T;
+    an id of another run is refused naming the run it is in, an unknown tag names the known ones."""
+    from conftest import ScriptedAgent, set_x
+
+    from autoresearch.cli import main
+    from autoresearch.config import load
+    from autoresearch.loop import Limits, Loop
+
+    root = make_project(tmp_path / "p")
+    for tag, x in (("a", 2.0), ("mut", 1.5)):
+        Loop(load(root), tag, ScriptedAgent([set_x(x)]), limits=Limits(max_experiments=1)).run()
+    a, mut = rows_of(root, "a")[1], rows_of(root, "mut")[1]
+    capsys.readouterr()
+    assert main(["diff", str(mut.id), "--tag", "mut", "-C", str(root)]) == 0
+    out = capsys.readouterr()
+    assert "+X = 1.5" in out.out and "-X = 3.0" in out.out and f"#{mut.id}" in out.err
+    assert main(["diff", str(a.id), "--tag", "mut", "-C", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert f"no experiment #{a.id} in tag `mut`" in err and "is in tag `a`" in err
+    assert main(["diff", str(a.id), "--tag", "a", "-C", str(root)]) == 0
+    assert "+X = 2.0" in capsys.readouterr().out
+    assert main(["diff", str(a.id), "--tag", "nope", "-C", str(root)]) == 1
+    assert "no run tagged `nope`" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["results"], ["diff", "3"], ["status"], ["report"], ["watch"], ["finalize"],
+                                  ["confirm"], ["pause"], ["resume"]])
+def test_every_reading_verb_takes_a_tag(argv):
+    from autoresearch.cli import _parser
+
+    assert _parser().parse_args(argv + ["--tag", "mut"]).tag == "mut"

@@ -80,8 +80,10 @@ open(os.environ["AUTORESEARCH_DESCRIPTION_FILE"], "w").write(json.dumps(edits[k]
 """
 
 
-def make_project(root: Path, toml: str = TOML, run: str = RUN) -> Path:
+def make_project(root: Path, toml: str = TOML, run: str = RUN, files: dict[str, str] | None = None) -> Path:
     root.mkdir(parents=True)
+    for rel, text in (files or {}).items():
+        (root / rel).write_text(text)
     (root / "run.py").write_text(run)
     (root / "check.py").write_text(CHECK)
     (root / "autoresearch.toml").write_text(toml)
@@ -249,3 +251,68 @@ def _cfg_with_bounds(line: str, tmp: Path):
         '[experiment]\nrun = "python run.py"\neditable = ["run.py"]\n'
         f'[metric]\nname = "score"\nrecord = ["x"]\nbounds = {{ {line} }}\n')
     return load(root)
+
+
+# ---------------------------------------------------------------- flaky checks: experiment.checks_retries
+
+# Fails the first time it sees the candidate (SCORE = 2.0), passes from then on: its memory is a file
+# outside the worktree (so unsandboxed: a sandboxed check could not write there).
+FLAKY = """import os, sys
+state = os.environ["FLAKY_STATE"]
+if "SCORE = 2.0" in open("run.py").read() and not os.path.exists(state):
+    open(state, "w").write("failed once")
+    print("test_timing FAILED: took 212 ms > 200 ms")
+    sys.exit(1)
+print("all good")
+"""
+
+
+def flaky_project(root: Path, state: Path, retries: str) -> Path:
+    toml = TOML.replace('checks = "python check.py"', f'checks = "python flaky.py"\n{retries}\nsandbox = "none"\n'
+                        f'env = {{ FLAKY_STATE = "{state}" }}').replace('protected = ["check.py"]',
+                                                                         'protected = ["check.py", "flaky.py"]')
+    return make_project(root, toml, files={"flaky.py": FLAKY})
+
+
+def test_a_check_that_fails_once_is_retried_and_both_outcomes_are_recorded(tmp_path: Path):
+    """Default `experiment.checks_retries = 1`: the flaky failure is re-run, the pass keeps the change,
+    and the evidence holds both attempts (the failure's log included); the reason says it was flaky."""
+    state = tmp_path / "flaky-state"
+    root = flaky_project(tmp_path / "p", state, "")
+    base, good = run_loop(root, tmp_path, [{"SCORE": 2.0}])
+    assert good.status == "keep" and tip(root) == good.commit, (good.status, good.reason)
+    checks = good.evidence["guards"]["checks"]
+    assert [(a["status"], a["exit_code"]) for a in checks["attempts"]] == [("failed", 1), ("passed", 0)]
+    assert checks["status"] == "passed" and checks["flaky"] is True
+    assert "took 212 ms" in Path(checks["attempts"][0]["log"]).read_text()
+    assert "all good" in Path(checks["attempts"][1]["log"]).read_text()
+    assert "checks failed (exit 1" in good.reason and "passed on retry 1: flaky" in good.reason
+    assert [a["status"] for a in base.evidence["guards"]["checks"]["attempts"]] == ["passed"]  # no retry needed
+
+
+def test_without_retries_a_flaky_check_rejects_the_change(tmp_path: Path):
+    """The control: `checks_retries = 0` is the old behaviour, one run, `checks_failed`."""
+    state = tmp_path / "flaky-state"
+    root = flaky_project(tmp_path / "p", state, "checks_retries = 0")
+    base, good = run_loop(root, tmp_path, [{"SCORE": 2.0}])
+    assert good.status == "checks_failed" and tip(root) == base.commit
+    assert [a["status"] for a in good.evidence["guards"]["checks"]["attempts"]] == ["failed"]
+    assert "took 212 ms" in good.reason
+
+
+def test_a_check_failing_every_attempt_says_so(tmp_path: Path):
+    root = make_project(tmp_path / "p", toml=TOML.replace("checks_timeout_s = 2", "checks_timeout_s = 2\n"
+                                                          "checks_retries = 2"))
+    base, broken = run_loop(root, tmp_path, [{"SCORE": 2.0, "BROKEN": True}])
+    assert broken.status == "checks_failed"
+    assert [a["exit_code"] for a in broken.evidence["guards"]["checks"]["attempts"]] == [3, 3, 3]
+    assert "it failed all 3 attempts (experiment.checks_retries)" in broken.reason
+
+
+@pytest.mark.parametrize("value,message", [("-1", "`experiment.checks_retries` must be between 0 and 10"),
+                                           ("11", "`experiment.checks_retries` must be between 0 and 10"),
+                                           ("1.5", "`experiment.checks_retries` must be a whole number")])
+def test_checks_retries_is_validated(tmp_path, value, message):
+    root = make_project(tmp_path / "p", toml=TOML.replace("checks_timeout_s = 2", f"checks_retries = {value}"))
+    with pytest.raises(ConfigError, match=message):
+        load(root)

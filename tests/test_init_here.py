@@ -235,3 +235,68 @@ def _converse(root: Path, argv: list[str], answers: list[tuple[str, str]], timeo
         os.close(master)
         if proc.poll() is None:
             proc.kill()
+
+
+MISTUNE = {**{f"src/mistune/{m}.py": "X = 1\n" for m in ("__init__", "core", "block_parser", "inline_parser",
+                                                         "markdown", "util")},
+           "src/mistune/plugins/table.py": "Y = 2\n", "bench.py": 'print("time_ms: 12.5")\n'}
+BENCH = ["--run", "python bench.py", "--metric", "time_ms", "--direction", "min", "--budget", "5"]
+
+
+def test_shows_the_files_each_pattern_matches(tmp_path: Path):
+    root = make_repo(tmp_path / "r", {k: v for k, v in MISTUNE.items() if "plugins" not in k})
+    r = cli(root, *BENCH, "--editable", "src/mistune/*.py", "--protected", "bench.py")
+    assert r.returncode == 0, r.stderr
+    assert ("autoresearch: editable  'src/mistune/*.py' matches 6 files: src/mistune/__init__.py, "
+            "src/mistune/block_parser.py, src/mistune/core.py, src/mistune/inline_parser.py (+2 more)") in r.stdout
+    assert "autoresearch: protected 'bench.py' matches bench.py\n" in r.stdout
+    assert "autoresearch: protected autoresearch.toml (always)" in r.stdout
+    assert r.stdout.index("matches 6 files") < r.stdout.index("running `python bench.py`")  # before the check run
+
+
+def test_a_pattern_with_a_typo_is_refused_naming_the_one_meant(tmp_path: Path):
+    root = make_repo(tmp_path / "r", MISTUNE)
+    r = cli(root, *BENCH, "--editable", "src/mistun/*.py")
+    assert r.returncode == 1 and not (root / "autoresearch.toml").exists()
+    assert ("--editable: 'src/mistun/*.py' matches no file committed at HEAD: did you mean 'src/mistune/*.py'?"
+            in r.stderr), r.stderr
+    r = cli(root, *BENCH, "--editable", "src/mistune/*.py", "--protected", "bench.pyy")
+    assert r.returncode == 1 and "--protected: 'bench.pyy' matches no file committed at HEAD: did you mean " \
+                                 "'bench.py'?" in r.stderr, r.stderr
+
+
+def test_a_pattern_not_from_the_project_folder_is_refused_naming_the_anchored_one(tmp_path: Path):
+    """The report: `--editable "mistune/*.py"` (no such path at the project folder) was accepted."""
+    root = make_repo(tmp_path / "r", MISTUNE)
+    r = cli(root, *BENCH, "--editable", "mistune/*.py")
+    assert r.returncode == 1 and not (root / "autoresearch.toml").exists()
+    assert ("'mistune/*.py' matches no file committed at HEAD: did you mean 'src/mistune/*.py'? (patterns start "
+            "at the project folder)") in r.stderr, r.stderr
+
+
+def test_run_shows_the_files_each_pattern_matches_and_refuses_one_that_matches_nothing(tmp_path: Path):
+    from conftest import cli as autoresearch, make_project
+
+    root = make_project(tmp_path / "p")
+    r = autoresearch("run", "--agent", "mutate", "--max-experiments", "1", "--no-live", "--tag", "t", cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert "autoresearch: editable  'train.py' matches train.py\n" in r.stdout
+    assert "autoresearch: protected 'prepare.py' matches prepare.py\n" in r.stdout
+    toml = root / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace('editable = ["train.py"]', 'editable = ["trian.py"]'))
+    r = autoresearch("run", "--agent", "mutate", "--max-experiments", "1", "--no-live", "--tag", "u", cwd=root)
+    assert r.returncode == 1
+    assert ("`experiment.editable` pattern 'trian.py' matches no file in" in r.stderr
+            and "did you mean 'train.py'?; fix the pattern in autoresearch.toml" in r.stderr), r.stderr
+
+
+def test_flaky_checks_are_run_again_as_the_loop_does(tmp_path: Path):
+    """The check run retries a failing check once (experiment.checks_retries' default), like the loop.
+    The check's memory is a git-ignored file in the worktree: the reset between attempts keeps it."""
+    root = make_repo(tmp_path / "r", {"train.py": TRAIN, "prepare.py": "DATA = [1, 2, 3]\n",
+                                      ".gitignore": "failed-once\n",
+                                      "flaky.py": "import os, sys\nseen = os.path.exists('failed-once')\n"
+                                                  "open('failed-once', 'w').close()\nsys.exit(0 if seen else 1)\n"})
+    r = cli(root, *FLAGS, "--checks", "python flaky.py")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "the checks failed (exit 1); running them again" in r.stdout

@@ -167,7 +167,118 @@ def test_same_history_same_proposal(root, tmp_path):
     assert (root / "train.py").read_text() == (other / "train.py").read_text()
 
 
-def test_no_constants_is_a_failed_proposal_not_an_exception(tmp_path):
+def test_no_constants_is_a_stop_reason_not_an_exception(tmp_path):
+    """Nothing to change is said as a stop reason (issue 13: was an `error`, recorded as a crash)."""
     root = make_project(tmp_path / "p", files={"train.py": "print('score: 1')\n"})
     p = MutateAgent(load(root)).propose(ctx_for(root), root)
-    assert p.error and "no numeric constants" in p.error
+    assert not p.error and "no module-level `NAME = number`" in p.stop
+
+
+LOCALS = '''\
+"""A module whose docstring shows an example:
+x = 1
+"""
+LR = 0.01
+
+
+def step(v):
+    x = 1
+    use_length = 4
+    return v * x * use_length
+'''
+
+ONLY_LOCALS = '''\
+def render(text):
+    use_length = 1
+    return text * use_length
+'''
+
+
+def test_only_module_level_constants_are_touched(tmp_path):
+    """The README's promise: module-level `NAME = number`, never a function's local variable nor a
+    docstring line. Before, a file with no module-level constant had its locals perturbed
+    (`use_length = 1 -> 4`: a null change that a noisy run kept), and the docstring's `x = 1` matched."""
+    root = make_project(tmp_path / "p", files={"train.py": LOCALS, "helpers.py": ONLY_LOCALS})
+    toml = (root / "autoresearch.toml").read_text()
+    (root / "autoresearch.toml").write_text(toml.replace('editable = ["train.py"]',
+                                                         'editable = ["train.py", "helpers.py"]'))
+    assert [(c.path, c.name, c.line) for c in constants(root).values()] == [("train.py", "LR", 3)]
+    agent = MutateAgent(load(root))
+    history = [row("keep", "baseline", kind="baseline", i=1)]
+    for i in range(30):
+        p = agent.propose(ctx_for(root, history), root)
+        assert not p.error and not p.stop, (p.error, p.stop)
+        assert p.description.removeprefix("restart: ").startswith("LR 0.01 -> "), p.description
+        text = (root / "train.py").read_text()
+        assert text.replace(text.splitlines()[3], "LR = 0.01") == LOCALS  # only that line changed
+        assert (root / "helpers.py").read_text() == ONLY_LOCALS
+        history.append(row("discard", p.description, i=i + 2))
+        (root / "train.py").write_text(LOCALS)
+
+
+def test_no_module_level_constant_is_a_stop_not_a_crash(tmp_path):
+    root = make_project(tmp_path / "p", files={"train.py": ONLY_LOCALS})
+    p = MutateAgent(load(root)).propose(ctx_for(root, [row("keep", "baseline", kind="baseline", i=1)]), root)
+    assert not p.error and "no module-level `NAME = number`" in p.stop and "train.py" in p.stop
+    assert (root / "train.py").read_text() == ONLY_LOCALS
+
+
+def test_exhausted_nearby_changes_restart_boldly_then_stop(tmp_path):
+    """When every nearby change was tried the next proposal is a bold restart; when those are used up
+    too, the agent says so as a stop reason (never an error, which the loop records as a crash)."""
+    root = make_project(tmp_path / "p", files={"train.py": "N = 1\nprint('score: 1.0')\n"})
+    agent = MutateAgent(load(root))
+    history = [row("keep", "baseline", kind="baseline", i=1), row("discard", "N 1 -> 2", i=2),
+               row("discard", "N 1 -> 3", i=3)]
+    p = agent.propose(ctx_for(root, history), root)
+    assert p.description.startswith("restart: N 1 -> ") and "every nearby change" in p.rationale
+    (root / "train.py").write_text("N = 1\nprint('score: 1.0')\n")
+    tried = history + [row("discard", f"{pre}N 1 -> {k}", i=10 + k) for pre in ("", "restart: ")
+                       for k in range(2, 5000)]
+    p = agent.propose(ctx_for(root, tried), root)
+    assert not p.error and not p.description and "run out of new changes" in p.stop
+
+
+def test_loop_stops_when_mutate_runs_out_of_ideas(tmp_path):
+    """End to end: mutate on a file with one small integer runs out; the run stops with that reason
+    and records no crash, no row without a description. Control: the same stop as an `error` (what
+    mutate returned before) makes `crash` rows with "(no description)"."""
+    from autoresearch.agents.base import Proposal
+    from autoresearch.loop import Limits, Loop
+
+    from conftest import rows_of
+
+    train = "N = 1\nprint('score: 1.0')\n"
+    root = make_project(tmp_path / "p", files={"train.py": train})
+    out = Loop(load(root), "m", MutateAgent(load(root)), limits=Limits(max_experiments=200)).run()
+    rows = rows_of(root, "m")
+    assert "run out of new changes" in out.stop_reason, out.stop_reason
+    assert 1 < len(rows) < 200 and all(e.status in ("keep", "discard") for e in rows), \
+        [(e.status, e.description) for e in rows]
+    assert all(e.description and e.description != "(no description)" for e in rows)
+
+    class AsError(MutateAgent):  # the control: running out reported the old way
+        def propose(self, ctx, workdir):
+            p = super().propose(ctx, workdir)
+            return Proposal("", error=p.stop) if p.stop else p
+
+    root2 = make_project(tmp_path / "q", files={"train.py": train})
+    out2 = Loop(load(root2), "m", AsError(load(root2)), limits=Limits(max_experiments=len(rows) + 2)).run()
+    assert ("crash", "(no description)") in [(e.status, e.description) for e in rows_of(root2, "m")]
+    assert "run out" not in out2.stop_reason
+
+
+def test_scheduler_drains_and_stops_when_mutate_runs_out_of_ideas(tmp_path):
+    """With two workers the stop is a drain: what is in flight finishes and is recorded, nothing crashes."""
+    from conftest import assert_consistent, rows_of
+
+    from autoresearch.loop import Limits, Loop
+
+    root = make_project(tmp_path / "p", files={"train.py": "N = 1\nprint('score: 1.0')\n"},
+                        extra_toml="[engine]\nworkers = 2\n")
+    out = Loop(load(root), "m", MutateAgent(load(root)), limits=Limits(max_experiments=200)).run()
+    rows = rows_of(root, "m")
+    assert "run out of new changes" in out.stop_reason, out.stop_reason
+    assert 1 < len(rows) < 200 and all(e.status in ("keep", "discard") for e in rows), \
+        [(e.status, e.reason) for e in rows]
+    assert_consistent(root, "m")

@@ -100,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = cmd("diff", _diff, "the change an experiment made")
     sp.add_argument("id", type=int)
+    sp.add_argument("--tag", help="the run the experiment belongs to (default: any)")
 
     sp = cmd("report", _report, "write progress.png and report.md (or one self-contained report.html)")
     sp.add_argument("--tag")
@@ -216,6 +217,10 @@ def _run(args) -> int:
     reporter = make_reporter(cfg.metric.name, cfg.experiment.budget_s, tag, live=False if args.no_live else None)
     print(f"autoresearch: tag {tag}, agent {agent.name} ({choice.reason}), policy {_policy_name(cfg)}, "
           f"budget {cfg.experiment.budget_s:g}s (config: {cfg.source})", flush=True)
+    from .config import describe_patterns, tracked_or_present
+
+    for line in describe_patterns(cfg.experiment.editable, cfg.experiment.protected, tracked_or_present(root)):
+        print(f"autoresearch: {line}", flush=True)  # what the agent may change, and what never changes
     t0 = time.monotonic()
     try:
         outcome = Loop(cfg, tag, agent, limits=limits, reporter=reporter).run()

@@ -153,9 +153,13 @@ def _row_json(e: Experiment) -> dict[str, Any]:
 def _diff(args) -> int:
     root = _root(args)
     ledger = _ledger(root)
+    tag = _tag(ledger, args.tag) if getattr(args, "tag", None) else None  # an unknown tag names the known ones
     exp = ledger.get(args.id)
-    if exp is None:
-        raise AutoresearchError(f"no experiment #{args.id}: see `autoresearch results` for the ids")
+    if exp is None or (tag is not None and exp.tag != tag):
+        where = f" in tag `{tag}`" if tag else ""
+        elsewhere = f" (#{exp.id} is in tag `{exp.tag}`: use --tag {exp.tag})" if exp is not None else ""
+        raise AutoresearchError(f"no experiment #{args.id}{where}{elsewhere}: see "
+                                f"`autoresearch results{f' --tag {tag}' if tag else ''}` for the ids")
     print(f"# #{exp.id} {exp.status}: {exp.description}", file=sys.stderr)
     sys.stdout.write(exp.patch if exp.patch.endswith("\n") or not exp.patch else exp.patch + "\n")
     return 0

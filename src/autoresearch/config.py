@@ -47,6 +47,7 @@ class ExperimentConfig:
     seed: int = 42
     checks: str = ""
     checks_timeout_s: float = 600.0
+    checks_retries: int = 1  # a failing check is run again this many times before `checks_failed` (flaky tests)
     env: dict[str, str] = field(default_factory=dict)
     env_allow: list[str] = field(default_factory=list)
     sandbox: str = "auto"  # auto | bwrap | none
@@ -379,6 +380,7 @@ def _check(cfg: Config) -> None:
 
     _check_guards(cfg)  # metric.bounds, experiment.checks_timeout_s
     files = tracked_or_present(cfg.root)
+    _refuse_unmatched(cfg, files)
     for key in ("editable", "protected"):
         for g in getattr(e, key):
             if not any(matches(f, [g]) for f in files):
@@ -392,6 +394,16 @@ def _check(cfg: Config) -> None:
         )
     if not cfg.program_path.exists():
         raise ConfigError(f"program.md is missing in {cfg.root}: write the research direction there in plain English")
+
+
+def _refuse_unmatched(cfg: Config, files: list[str]) -> None:
+    """A pattern that matches no file is a mistake (a typo, a path not from the project folder): refused,
+    naming the pattern and, when one exists, the pattern that was probably meant."""
+    for key in ("editable", "protected"):
+        for g in getattr(cfg.experiment, key):
+            if not matching_files(g, files):
+                raise ConfigError(f"`experiment.{key}` pattern {g!r} matches no file in {cfg.root}"
+                                  f"{unmatched_hint(g, files)}; fix the pattern in {CONFIG_NAME}, or create the file")
 
 
 def _check_tracking(t: "TrackingConfig") -> None:
@@ -419,3 +431,55 @@ def tracked_or_present(root: Path) -> list[str]:
         for name in filenames:
             out.append(Path(dirpath, name).relative_to(root).as_posix())
     return out
+
+
+# -- what the editable/protected patterns match: shown by `init --here` and `run` -------------------
+def matching_files(pattern: str, files: list[str]) -> list[str]:
+    """The files (project paths, posix) that one editable/protected pattern matches; the one matcher."""
+    return [f for f in files if matches(f, [pattern])]
+
+
+def suggest_pattern(pattern: str, files: list[str]) -> str:
+    """For a pattern that matches none of `files`: a close one that does, or ''.
+
+    Tried in order: the pattern below a folder (`mistune/*.py` -> `src/mistune/*.py`: patterns start
+    at the project folder), then its folder or file name with a typo fixed (`src/mistun/*.py`)."""
+    pattern = pattern.strip().lstrip("/")
+    folders = sorted({f.rsplit("/", i)[0] for f in files for i in range(1, f.count("/") + 1)},
+                     key=lambda d: (d.count("/"), d))
+    for d in folders[:200]:
+        if matching_files(f"{d}/{pattern}", files):
+            return f"{d}/{pattern}"
+    head, _, tail = pattern.rpartition("/")
+    if head:
+        for close in difflib.get_close_matches(head, folders, n=3):
+            if matching_files(f"{close}/{tail}", files):
+                return f"{close}/{tail}"
+    close = difflib.get_close_matches(pattern, files, n=1)
+    return close[0] if close else ""
+
+
+def unmatched_hint(pattern: str, files: list[str]) -> str:
+    """`: did you mean '...'?` (saying why when it is the pattern below a folder) for a pattern that
+    matches none of `files`; '' when nothing close matches."""
+    hint = suggest_pattern(pattern, files)
+    if not hint:
+        return ""
+    below = hint.endswith("/" + pattern.strip().lstrip("/"))
+    return f": did you mean {hint!r}?" + (" (patterns start at the project folder)" if below else "")
+
+
+def describe_patterns(editable: list[str], protected: list[str], files: list[str], shown: int = 4) -> list[str]:
+    """One line per pattern: the files it matches (the first `shown`, then a count)."""
+    lines = []
+    for key, patterns in (("editable", editable), ("protected", protected)):
+        for g in patterns:
+            hits = matching_files(g, files)
+            if not hits:
+                lines.append(f"{key:9} {g!r} matches no file")
+                continue
+            more = f" (+{len(hits) - shown} more)" if len(hits) > shown else ""
+            what = f"{len(hits)} files: " if len(hits) > 1 else ""
+            lines.append(f"{key:9} {g!r} matches {what}{', '.join(hits[:shown])}{more}")
+    lines.append(f"{'protected':9} {CONFIG_NAME} (always)")
+    return lines

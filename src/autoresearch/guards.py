@@ -15,9 +15,15 @@ policy discards never pays for them (the checks may take minutes: a test suite).
 2. The checks command (`experiment.checks`, e.g. the test suite) runs after the experiment,
    in the run worktree reset to the candidate's commit, as its own process tree (procs.py)
    with the experiment's scrubbed environment plus AUTORESEARCH_CHECKS=1 and inside the
-   same sandbox (sandbox.py: bubblewrap when usable), killed at `experiment.checks_timeout_s`. A non-zero exit or a timeout makes it `checks_failed`:
-   its metric stays on record, the reason quotes the last lines of the output, `log_tail`
-   holds the tail and the whole output is in `<experiment log>.checks.log`.
+   same sandbox (sandbox.py: bubblewrap when usable), killed at `experiment.checks_timeout_s`.
+   A failing check (a non-zero exit; not a timeout, whose retry would cost as much again)
+   is run again, from a clean worktree, up to `experiment.checks_retries` times (default 1:
+   a flaky test suite does not reject a good change); it passes if any attempt passes, and
+   every attempt is recorded (status, exit code, time, log), so a flaky pass is visible as
+   such in the evidence and the reason. A timeout, or a failure on every attempt, is
+   `checks_failed`: its metric stays on record, the reason
+   quotes the last lines of the output, `log_tail` holds the tail and the whole output is
+   in `<experiment log>.checks.log` (retries: `.checks.retry<N>.log`).
 
 Every outcome is written into `exp.evidence["guards"]`. The baseline goes through the same
 guards (its checks must pass, absolute bounds apply; relative ones have no incumbent),
@@ -50,6 +56,7 @@ _RELATIVE = re.compile(rf"^\s*([+-])\s*{_NUM}\s*(%?)\s*$")
 _ABSOLUTE = re.compile(rf"^\s*(<=|<|>=|>)\s*(-?\s*{_NUM})\s*$")
 FORMS = '"+10%", "-5%", "+64", "-0.5", "<= 900", "< 900", ">= 0.9" or "> 0.9"'
 REASON_LINES = 3
+MAX_CHECKS_RETRIES = 10
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,9 @@ def check_config(cfg: Config) -> None:
     if e.checks_timeout_s <= 0:
         raise ConfigError(f"`experiment.checks_timeout_s` must be positive (got {e.checks_timeout_s:g}): "
                           "e.g. checks_timeout_s = 600")
+    if not 0 <= e.checks_retries <= MAX_CHECKS_RETRIES:
+        raise ConfigError(f"`experiment.checks_retries` must be between 0 and {MAX_CHECKS_RETRIES} (got "
+                          f"{e.checks_retries}): the times a failing check is run again, e.g. checks_retries = 1")
 
 
 def bounds(cfg: Config) -> list[Bound]:
@@ -168,11 +178,12 @@ def run_checks(cfg: Config, ws: Workspace, wt: Path, *, log_path: Path, marker: 
 
 def enforce(cfg: Config, ws: Workspace, exp: Experiment, incumbent: Optional[Experiment], *,
             should_stop: Callable[[], bool] = lambda: False, worktree: str = "run0",
-            sandbox: Optional[Sandbox] = None) -> None:
+            sandbox: Optional[Sandbox] = None, on_checks: Callable[[int], None] = lambda attempt: None) -> None:
     """Take a would-be `keep` through the guards; on a failure, set its status and reason.
 
     `incumbent` is what the candidate improves on (ignored for the baseline); `worktree`
     names the run worktree to check in (engines running several at once pass their own).
+    `on_checks(attempt)` is called as each run of the checks starts (0: the first; display only).
     """
     if exp.status != "keep":
         return
@@ -188,14 +199,28 @@ def enforce(cfg: Config, ws: Workspace, exp: Experiment, incumbent: Optional[Exp
             return
     if not cfg.experiment.checks.strip():
         return
-    wt = ws.worktree(worktree, at=exp.commit)  # clean, at the candidate: the experiment's outputs are gone
     log = Path(exp.log_path) if exp.log_path else cfg.root / ".autoresearch" / "logs" / exp.tag / f"{exp.id:05d}.log"
-    res = run_checks(cfg, ws, wt, log_path=log.with_name(log.stem + ".checks.log"),
-                     marker=f"{marker_prefix(cfg.root, exp.tag)}{exp.id}:checks", should_stop=should_stop,
-                     sandbox=sandbox)
+    attempts: list[dict[str, Any]] = []
+    for attempt in range(cfg.experiment.checks_retries + 1):
+        wt = ws.worktree(worktree, at=exp.commit)  # clean, at the candidate: outputs (and a failed try's) are gone
+        name = ".checks.log" if attempt == 0 else f".checks.retry{attempt}.log"
+        on_checks(attempt)
+        res = run_checks(cfg, ws, wt, log_path=log.with_name(log.stem + name),
+                         marker=f"{marker_prefix(cfg.root, exp.tag)}{exp.id}:checks{attempt or ''}",
+                         should_stop=should_stop, sandbox=sandbox)
+        attempts.append({"status": res.status, "exit_code": res.exit_code, "wall_s": round(res.wall_s, 3),
+                         "log": res.log_path})
+        if res.status != "failed":  # passed, interrupted, or a timeout (not retried: it would cost as much again)
+            break
     record["checks"] = {"command": cfg.experiment.checks, "status": res.status, "exit_code": res.exit_code,
-                        "wall_s": round(res.wall_s, 3), "log": res.log_path}
+                        "wall_s": round(res.wall_s, 3), "log": res.log_path, "attempts": attempts}
     if res.ok:
+        if len(attempts) > 1:  # a pass after a failure: kept, and said where people look
+            first = attempts[0]
+            record["checks"]["flaky"] = True
+            note = (f"checks failed (exit {first['exit_code']}, see {first['log']}), then passed on retry "
+                    f"{len(attempts) - 1}: flaky (experiment.checks_retries)")
+            exp.reason = f"{exp.reason}; {note}" if exp.reason else note
         return
     if res.status == "interrupted":
         exp.status, exp.reason = "interrupted", "stopped by the user while the checks ran"
@@ -204,8 +229,9 @@ def enforce(cfg: Config, ws: Workspace, exp: Experiment, incumbent: Optional[Exp
     what = (f"timed out after {cfg.experiment.checks_timeout_s:g}s (experiment.checks_timeout_s)"
             if res.status == "timeout" else f"exited {res.exit_code}")
     exp.status = "checks_failed"
+    tries = f"; it failed all {len(attempts)} attempts (experiment.checks_retries)" if len(attempts) > 1 else ""
     exp.reason = (f"checks `{cfg.experiment.checks}` {what}" + (f": {' | '.join(last)}"[:600] if last else "")
-                  + f" (full output: {res.log_path})")
+                  + f" (full output: {res.log_path}{tries})")
     if exp.kind == "baseline":
         exp.reason += "; they fail at the starting point: fix the project or `experiment.checks` first"
     exp.log_tail = res.tail

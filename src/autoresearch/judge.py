@@ -108,6 +108,7 @@ def judge(
     should_stop: Callable[[], bool] = lambda: False,
     on_start: Callable[[int], None] = lambda pid: None,
     on_tick: Callable[[float], None] = lambda elapsed: None,
+    on_evaluate: Callable[[], None] = lambda: None,
     wrap: Optional[list[str]] = None,
     parent: Optional[str] = None,
     sandbox: Optional[Sandbox] = None,
@@ -116,6 +117,7 @@ def judge(
 
     `parent`: the candidate's parent commit; its patch is reviewed (integrity.review) before anything runs.
     `sandbox`: the session's Sandbox (default: one for this call); `wrap` overrides its argv prefix.
+    `on_evaluate()` is called when the run is over and `metric.command`'s evaluation starts (display only).
     """
     before = ws.digests(wt, cfg.experiment.protected)
     tampered = _differences(protected_digests, before)
@@ -167,6 +169,7 @@ def judge(
             eval_env = {k: v for k, v in env.items() if k != "AUTORESEARCH_EXTERNAL_EVAL"}
             eval_env["AUTORESEARCH_EVAL_SECRET"] = secret
             eval_wrap = box.wrap(worktree=top, cwd=wt, rd=rd, env=eval_env, evaluation=True, readable=hidden + data)
+            on_evaluate()
             _evaluate(cfg, m, wt, eval_env, eval_wrap, log_path, marker, should_stop)
         elif m.status == "ok":
             m.metric = parse_metric(text, cfg.metric.name, cfg.metric.pattern)

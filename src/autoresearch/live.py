@@ -1,8 +1,14 @@
 """What a person watching `autoresearch run` sees: a live view, or plain lines.
 
 A reporter is a callable `reporter(kind, **data)` that the loop calls with events:
-`note`, `proposing`, `started`, `tick`, `rerun`, `finished`. Reporters only display;
-they never change what the loop does, and a reporter failing never stops the loop.
+`note`, `proposing`, `started`, `tick` (elapsed, log), `evaluating` (the run is over and
+`metric.command` evaluates it), `rerun`, `checks` (attempt: the guard command starts),
+`finished`. Reporters only display; they never
+change what the loop does, and a reporter failing never stops the loop.
+
+While a run trains, the live view shows its step, loss and tokens/s from the last progress
+line of its log (`step N | loss X | Y tok/s`, see progress.py), read at most every
+`PROGRESS_EVERY_S`; while the evaluation runs it says `evaluating` and for how long.
 """
 
 from __future__ import annotations
@@ -13,6 +19,9 @@ from collections import deque
 from typing import Any, Optional
 
 from .ledger import Experiment
+from .progress import Progress, last_progress
+
+PROGRESS_EVERY_S = 0.5
 
 
 def _fmt(v: Optional[float]) -> str:
@@ -53,12 +62,12 @@ class PlainReporter:
 class LiveReporter:
     """A rich live view: the experiment running, its budget, the best so far, the last results."""
 
-    def __init__(self, metric: str, budget_s: float, tag: str):
+    def __init__(self, metric: str, budget_s: float, tag: str, console: Any = None):
         from rich.console import Console
         from rich.live import Live
 
         self.metric, self.budget, self.tag = metric, budget_s, tag
-        self.console = Console()
+        self.console = console or Console()
         self.recent: deque[Experiment] = deque(maxlen=8)
         self.current: Optional[Experiment] = None
         self.phase = "starting"
@@ -66,7 +75,12 @@ class LiveReporter:
         self.best: Optional[Experiment] = None
         self.counts: dict[str, int] = {}
         self.t0 = time.monotonic()
-        self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
+        self.progress: Optional[Progress] = None
+        self.progress_read = 0.0
+        self.evaluating_since: Optional[float] = None
+        self.last_frame: Any = ""
+        # get_renderable: each refresh renders anew, so the clocks move while nothing reports (an evaluation)
+        self.live = Live(get_renderable=self._render, console=self.console, refresh_per_second=4, transient=False)
         self.live.start()
 
     def __call__(self, kind: str, **data: Any) -> None:
@@ -77,21 +91,42 @@ class LiveReporter:
                 self.phase, self.current = ("repairing a crash" if data.get("repair") else "agent is proposing"), None
             elif kind == "started":
                 self.current, self.phase, self.elapsed = data["exp"], "running", 0.0
+                self.progress, self.evaluating_since = None, None
             elif kind == "tick":
                 self.elapsed = data["elapsed"]
+                now = time.monotonic()
+                if data.get("log") and now - self.progress_read >= PROGRESS_EVERY_S:
+                    self.progress_read = now
+                    self.progress = last_progress(data["log"]) or self.progress
+            elif kind == "evaluating":
+                self.evaluating_since = time.monotonic()
+                self.progress = last_progress(data.get("log")) or self.progress  # the run's final line
             elif kind == "rerun":
                 self.phase, self.elapsed = f"confirming on seed {data['seed']}", 0.0
+                self.progress, self.evaluating_since = None, None
+            elif kind == "checks":
+                retry = f" (retry {data['attempt']}: the last run failed)" if data.get("attempt") else ""
+                self.phase, self.evaluating_since = f"running the checks (experiment.checks){retry}", None
             elif kind == "finished":
                 e = data["exp"]
                 self.recent.append(e)
                 self.best = data.get("incumbent")
                 self.counts[e.status] = self.counts.get(e.status, 0) + 1
                 self.current, self.phase = None, "between experiments"
-            self.live.update(self._render())
+                self.progress, self.evaluating_since = None, None
+            self.live.refresh()
         except Exception:
             pass
 
     def _render(self):
+        """The view now; called by rich's refresh thread too, so a race with an event never breaks it."""
+        try:
+            self.last_frame = self.frame()
+        except Exception:  # the loop's thread changed something mid-render: show the previous frame
+            pass
+        return self.last_frame
+
+    def frame(self):
         from rich.console import Group
         from rich.progress_bar import ProgressBar
         from rich.table import Table
@@ -103,24 +138,33 @@ class LiveReporter:
             (f"best {self.metric} {_fmt(best_value(self.best))}  ", "green"),
             ("  ".join(f"{k} {v}" for k, v in sorted(self.counts.items())) + f"   {mins:.1f} min", "dim"),
         )
-        if self.current is not None:
+        if self.current is not None and self.evaluating_since is not None:
+            waited = time.monotonic() - self.evaluating_since
+            now = Group(Text(f"#{self.current.id} evaluating: {self.current.description[:80]}"),
+                        Text(f"the run is over ({self.elapsed:.0f}s); metric.command has been evaluating it "
+                             f"for {waited:.0f}s", style="yellow"),
+                        Text(self.progress.text() if self.progress else "", style="dim"))
+        elif self.current is not None and self.phase.startswith("running the checks"):
+            now = Text(f"#{self.current.id} {self.phase}: {self.current.description[:80]}", style="yellow")
+        elif self.current is not None:
             cur = Text(f"#{self.current.id} {self.phase}: {self.current.description[:80]}")
             bar = ProgressBar(total=max(self.budget, 1e-9), completed=min(self.elapsed, self.budget), width=40)
-            now = Group(cur, bar, Text(f"{self.elapsed:.0f}s / {self.budget:g}s budget", style="dim"))
+            clock = f"{self.elapsed:.0f}s / {self.budget:g}s budget"
+            now = Group(cur, bar, Text(f"{clock}   {self.progress.text()}" if self.progress else clock, style="dim"))
         else:
             now = Text(self.phase, style="yellow")
         table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
         for col in ("#", "status", self.metric, "description"):
             table.add_column(col)
         colors = {"keep": "green", "discard": "white", "crash": "red", "timeout": "red", "violation": "magenta"}
-        for e in self.recent:
+        for e in list(self.recent):
             table.add_row(str(e.id), Text(e.status, style=colors.get(e.status, "yellow")), _fmt(e.metric),
                           e.description[:70])
         return Group(head, now, table)
 
     def close(self) -> None:
         try:
-            self.live.update(self._render())
+            self.live.refresh()
             self.live.stop()
         except Exception:
             pass

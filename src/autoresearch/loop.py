@@ -16,8 +16,9 @@ Every rule lives here or in the modules this calls, never in a prompt. A trial i
 (parent, commit, seed, budget) and is self-contained, so engines can run many at once:
 with several workers (or proposals made while one runs) run() hands over to scheduler.py.
 Stop: max experiments, max hours, a target value, too many failures in a row, the
-agent's cost caps, or SIGINT/SIGTERM — which finish the running record as
-`interrupted`, leave git clean and return normally.
+agent's cost caps, the agent saying it has nothing left to try (`Proposal.stop`), or
+SIGINT/SIGTERM — which finish the running record as `interrupted`, leave git clean and
+return normally.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class Loop:
         self.report: Reporter = reporter or (lambda kind, **data: None)
         self.tsv = cfg.root / "results.tsv"
         self.stop_requested: Optional[str] = None
+        self.agent_done = ""  # the agent said it has nothing left to propose (Proposal.stop): a stop reason
         self.started = time.monotonic()
         self.count = 0  # experiments begun by this session (the baseline excluded)
         self.digests: dict[str, str] = {}
@@ -139,6 +141,8 @@ class Loop:
         lim = self.limits
         if self.stop_requested:
             return self.stop_requested
+        if self.agent_done:
+            return self.agent_done
         if lim.max_experiments and self.count >= lim.max_experiments:
             return f"reached --max-experiments {lim.max_experiments}"
         if lim.max_hours and time.monotonic() - self.started >= lim.max_hours * 3600:
@@ -195,6 +199,13 @@ class Loop:
         if tampered:
             return self.finish_unrun(exp, "violation", f"the agent touched the harness's state: {'; '.join(tampered)}",
                                      proposal)
+        if proposal.stop and not proposal.error:  # out of ideas: a stop reason, not a failed experiment
+            self.ws.reset(wt, parent)
+            self.agent_done = f"the agent {exp.agent} stopped: {proposal.stop}"
+            self.report("note", message=self.agent_done)
+            if proposal.meta.get("llm_calls") or proposal.cost_usd or proposal.tokens_in:
+                return self.finish_unrun(exp, "interrupted", self.agent_done, proposal)  # its spending is data
+            return None
         if proposal.error:
             return self.finish_unrun(exp, "crash", f"agent failed: {proposal.error}", proposal)
         change = self.folder.changes()  # walked with lstat, compared with what the folder held
@@ -271,7 +282,8 @@ class Loop:
                 exp.status, exp.reason, exp.evidence = ("keep" if verdict.keep else "discard"), verdict.reason, \
                     verdict.evidence
                 guards.enforce(self.cfg, self.ws, exp, self.ledger.incumbent(self.tag), sandbox=self.sandbox(),
-                               should_stop=lambda: self.stop_requested is not None)  # only would-be keeps pay
+                               should_stop=lambda: self.stop_requested is not None,  # only would-be keeps pay
+                               on_checks=lambda n: self.report("checks", exp=exp, attempt=n))
             else:
                 exp.status = m.status
         except _Interrupted:
@@ -300,7 +312,8 @@ class Loop:
                   f"{exp.id}:{seed}", protected_digests=self.digests, restore_from=self.start_commit,
                   env_extra={"AUTORESEARCH_TAG": self.tag, "AUTORESEARCH_EXPERIMENT": str(exp.id)},
                   should_stop=lambda: self.stop_requested is not None,
-                  on_tick=lambda t: self.report("tick", exp=exp, elapsed=t), sandbox=self.sandbox(),
+                  on_tick=lambda t: self.report("tick", exp=exp, elapsed=t, log=str(log)), sandbox=self.sandbox(),
+                  on_evaluate=lambda: self.report("evaluating", exp=exp, log=str(log)),
                   parent=exp.parent if primary and exp.kind != "baseline" else None)
         if tampered := state.check():  # without bwrap a run could reach the ledger or the branch
             m.status, m.reason, m.metric = "violation", f"the run touched the harness's state: {'; '.join(tampered)}", None

@@ -3,15 +3,17 @@
 Guarantees:
 - Never overwrites: an existing autoresearch.toml is refused; program.md is written only
   when missing. Nothing is written until every answer has passed its check.
-- Each answer is checked: globs must match files committed at HEAD (the loop runs
-  experiments in worktrees of commits, so an uncommitted file would not be there), the
+- Each answer is checked: each pattern must match files committed at HEAD (the loop runs
+  experiments in worktrees of commits, so an uncommitted file would not be there; a
+  pattern matching nothing is refused naming it and, when there is one, the pattern
+  probably meant), and the files each pattern matches are shown; the
   editable and protected sets must not overlap, the direction is min or max, the budget
   is positive, and the resulting autoresearch.toml passes the real config loader.
 - The run command is run once the way the loop will run it (judge.py): in a worktree of
   HEAD under `.autoresearch/`, as its own process tree, in the sandbox, with the scrubbed
   environment and AUTORESEARCH_BUDGET_S. It must exit 0 and print the metric; otherwise
   the error quotes the end of its output and names the metrics it did print. A `--checks`
-  command must pass there too.
+  command must pass there too (a failure is run again, as the loop does: checks_retries).
 - Only the new files are committed (`git commit -- <them>`); anything else staged or
   modified stays as it was.
 - With stdin a terminal, a missing answer is asked for, and a failed one asked again;
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from .config import CONFIG_NAME, load
+from .config import CONFIG_NAME, describe_patterns, load, matching_files, unmatched_hint
 from .errors import AutoresearchError, ConfigError
 from .globs import matches
 from .workspace import Git, Workspace, find_root
@@ -76,6 +78,8 @@ def init_here(root: Path, answers: Answers, ask: Optional[Ask] = None, say: Call
     ws = Workspace(root, TAG)
     committed = _committed_files(git, ws.prefix)
     a = _complete(answers, committed, ask)
+    for line in describe_patterns(a.editable, a.protected, committed):
+        say(f"autoresearch: {line}")
     head = git("rev-parse", "HEAD")
     dirty = ws.dirty_tracked()
     if dirty:
@@ -122,8 +126,9 @@ def _complete(a: Answers, committed: list[str], ask: Optional[Ask]) -> Answers:
                                     "e.g. autoresearch init --here --run 'python train.py' --editable train.py "
                                     "--metric val_loss --direction min")
         _check_or_raise(_nonempty, a.run, "--run")
-        _check_or_raise(lambda v: _globs(v, committed), a.editable, "--editable")
-        _check_or_raise(lambda v: _globs(v, committed, a.editable), a.protected, "--protected")
+        _check_or_raise(lambda v: _unmatched(v, committed) or _globs(v, committed), a.editable, "--editable")
+        _check_or_raise(lambda v: _unmatched(v, committed) or _globs(v, committed, a.editable), a.protected,
+                        "--protected")
         _check_or_raise(_metric_name, a.metric, "--metric")
         _check_or_raise(_direction, a.direction, "--direction")
         a.budget = 300.0 if a.budget is None else a.budget
@@ -132,14 +137,17 @@ def _complete(a: Answers, committed: list[str], ask: Optional[Ask]) -> Answers:
     say_files = ", ".join(committed[:12]) + (" ..." if len(committed) > 12 else "")
     if not a.run or _nonempty(a.run):
         a.run = _ask_until(ask, "Command that runs one experiment (it must print the metric)", a.run or "", _nonempty)
-    if not a.editable or _globs(a.editable, committed):
+    if not a.editable or _unmatched(a.editable, committed) or _globs(a.editable, committed):
         a.editable = _split(_ask_until(ask, f"Files the agent may change, as globs (committed: {say_files})",
-                                       " ".join(a.editable), lambda v: _globs(_split(v), committed)))
+                                       " ".join(a.editable),
+                                       lambda v: _unmatched(_split(v), committed) or _globs(_split(v), committed)))
     if a.protected and _globs(a.protected, committed, a.editable):
         a.protected = []
     if not a.protected:
         a.protected = _split(_ask_until(ask, "Files that must never change: the evaluation, the data (globs; "
-                                             "Enter for none)", "", lambda v: _globs(_split(v), committed, a.editable)))
+                                             "Enter for none)", "",
+                                        lambda v: _unmatched(_split(v), committed)
+                                        or _globs(_split(v), committed, a.editable)))
     if not a.metric or _metric_name(a.metric):
         a.metric = _ask_until(ask, "Name of the metric the run prints as `name: value`", a.metric or "", _metric_name)
     if not a.direction or _direction(a.direction):
@@ -204,6 +212,15 @@ def _globs(globs: list[str], committed: list[str], other: Optional[list[str]] = 
                     f"(git add {shlex.quote(g)} && git commit) or fix the glob")
     both = [f for f in committed if other and matches(f, globs) and matches(f, other)]
     return f"{both[0]} would be both editable and protected: leave it out of one of them" if both else ""
+
+
+def _unmatched(patterns: list[str], committed: list[str]) -> str:
+    """The problem with the first pattern that matches no committed file, with the fix; '' if none."""
+    for g in patterns:
+        if not matching_files(g, committed):
+            return (f"{g!r} matches no file committed at HEAD{unmatched_hint(g, committed)}; fix the pattern, "
+                    "or if the file is new, commit it first (the loop runs commits): git add <file> && git commit")
+    return ""
 
 
 def _committed_files(git: Git, prefix: str) -> list[str]:
@@ -278,6 +295,13 @@ def _validate(ws: Workspace, head: str, a: Answers, toml: str, program: str,
             wt = ws.worktree("validate", at=head)
             say(f"autoresearch: running the checks `{a.checks}` once ...")
             res = run_checks(cfg, ws, wt, log_path=logs / "checks.log", marker=f"{marker}checks")
+            for retry in range(1, cfg.experiment.checks_retries + 1):  # as the loop does: a flaky test is re-run
+                if res.status != "failed":
+                    break
+                say(f"autoresearch: the checks failed (exit {res.exit_code}); running them again "
+                    f"(experiment.checks_retries) ...")
+                res = run_checks(cfg, ws, ws.worktree("validate", at=head), log_path=logs / f"checks.retry{retry}.log",
+                                 marker=f"{marker}checks{retry}")
             if not res.ok:
                 raise _RunFailed(f"the checks `{a.checks}` do not pass at HEAD ({res.status}, exit {res.exit_code}): "
                                  "a guard that fails before any change would reject every change. Its last lines:\n"

@@ -1,7 +1,10 @@
 """`autoresearch watch`: follow a running loop from another terminal, read-only, from the ledger.
 
 What it shows: the tag, the best result, counts per status and the elapsed time; the
-experiment running now and how far into its budget it is; whether the loop is paused (or a
+experiment running now, how far into its budget it is and what it does: its step, loss and
+tokens/s from the last progress line of its log (progress.py), or that `metric.command` is
+evaluating it or the checks are running (seen from which of its logs was written last);
+whether the loop is paused (or a
 pause was asked for and waits for the experiment in flight); the last experiments; the last
 notes (steering edits, pauses, tracking errors, recoveries).
 
@@ -30,6 +33,7 @@ from typing import Any, Optional
 from .control import paused_since
 from .errors import AutoresearchError
 from .ledger import Experiment, Ledger
+from .progress import last_progress
 
 RECENT = 8
 NOTES = 4
@@ -47,6 +51,7 @@ class Snapshot:
     alive: bool
     paused_since: Optional[float]
     now: float = field(default_factory=time.time)
+    activity: str = ""  # what the experiment running now does: its progress, or evaluating (see activity())
 
     @property
     def running(self) -> list[Experiment]:
@@ -87,13 +92,37 @@ def snapshot(root: Path, tag: Optional[str] = None) -> Snapshot:
         sessions = ledger.sessions(tag)
         session = sessions[-1] if sessions else None
         cfg = (session or {}).get("config") or {}
+        rows = ledger.experiments(tag)
+        running = [e for e in rows if e.status == "running"]
         return Snapshot(tag=tag, metric=cfg.get("metric", {}).get("name", "metric"),
                         lower=cfg.get("metric", {}).get("direction", "min") == "min",
                         budget_s=float(cfg.get("experiment", {}).get("budget_s") or 0),
-                        rows=ledger.experiments(tag), events=ledger.events(tag), session=session,
-                        alive=session_alive(session), paused_since=paused_since(root, tag))
+                        rows=rows, events=ledger.events(tag), session=session,
+                        alive=session_alive(session), paused_since=paused_since(root, tag),
+                        activity=activity(Path(root), tag, running[-1].id) if running else "")
     finally:
         ledger.close()
+
+
+def activity(root: Path, tag: str, exp_id: int, now: Optional[float] = None) -> str:
+    """What experiment `exp_id` is doing, from the log written last among its logs (the run's, a rerun's,
+    the evaluation's `.eval.log`, the checks' `.checks*.log`): '' when nothing is known yet."""
+    folder = root / ".autoresearch" / "logs" / tag
+    try:
+        logs = sorted(((p.stat().st_mtime, p) for p in folder.glob(f"{exp_id:05d}*.log")), key=lambda t: t[0])
+    except OSError:
+        return ""
+    if not logs:
+        return ""
+    last = logs[-1][1]
+    before = [t for t, p in logs if p != last]
+    since = f" for {_ago((now or time.time()) - before[-1])}" if before else ""
+    if last.name.endswith(".eval.log"):
+        return f"evaluating (metric.command){since}"
+    if ".checks" in last.name:
+        return "running the checks (experiment.checks)"
+    p = last_progress(last)
+    return p.text() if p else ""
 
 
 def session_alive(session: Optional[dict[str, Any]]) -> bool:
@@ -131,7 +160,9 @@ def state_line(s: Snapshot) -> str:
         return "pause requested: the loop waits once the experiment in flight is recorded"
     if s.running:
         e = s.running[-1]
-        return f"running #{e.id} for {_ago(s.now - e.started_at)} (budget {s.budget_s:g}s): {e.description[:80]}"
+        doing = f" | {s.activity}" if s.activity else ""
+        return (f"running #{e.id} for {_ago(s.now - e.started_at)} (budget {s.budget_s:g}s): {e.description[:80]}"
+                + doing)
     return "between experiments (the agent is proposing)" if s.alive else "not running"
 
 

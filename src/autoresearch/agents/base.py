@@ -16,6 +16,7 @@ class Proposal:
     description: str
     rationale: str = ""
     error: str = ""  # non-empty: the agent failed to propose (recorded, the loop goes on)
+    stop: str = ""  # non-empty: the agent has nothing left to propose; the loop stops with this reason (no row)
     tokens_in: int = 0
     tokens_out: int = 0
     cost_usd: float = 0.0

@@ -1,23 +1,30 @@
 """`mutate`: a non-LLM researcher that perturbs numeric constants. Needs nothing.
 
 It is the honest baseline and the offline default. Each proposal changes one
-hyper-parameter-like constant (a module-level `NAME = number` line, or a `key = number`
-line in a config file) of the editable files, multiplicatively in log space:
+hyper-parameter-like constant of the editable files, multiplicatively in log space:
+in a Python file, a module-level `NAME = number` (or `NAME: type = number`) statement,
+found by parsing the file, so a variable inside a function or class, or a `x = 1` in a
+docstring, is never touched; in any other file (a config), a `key = number` or
+`key: number` line.
 
 - greedy around the best: the worktree it edits is always at the incumbent;
 - adaptive step (the 1/5 success rule): the step grows when recent proposals were kept
   and shrinks when they were not;
 - random restart: after `RESTART_AFTER` proposals in a row without a keep, one bold
-  proposal changes several constants at once with a large step.
+  proposal changes several constants at once with a large step; also when every nearby
+  change was already tried.
 
 It is stateless between proposals: its state (step, streak) is recomputed from the
 history in the context, so it behaves the same after a resume. Names containing "seed"
 are never touched (a seed change is noise, not research). It never repeats a change
-already in the history.
+already in the history. When it has nothing left to propose (no constants, or every
+nearby change and every bold restart it draws was tried) it says so as a stop reason
+(`Proposal.stop`): the loop stops there; it is not recorded as a failed experiment.
 """
 
 from __future__ import annotations
 
+import ast
 import math
 import random
 import re
@@ -59,42 +66,66 @@ class MutateAgent:
     def propose(self, ctx: Context, workdir: Path) -> Proposal:
         constants = find_constants(workdir, ctx.files)
         if not constants:
-            return Proposal("", error="no numeric constants (NAME = number lines) found in the editable files: "
-                                      "the mutate agent has nothing to change")
+            return Proposal("", stop="mutate found no constant to change: no module-level `NAME = number` line "
+                                     f"in the editable files ({', '.join(sorted(ctx.files)) or 'none'}); add such "
+                                     "constants, or use an LLM agent (--agent)")
         n = len(ctx.history)
         rng = random.Random(f"{self.cfg.agent.seed}:{ctx.tag}:{n}")
         streak = _misses_since_keep(ctx)
         step = adaptive_step(ctx)
         restart = streak >= RESTART_AFTER and streak % RESTART_AFTER == 0
         tried = ctx.tried_descriptions()
-        for _ in range(50):
-            if restart:
-                picks = rng.sample(constants, k=min(len(constants), rng.randint(2, 3)))
-                changes = [(c, perturb(c, rng, 1.0)) for c in picks]
-            else:
-                c = rng.choice(constants)
-                changes = [(c, perturb(c, rng, step))]
-            changes = [(c, new) for c, new in changes if new != c.text]
-            if not changes:
-                continue
-            desc = ("restart: " if restart else "") + ", ".join(f"{c.name} {c.text} -> {new}" for c, new in changes)
-            if " ".join(desc.lower().split()) in tried:
-                continue
-            apply(workdir, changes)
-            why = (f"random restart after {streak} proposals without a keep" if restart
-                   else f"step {step:.2f} in log space (adaptive: {streak} misses since the last keep)")
-            return Proposal(desc, rationale=why, tokens_in=0, tokens_out=0, cost_usd=0.0)
-        return Proposal("", error="every nearby change of the constants was already tried")
+        bold = restart
+        changes = _draw(constants, rng, tried, bold=bold, step=step)
+        why = (f"random restart after {streak} proposals without a keep" if restart
+               else f"step {step:.2f} in log space (adaptive: {streak} misses since the last keep)")
+        if changes is None and not restart:  # every nearby change was tried: a bold restart instead
+            bold = True
+            changes = _draw(constants, rng, tried, bold=bold, step=step)
+            why = f"random restart: every nearby change (step {step:.2f}) was already tried"
+        if changes is None:
+            return Proposal("", stop=f"mutate has run out of new changes: every nearby change of the "
+                                     f"{len(constants)} constant(s) and every bold restart it drew was already tried")
+        apply(workdir, changes)
+        return Proposal(describe(changes, bold), rationale=why, tokens_in=0, tokens_out=0, cost_usd=0.0)
+
+
+def describe(changes: list[tuple["Constant", str]], bold: bool) -> str:
+    return ("restart: " if bold else "") + ", ".join(f"{c.name} {c.text} -> {new}" for c, new in changes)
+
+
+def _draw(constants: list["Constant"], rng: random.Random, tried: set[str], *, bold: bool, step: float,
+          tries: int = 50) -> "list[tuple[Constant, str]] | None":
+    """A change not in `tried`: one constant at `step`, or (bold) two or three at a large step; None if
+    `tries` draws all came up with changes already tried."""
+    for _ in range(tries):
+        if bold:
+            picks = rng.sample(constants, k=min(len(constants), rng.randint(2, 3)))
+            changes = [(c, perturb(c, rng, 1.0)) for c in picks]
+        else:
+            c = rng.choice(constants)
+            changes = [(c, perturb(c, rng, step))]
+        changes = [(c, new) for c, new in changes if new != c.text]
+        if changes and " ".join(describe(changes, bold).lower().split()) not in tried:
+            return changes
+    return None
 
 
 def find_constants(workdir: Path, files: dict[str, str]) -> list[Constant]:
+    """The constants mutate may change: module-level numeric assignments of Python files, `key = number`
+    lines of other files; never a name like a seed, never a zero."""
     found: list[Constant] = []
     for path, text in files.items():
         lines = text.splitlines()
-        top = [i for i, ln in enumerate(lines) if ASSIGN.match(ln) and not ASSIGN.match(ln).group("indent")]
-        candidates = top or [i for i, ln in enumerate(lines) if ASSIGN.match(ln)]
+        if path.endswith(".py"):
+            candidates = module_level_lines(text)
+        else:
+            top = [i for i, ln in enumerate(lines) if ASSIGN.match(ln) and not ASSIGN.match(ln).group("indent")]
+            candidates = top or [i for i, ln in enumerate(lines) if ASSIGN.match(ln)]  # nested config keys
         for i in candidates:
             m = ASSIGN.match(lines[i])
+            if m is None:
+                continue
             name, value = m.group("name"), m.group("value")
             if SKIP_NAMES.search(name):
                 continue
@@ -103,6 +134,32 @@ def find_constants(workdir: Path, files: dict[str, str]) -> list[Constant]:
                 continue  # no scale to perturb multiplicatively
             found.append(Constant(path, i, name, value, is_int))
     return found
+
+
+def module_level_lines(source: str) -> list[int]:
+    """0-based line numbers of a Python module's top-level `NAME = number` statements (one line each).
+
+    A file that does not parse (the agent may have broken it; a repair follows) falls back to its
+    unindented `NAME = number` lines."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return [i for i, ln in enumerate(source.splitlines()) if (m := ASSIGN.match(ln)) and not m.group("indent")]
+    out = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, value = node.target, node.value
+        else:
+            continue
+        if isinstance(value, ast.UnaryOp) and isinstance(value.op, (ast.USub, ast.UAdd)):
+            value = value.operand
+        numeric = (isinstance(value, ast.Constant) and isinstance(value.value, (int, float))
+                   and not isinstance(value.value, bool))
+        if isinstance(target, ast.Name) and numeric and node.lineno == node.end_lineno:
+            out.append(node.lineno - 1)
+    return out
 
 
 def perturb(c: Constant, rng: random.Random, step: float) -> str:

@@ -44,6 +44,7 @@ def forward(x):
 
 start = time.time()
 steps = 0
+last_print = start
 while True:
     progress = (time.time() - start) / BUDGET_S
     if progress >= 1:
@@ -63,6 +64,10 @@ while True:
         v += g + WEIGHT_DECAY * p_
         p_ -= lr * v
     steps += 1
+    if time.time() - last_print >= 0.5:  # a progress line: the live view shows step and loss (README)
+        last_print = time.time()
+        batch_loss = -np.log(p[np.arange(len(y)), y] + 1e-12).mean()
+        print(f"step {steps} | loss {batch_loss:.4f} | {100 * progress:.0f}% of budget", flush=True)
 
 save_model([(w1, b1), (w2, b2)], activation="tanh")
 print(f"num_steps: {steps}")
