@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import ScriptedAgent, assert_consistent, git, rows_of
+from conftest import ScriptedAgent, assert_consistent, git, rows_of, set_constant
 
 from autoresearch.config import load
 from autoresearch.loop import Limits, Loop
@@ -434,3 +434,81 @@ def test_a_command_agent_rewriting_git_and_the_ledger_is_caught(quickstart):
     assert "was moved" in rows[1].reason and "ledger was edited" in rows[1].reason
     assert rows[0].metric > 0.01
     assert_consistent(quickstart, "cmd")
+
+
+# --- agent inputs are data ---
+NASTY_DESCRIPTIONS = [
+    "X down\x00 with a NUL",
+    "\x1b[31mred\x1b[0m and \x1b[2J cleared screen",
+    "see \x1b]8;;https://evil.example/\x1b\\this link\x1b]8;;\x1b\\ and \x1b]0;title\x07",
+    "carriage\rreturn overwrites\r\nthe line\tand a tab",
+    "bidi \u202eevil\u202c and DEL\x7f and C1\x9b31m and a lone \ud800 surrogate",
+    "long " + "y" * 100_000,
+]
+CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]|\xc2[\x80-\x9f]|\xe2\x80[\xae\xab\xaa\xac\xad]|\xed[\xa0-\xbf]")
+
+
+def _described(text: str, x: float) -> Callable:
+    def step(ctx, wt: Path):
+        from autoresearch.agents.base import Proposal
+
+        set_constant(wt / "train.py", "X", x)
+        return Proposal(text, rationale="why:\x1b[1m bold\x00\nsecond line", error="")
+    return step
+
+
+def test_descriptions_with_control_characters_are_recorded_cleanly(project):
+    """NUL, ANSI and OSC escapes, \\r, bidi overrides, a surrogate, 100 kB: each change is run and judged;
+    the ledger, results.tsv, the commit messages and the console get plain capped text."""
+    from autoresearch.clean import DESCRIPTION_CHARS
+
+    xs = [2.5, 2.0, 1.8, 1.6, 1.4, 1.2]
+    steps = [_described(d, x) for d, x in zip(NASTY_DESCRIPTIONS, xs)]
+    steps.append(lambda ctx, wt: __import__("autoresearch.agents.base", fromlist=["P"]).Proposal(
+        "", error="backend said \x1b[31mno\x00\r\nreally"))
+    lines: list[str] = []
+    Loop(load(project), "d", ScriptedAgent(steps), limits=Limits(max_experiments=len(steps)),
+         reporter=lambda kind, **data: lines.append(str(data.get("exp") and data["exp"].description))).run()
+    rows = rows_of(project, "d")
+    assert [e.status for e in rows] == ["keep"] * 7 + ["crash"], [(e.status, e.reason) for e in rows]
+    for e in rows[1:]:
+        assert not CONTROL_BYTES.search(e.description.encode("utf-8", "surrogatepass")), repr(e.description)
+        assert not CONTROL_BYTES.search(e.rationale.replace("\n", " ").encode("utf-8", "surrogatepass"))
+        assert len(e.description) <= DESCRIPTION_CHARS and "\n" not in e.description
+    assert rows[1].description == "X down with a NUL"
+    assert rows[2].description == "red and cleared screen"
+    assert rows[3].description == "see this link and"
+    assert rows[4].description == "carriage return overwrites the line and a tab"
+    assert rows[5].description == "bidi evil and DEL and C1 and a lone surrogate"
+    assert rows[6].description.startswith("long yyy") and rows[6].description.endswith("…")
+    assert rows[1].rationale == "why: bold\nsecond line"
+    assert rows[7].reason == "agent failed: backend said no really", rows[7].reason
+    tsv = (project / "results.tsv").read_bytes()
+    assert not CONTROL_BYTES.search(tsv) and len(tsv.splitlines()) == 1 + len(rows)
+    for e in rows[1:7]:
+        message = git(project, "log", "-1", "--format=%B", e.commit)
+        assert message.splitlines()[0] == e.description
+    assert not any(CONTROL_BYTES.search(line.encode("utf-8", "surrogatepass")) for line in lines)
+    assert_consistent(project, "d")
+
+
+def test_control_the_raw_description_crashes_the_commit_and_is_then_a_recorded_failure(project, monkeypatch):
+    """Without the cleaning, git refuses the NUL: the old path raised GitError out of the loop;
+    with only the cleaning switched off, the failure is the experiment's `crash`, and the loop goes on."""
+    from autoresearch import clean
+    from autoresearch.workspace import GitError, Workspace
+
+    ws = Workspace(project, "raw")
+    ws.prepare()
+    wt = ws.worktree("propose", at=ws.tip())
+    set_constant(wt / "train.py", "X", 2.0)
+    with pytest.raises(GitError):
+        ws.commit(wt, ["train.py"], NASTY_DESCRIPTIONS[0], ws.tip())  # what loop.propose did with the raw text
+    ws.reset(wt, ws.tip())
+
+    monkeypatch.setattr(clean, "one_line", lambda text, limit=500: " ".join(str(text).split())[:limit])  # the old
+    steps = [_described(NASTY_DESCRIPTIONS[0], 2.0), _described("plain", 1.5)]
+    Loop(load(project), "raw", ScriptedAgent(steps), limits=Limits(max_experiments=2)).run()
+    rows = rows_of(project, "raw")
+    assert [e.status for e in rows] == ["keep", "crash", "keep"], [(e.status, e.reason) for e in rows]
+    assert "git could not commit the change" in rows[1].reason and "\x00" in rows[1].description

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from . import engines, guards
+from . import clean, engines, guards
 from . import policy as policies
 from . import tracking
 from .agents.base import Agent, Proposal
@@ -43,7 +43,7 @@ from .ledger import FAILED, Experiment, Ledger, write_tsv
 from .sandbox import Sandbox
 from .session import TagLock, marker_prefix, reconcile
 from .stateguard import StateGuard
-from .workspace import STEERING_FILES, Git, NothingChanged, Workspace
+from .workspace import STEERING_FILES, Git, GitError, NothingChanged, Workspace
 
 
 @dataclass
@@ -196,7 +196,8 @@ class Loop:
             return self.finish_unrun(exp, "violation", f"the agent touched the harness's state: {'; '.join(tampered)}",
                                      proposal)
         if proposal.error:
-            return self.finish_unrun(exp, "crash", f"agent failed: {proposal.error}", proposal)
+            return self.finish_unrun(exp, "crash", f"agent failed: {clean.one_line(proposal.error, clean.REASON_CHARS)}",
+                                     proposal)
         self.ws.uncommit(wt, start)  # commits the agent made itself are checked like any change
         changed = [p for p in self.ws.changed_paths(wt) if p not in STEERING_FILES]
         outside = [p for p in changed if not self.cfg.is_editable(p)]
@@ -211,6 +212,10 @@ class Loop:
             exp.commit = self.ws.commit(wt, changed, self.commit_message(exp), parent)
         except NothingChanged:
             return self.finish_unrun(exp, "discard", "the change is empty once committed", proposal)
+        except GitError as e:  # what the agent made (a path, a file) can make git fail: its failure, not ours
+            self.ws.reset(wt, parent)
+            return self.finish_unrun(exp, "crash", f"git could not commit the change: "
+                                                   f"{clean.one_line(e, clean.REASON_CHARS)}", proposal)
         exp.patch = self.ws.diff(parent, exp.commit)
         self.ledger.begin(exp)
         self.log_calls(exp, proposal)
@@ -241,9 +246,10 @@ class Loop:
     def new_experiment(self, parent: str, description: str, kind: str,
                        proposal: Optional[Proposal] = None) -> Experiment:
         p = proposal or Proposal(description)
+        # The agent's words are data: one clean line (no NUL, escapes or bidi overrides), capped, for every view.
         return Experiment(
-            tag=self.tag, parent=parent, commit=None, description=" ".join(description.split())[:500], kind=kind,
-            rationale=p.rationale, agent=getattr(self.agent, "name", "?") if kind != "baseline" else "",
+            tag=self.tag, parent=parent, commit=None, description=clean.one_line(description) or "(no description)",
+            kind=kind, rationale=clean.paragraphs(p.rationale), agent=getattr(self.agent, "name", "?") if kind != "baseline" else "",
             seed=self.cfg.experiment.seed, budget_s=self.cfg.experiment.budget_s, timeout_s=self.cfg.timeout_s,
             tokens_in=p.tokens_in, tokens_out=p.tokens_out, cost_usd=p.cost_usd, agent_latency_s=p.latency_s,
             hardware=hardware(),

@@ -8,7 +8,9 @@ decide, record — and every rule still holds:
 - keep: the branch advances by compare-and-swap to the new commit, which matches the
   checkout, so the change stays; otherwise the changed files are put back as they were
   at the parent, so the checkout is clean for the next try;
-- the first call on a tag measures the baseline first.
+- the first call on a tag measures the baseline first;
+- the `-m` text is cleaned like any agent's description (clean.one_line): one line, no
+  control characters or escape sequences, capped.
 The checkout must be on `autoresearch/<tag>`; from any other branch one is created at
 HEAD and checked out, carrying the uncommitted change along.
 """
@@ -18,12 +20,13 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from .agents.base import Proposal
+from .clean import REASON_CHARS, one_line
 from .config import Config
 from .errors import WorkspaceError
 from .ledger import Experiment
 from .loop import Loop
 from .session import TagLock
-from .workspace import STEERING_FILES, Git, NothingChanged, default_tag
+from .workspace import STEERING_FILES, Git, GitError, NothingChanged, default_tag
 
 
 class _HandAgent:
@@ -88,6 +91,11 @@ def experiment(cfg: Config, description: str, tag: Optional[str] = None, reporte
             exp.commit = _commit_in_checkout(ws, checkout, changed, loop.commit_message(exp), parent)
         except NothingChanged:
             return _verdict(loop, loop.finish_unrun(exp, "discard", "the change is empty once committed"))
+        except GitError as e:  # what the agent made can make git fail: recorded, the checkout put back
+            ws.restore(checkout, changed, parent)
+            Git(checkout)("reset", "-q", "--", *changed, check=False)
+            return _verdict(loop, loop.finish_unrun(exp, "crash", f"git could not commit the change: "
+                                                                  f"{one_line(e, REASON_CHARS)}"))
         exp.patch = ws.diff(parent, exp.commit)
         loop.ledger.begin(exp)
         ws.pin(exp.id, exp.commit)
