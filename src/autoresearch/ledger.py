@@ -72,6 +72,7 @@ class Experiment:
     tokens_out: int = 0
     cost_usd: float = 0.0
     agent_latency_s: Optional[float] = None
+    unverified: str = ""  # why its result is not vouched for (made without the sandbox); empty when verified
     id: Optional[int] = None
 
     @property
@@ -120,6 +121,12 @@ MIGRATIONS: list[str] = [
         id INTEGER PRIMARY KEY AUTOINCREMENT, tag TEXT, experiment_id INTEGER,
         kind TEXT, message TEXT, created_at REAL
     );
+    """,
+    # 2: reserved for the `seals` table (the hash chain over finished rows, issue 12 part 4).
+    "",
+    # 3: rows made while a protection was off (no sandbox) say so and why.
+    """
+    ALTER TABLE experiments ADD COLUMN unverified TEXT;
     """,
 ]
 
@@ -384,7 +391,8 @@ def _from_row(row: sqlite3.Row) -> Experiment:
     for k in ("tokens_in", "tokens_out"):
         d[k] = d[k] or 0
     d["cost_usd"] = d["cost_usd"] or 0.0
-    for k in ("patch", "rationale", "agent", "reason", "log_path", "log_tail", "host", "hardware", "worker"):
+    for k in ("patch", "rationale", "agent", "reason", "log_path", "log_tail", "host", "hardware", "worker",
+              "unverified"):
         d[k] = d[k] or ""
     return Experiment(**d)
 

@@ -252,7 +252,7 @@ class Loop:
             kind=kind, rationale=clean.paragraphs(p.rationale), agent=getattr(self.agent, "name", "?") if kind != "baseline" else "",
             seed=self.cfg.experiment.seed, budget_s=self.cfg.experiment.budget_s, timeout_s=self.cfg.timeout_s,
             tokens_in=p.tokens_in, tokens_out=p.tokens_out, cost_usd=p.cost_usd, agent_latency_s=p.latency_s,
-            hardware=hardware(),
+            hardware=hardware(), unverified=self.unverified(),
         )
 
     def finish_unrun(self, exp: Experiment, status: str, reason: str,
@@ -323,6 +323,14 @@ class Loop:
             self.ledger.event(self.tag, "sandbox", self.box.notice)
             self.report("note", message=self.box.notice)
         return self.box
+
+    def protections_off(self) -> list[str]:
+        """What is not in force this session, in plain words (empty when every sandbox is)."""
+        return list(self.sandbox().off)
+
+    def unverified(self) -> str:
+        """Why a row made now is not vouched for ("" when it is): it is recorded in the row."""
+        return self.sandbox().unverified
 
     def decide(self, exp: Experiment) -> policies.Verdict:
         """Ask the policy; take the extra measurements it wants until it decides."""

@@ -348,7 +348,7 @@ class Scheduler(Decisions):
                 continue
             row = dataclasses.replace(e, id=None, status="running", reason="", started_at=0.0, ended_at=None,
                                       pid=None, worker="", tokens_in=0, tokens_out=0, cost_usd=0.0,
-                                      evidence={"resumed_from": e.id, **({"rebase_of": e.evidence["rebase_of"]}
+                                      unverified=self.loop.unverified(), evidence={"resumed_from": e.id, **({"rebase_of": e.evidence["rebase_of"]}
                                                                          if e.evidence.get("rebase_of") else {})})
             self.ledger.begin(row)
             self.ws.pin(row.id, row.commit)
