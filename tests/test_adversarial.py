@@ -512,3 +512,155 @@ def test_control_the_raw_description_crashes_the_commit_and_is_then_a_recorded_f
     rows = rows_of(project, "raw")
     assert [e.status for e in rows] == ["keep", "crash", "keep"], [(e.status, e.reason) for e in rows]
     assert "git could not commit the change" in rows[1].reason and "\x00" in rows[1].description
+
+
+# --- concurrent ---
+def agent_forges_a_keep(ctx, wt: Path) -> None:
+    """The agent commits an unjudged change, points the branch at it, and inserts a `keep` row for it
+    with a great metric: later experiments would start from it and be judged against it."""
+    (wt / "train.py").write_text((wt / "train.py").read_text().replace("HIDDEN = 12", "HIDDEN = 64"))
+    git(wt, "commit", "-qam", "sneaky")
+    forged = git(wt, "rev-parse", "HEAD")
+    subprocess.run(["git", "update-ref", f"refs/heads/autoresearch/{ctx.tag}", forged], cwd=wt, check=True)
+    db = sqlite3.connect(root_of(wt) / ".autoresearch" / "ledger.db")
+    with db:
+        db.execute("INSERT INTO experiments (tag, parent, \"commit\", description, kind, status, metric) "
+                   "VALUES (?, ?, ?, 'forged', 'candidate', 'keep', 0.0001)", (ctx.tag, ctx.incumbent.commit, forged))
+    db.close()
+
+
+def _records_parent(parents: list, value: float) -> Callable:
+    def step(ctx, wt: Path) -> str:
+        parents.append(git(wt, "rev-parse", "HEAD"))
+        replace("train.py", "LEARNING_RATE = 0.02", f"LEARNING_RATE = {value}")(ctx, wt)
+        return f"learning rate {value}"
+    return step
+
+
+def _concurrent_forgery(root: Path, tag: str) -> tuple[list, str]:
+    cfg = load(root, {"policy": {"name": "threshold", "margin": QUICKSTART_MARGIN}, "agent": {"repair_attempts": 0},
+                      "engine": {"workers": 2}})
+    parents: list = []
+    forged: list = []
+
+    def forge(ctx, wt: Path) -> str:
+        agent_forges_a_keep(ctx, wt)
+        forged.append(git(wt, "rev-parse", "HEAD"))
+        return "hack: forge a keep row and move the branch"
+    steps = [forge, _records_parent(parents, 0.021), _records_parent(parents, 0.019)]
+    Loop(cfg, tag, ScriptedAgent(steps), limits=Limits(max_experiments=3)).run()
+    return parents, forged[0]
+
+
+def test_concurrent_a_forged_keep_row_and_branch_move_are_put_back(quickstart):
+    parents, forged = _concurrent_forgery(quickstart, "cc")
+    rows = rows_of(quickstart, "cc")
+    attack = next(e for e in rows if e.description.startswith("hack: forge"))
+    assert attack.status == "violation", (attack.status, attack.reason)
+    assert "was moved" in attack.reason and "ledger was edited" in attack.reason and "inserted" in attack.reason
+    assert all(e.description != "forged" and e.metric != 0.0001 for e in rows), "the forged row survived"
+    assert forged not in parents and all(e.parent != forged for e in rows), "an experiment built on the forgery"
+    best = [e for e in rows if e.status == "keep"][-1]
+    assert git(quickstart, "rev-parse", "autoresearch/cc") == best.commit != forged
+    assert_consistent(quickstart, "cc")
+    led = __import__("conftest").ledger_of(quickstart)
+    try:
+        assert any(ev["kind"] == "forged" and forged in ev["message"] for ev in led.events("cc"))  # kept as evidence
+    finally:
+        led.close()
+
+
+def test_control_concurrent_without_the_own_record_the_forgery_survives(quickstart, monkeypatch):
+    """Today's concurrent guard (new rows and the branch unchecked; decisions read whatever rows exist):
+    the forged keep becomes the incumbent and the next proposal starts from the unjudged commit."""
+    from autoresearch.ledger import Ledger
+    from autoresearch.workspace import Workspace
+
+    for cls in (Ledger, Workspace):
+        monkeypatch.setattr(cls, "watch", lambda self, *a: None)
+        monkeypatch.setattr(cls, "put_back", lambda self, *a: [])
+    parents, forged = _concurrent_forgery(quickstart, "cc")
+    rows = rows_of(quickstart, "cc")
+    attack = next(e for e in rows if e.description.startswith("hack: forge"))
+    assert attack.status != "violation", attack.reason
+    assert any(e.description == "forged" and e.status == "keep" for e in rows)
+    assert forged in parents, "no later proposal built on the forged commit"
+    assert git(quickstart, "rev-parse", "autoresearch/cc") == forged
+
+
+def _forge_between_proposals(root: Path, sandbox: str) -> tuple[list, str, list, list]:
+    """A thread the agent leaves behind forges a keep row and moves the branch once every proposal is made,
+    while runs are in flight. Returns (rows, forged commit, parents proposals started from, tamper events)."""
+    import threading
+    import time
+
+    cfg = load(root, {"policy": {"name": "threshold", "margin": QUICKSTART_MARGIN},
+                      "agent": {"repair_attempts": 0}, "engine": {"workers": 2}, "experiment": {"sandbox": sandbox}})
+    db_path = root / ".autoresearch" / "ledger.db"
+    forged: list = []
+
+    def later(tag: str, sha: str, parent: str) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # once all three proposals are rows, while their runs go on
+            db = sqlite3.connect(db_path)
+            n = db.execute("SELECT COUNT(*) FROM experiments WHERE tag = ? AND kind = 'candidate'", (tag,)).fetchone()[0]
+            db.close()
+            if n >= 3:
+                break
+            time.sleep(0.05)
+        subprocess.run(["git", "update-ref", f"refs/heads/autoresearch/{tag}", sha], cwd=root, check=True)
+        db = sqlite3.connect(db_path)
+        with db:
+            db.execute("INSERT INTO experiments (tag, parent, \"commit\", description, kind, status, metric) "
+                       "VALUES (?, ?, ?, 'forged', 'candidate', 'keep', 0.0001)", (tag, parent, sha))
+        db.close()
+        forged.append(sha)
+
+    def plant(ctx, wt: Path) -> str:
+        (wt / "train.py").write_text((wt / "train.py").read_text().replace("HIDDEN = 12", "HIDDEN = 64"))
+        git(wt, "commit", "-qam", "sneaky")
+        sha = git(wt, "rev-parse", "HEAD")
+        git(wt, "reset", "-q", "--hard", "HEAD~1")
+        threading.Thread(target=later, args=(ctx.tag, sha, ctx.incumbent.commit), daemon=True).start()
+        replace("train.py", "LEARNING_RATE = 0.02", "LEARNING_RATE = 0.0201")(ctx, wt)
+        return "learning rate 0.0201"
+    parents: list = []
+    steps = [plant, _records_parent(parents, 0.021), _records_parent(parents, 0.019)]
+    Loop(cfg, "cb", ScriptedAgent(steps), limits=Limits(max_experiments=3)).run()
+    assert forged, "the forgery never ran"
+    led = __import__("conftest").ledger_of(root)
+    try:
+        tamper = [ev for ev in led.events("cb") if ev["kind"] == "tamper"]
+    finally:
+        led.close()
+    return rows_of(root, "cb"), forged[0], parents, tamper
+
+
+@pytest.mark.parametrize("sandbox", ["auto", "none"])
+def test_concurrent_a_forgery_made_between_proposals_is_put_back_before_the_next_record(quickstart, sandbox):
+    """The scheduler's check before recording finds and undoes it. With the sandbox on no run could have
+    done it (an event says what was found); without it, the run recorded then is charged (`violation`)."""
+    if sandbox == "auto" and not BWRAP:
+        pytest.skip("bubblewrap cannot run here")
+    rows, forged, parents, tamper = _forge_between_proposals(quickstart, sandbox)
+    assert all(e.description != "forged" for e in rows), "the forged row survived"
+    assert all(e.parent != forged for e in rows) and forged not in parents
+    best = [e for e in rows if e.status == "keep"][-1]
+    assert git(quickstart, "rev-parse", "autoresearch/cb") == best.commit != forged
+    assert len(tamper) == 1 and "was moved" in tamper[0]["message"] and "inserted" in tamper[0]["message"], tamper
+    charged = [e for e in rows if e.status == "violation"]
+    if sandbox == "none":
+        assert [e.id for e in charged] == [tamper[0]["experiment_id"]], [(e.id, e.status, e.reason) for e in rows]
+        assert "changed while it ran unconfined" in charged[0].reason
+    else:
+        assert not charged, [(e.id, e.status, e.reason) for e in rows]
+    assert_consistent(quickstart, "cb")
+
+
+def test_control_concurrent_without_the_check_before_recording_a_late_forgery_survives(quickstart, monkeypatch):
+    from autoresearch.winners import Decisions
+
+    monkeypatch.setattr(Decisions, "_put_back", lambda self, exp: None)
+    rows, forged, _, tamper = _forge_between_proposals(quickstart, "none")
+    assert any(e.description == "forged" and e.status == "keep" for e in rows) and not tamper
+    assert git(quickstart, "rev-parse", "autoresearch/cb") == forged

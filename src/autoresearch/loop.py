@@ -87,6 +87,8 @@ class Loop:
         self.tracker = tracking.make(cfg, tag, self.ledger)  # MLflow, when [tracking] asks for it
         self.concurrent = False  # set by the scheduler: other threads then move the branch and add rows
         self.in_flight: Callable[[], list[str]] = list  # descriptions of experiments running (the scheduler's)
+        self.guard_lock = threading.RLock()  # one put-back at a time (the proposer's and the scheduler's)
+        self.window: Optional[list[str]] = None  # while an agent proposes: what other checks found, charged to it
 
     # -- the loop ----------------------------------------------------------------------
     def run(self) -> Outcome:
@@ -114,6 +116,7 @@ class Loop:
         notes = reconcile(self.ledger, self.ws, self.cfg.metric.name, self.tsv)
         for n in notes:
             self.report("note", message=n)
+        self.ws.watch()  # from here on the branch and the pins move only by the harness's hand
         self.start_commit = self.ws.tip()
         # The protected files as they are at the starting point are the truth for every run.
         self.digests = self.ws.digests(self.ws.worktree("run0", at=self.start_commit), self.cfg.experiment.protected)
@@ -167,14 +170,16 @@ class Loop:
     # -- propose and check --------------------------------------------------------------
     def propose(self, repair_of: Optional[Experiment] = None) -> Optional[Experiment]:
         """Ask the agent for a change; return a committed, `running` experiment or a finished row."""
-        parent = self.ws.tip()
+        parent = self.ws.expected_tip()  # where the harness set the branch, whoever moved it since
         start = repair_of.commit if repair_of else parent
         wt = self.ws.worktree("propose", at=start)
         ctx = self.context(wt, repair_of)
         self.report("proposing", repair=repair_of is not None)
         t0 = time.monotonic()
-        state = StateGuard(self.cfg, self.ws, self.ledger.path, self.tag,  # branch, pins, ledger: not the agent's
-                           exclusive=False if self.concurrent else None, agent=True)
+        with self.guard_lock:
+            state = StateGuard(self.cfg, self.ws, self.ledger, self.tag,  # branch, pins, ledger: not the agent's
+                               exclusive=False if self.concurrent else None, agent=True)
+            self.window = []
         try:
             proposal = self.agent.propose(ctx, wt)
         except Exception as e:  # an agent backend failing is data, not a harness failure
@@ -184,7 +189,8 @@ class Loop:
         exp = self.new_experiment(parent, proposal.description or "(no description)",
                                   kind="repair" if repair_of else "candidate", proposal=proposal)
         exp.repair_of = repair_of.id if repair_of else None
-        tampered = state.check()  # put back whatever the agent changed there, and record it
+        with self.guard_lock:  # put back whatever the agent changed there, and record it
+            tampered, self.window = state.check() + self.window, None
         if self.stop_requested:
             self.ws.reset(wt, parent)
             if proposal.meta.get("llm_calls") or proposal.cost_usd or proposal.tokens_in:
@@ -304,7 +310,7 @@ class Loop:
         log.unlink(missing_ok=True)
         if primary:
             exp.log_path = str(log)
-        state = StateGuard(self.cfg, self.ws, self.ledger.path, self.tag)
+        state = StateGuard(self.cfg, self.ws, self.ledger, self.tag)
         m = judge(self.cfg, self.ws, wt, seed=seed, log_path=log, marker=f"{marker_prefix(self.cfg.root, self.tag)}"
                   f"{exp.id}:{seed}", protected_digests=self.digests, restore_from=self.start_commit,
                   env_extra={"AUTORESEARCH_TAG": self.tag, "AUTORESEARCH_EXPERIMENT": str(exp.id)},
@@ -323,6 +329,16 @@ class Loop:
             self.ledger.event(self.tag, "sandbox", self.box.notice)
             self.report("note", message=self.box.notice)
         return self.box
+
+    def put_back(self) -> list[str]:
+        """Put back the branch, pins and rows if anything but the harness changed them. What is found while
+        an agent proposes is charged to its proposal (and not returned); the rest is returned."""
+        with self.guard_lock:
+            found = self.ws.put_back() + self.ledger.put_back(self.tag)
+            if found and self.window is not None:
+                self.window.extend(found)
+                return []
+            return found
 
     def protections_off(self) -> list[str]:
         """What is not in force this session, in plain words (empty when every sandbox is)."""
