@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from .clean import one_line
 from .errors import LedgerError
 
 TERMINAL = ("keep", "discard", "crash", "timeout", "violation", "interrupted", "checks_failed")
@@ -551,7 +552,7 @@ def write_tsv(path: str | os.PathLike, rows: list[Experiment], metric_name: str)
         has_metric = e.metric is not None and e.status in ("keep", "discard", "checks_failed")
         value = f"{e.metric:.6f}" if has_metric else "0.000000"
         mem = f"{(e.peak_mem_mb or 0) / 1024:.1f}" if has_metric else "0.0"
-        desc = " ".join((e.description or "").split())
+        desc = one_line(e.description)  # cleaned when the row was built; rows of older versions may not be
         lines.append(f"{e.short or '-'}\t{value}\t{mem}\t{e.status}\t{desc}")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")

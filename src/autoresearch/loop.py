@@ -297,6 +297,9 @@ class Loop:
         finally:
             if exp.status == "running":
                 exp.status = "interrupted"
+            if exp.status != "interrupted" and (found := self.put_back()):  # e.g. by its checks, unconfined
+                exp.status, exp.reason = "violation", f"the harness's state was changed while it was judged: " \
+                                                      f"{'; '.join(found)}"
             self.ledger.finish(exp)
             if exp.status == "keep" and exp.kind != "baseline":
                 self.ws.advance(exp.commit, exp.parent)
@@ -340,12 +343,9 @@ class Loop:
                 return []
             return found
 
-    def protections_off(self) -> list[str]:
-        """What is not in force this session, in plain words (empty when every sandbox is)."""
-        return list(self.sandbox().off)
-
     def unverified(self) -> str:
-        """Why a row made now is not vouched for ("" when it is): it is recorded in the row."""
+        """Why a row made now is not vouched for ("" when it is): recorded in the row. Each sandbox not in
+        force adds its phrase (the experiment sandbox: Sandbox.unverified, its list of what is off: .off)."""
         return self.sandbox().unverified
 
     def decide(self, exp: Experiment) -> policies.Verdict:
