@@ -2,7 +2,8 @@
 
 Contract (any future storage backend must pass tests/test_ledger.py):
 - `begin()` writes a row with status `running` before the experiment's work starts and
-  returns its id. Ids are unique and increase; a row is never deleted.
+  returns its id. Ids are unique and increase; a row the harness wrote is never deleted
+  (`put_back()` removes only rows no session of the tag wrote: forgeries).
 - `finish()` moves a `running` row to exactly one terminal status, in one transaction.
   Once terminal, a row's status, metric and commit never change; `finish()` on a
   terminal row raises (a harness bug, not data).

@@ -22,7 +22,9 @@ Guarantees: every row reaches one terminal state — on a stop (signal) whatever
 flight is cancelled and recorded `interrupted`, as is what waited; on any other stop
 reason (limits, target, failures) no new proposal is made and what is in flight
 finishes. Finished rows and pins never change (a rebase or a resume is a new row with
-its own pin). results.tsv and the reporter's `finished` lines are written between
+its own pin). Rows and the branch are guarded as in the sequential loop: decisions read
+the session's own record, and before every record and branch move anything else's
+changes are put back and charged (winners.py, "Guarded"). results.tsv and the reporter's `finished` lines are written between
 proposals (the state guard watches those files while an agent works), so they may lag
 by one agent call.
 

@@ -29,7 +29,8 @@ from .sandbox import resolve_paths
 
 
 class StateGuard:
-    """Snapshot of branch, pins, ledger rows, results.tsv and the checkout's protected files."""
+    """One guarded window: rows and refs against the session's own record, results.tsv and the
+    checkout's protected files against a snapshot taken when the guard is made."""
 
     MAX_FILE = 2 << 20
 

@@ -313,8 +313,9 @@ class Workspace:
             return found
 
     def _refs(self) -> dict[str, str]:
+        # strict: a failed listing read as "no refs" would report every ref as moved
         out = self.git("for-each-ref", "--format=%(refname) %(objectname)", f"refs/autoresearch/{self.tag}/",
-                       self.ref, check=False)
+                       self.ref)
         return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
 
     def rebase(self, commit: str, onto: str, message: str) -> str:
