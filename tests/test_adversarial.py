@@ -514,6 +514,18 @@ def test_control_the_raw_description_crashes_the_commit_and_is_then_a_recorded_f
     assert "git could not commit the change" in rows[1].reason and "\x00" in rows[1].description
 
 
+def test_tool_mode_message_is_cleaned_like_a_description(project):
+    """`autoresearch experiment -m` (a coding agent's text) goes through the same cleaning."""
+    from autoresearch.tool import experiment
+
+    set_constant(project / "train.py", "X", 2.0)
+    v = experiment(load(project), "\x1b]8;;https://evil.example/\x1b\\X = 2\x1b]8;;\x1b\\ \x1b[31mred\x1b[0m\r\x7f",
+                   tag="tm")
+    assert v["status"] == "keep" and v["description"] == "X = 2 red", v
+    assert not CONTROL_BYTES.search((project / "results.tsv").read_bytes())
+    assert git(project, "log", "-1", "--format=%s", v["commit"]) == "X = 2 red"
+
+
 # --- concurrent ---
 def agent_forges_a_keep(ctx, wt: Path) -> None:
     """The agent commits an unjudged change, points the branch at it, and inserts a `keep` row for it

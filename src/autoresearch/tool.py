@@ -122,7 +122,8 @@ def _verdict(loop: Loop, exp: Experiment) -> dict[str, Any]:
     inc = loop.ledger.incumbent(loop.tag)
     return {
         "id": exp.id, "status": exp.status, "metric": exp.metric, "reason": exp.reason, "commit": exp.commit,
-        "parent": exp.parent, "description": exp.description, "best_metric": inc.metric if inc else None,
+        "parent": exp.parent, "description": exp.description, "unverified": exp.unverified,
+        "best_metric": inc.metric if inc else None,
         "best_commit": inc.commit if inc else None, "log": exp.log_path,
         "log_tail": "\n".join(exp.log_tail.splitlines()[-20:]) if exp.status == "crash" else "",
     }
