@@ -615,7 +615,8 @@ def _forge_between_proposals(root: Path, sandbox: str) -> tuple[list, str, list,
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # once all three proposals are rows, while their runs go on
             db = sqlite3.connect(db_path)
-            n = db.execute("SELECT COUNT(*) FROM experiments WHERE tag = ? AND kind = 'candidate'", (tag,)).fetchone()[0]
+            n = db.execute("SELECT COUNT(*) FROM experiments WHERE tag = ? AND kind = 'candidate'",
+                           (tag,)).fetchone()[0]
             db.close()
             if n >= 3:
                 break

@@ -330,7 +330,8 @@ class Ledger:
             args.append(tag)
         with self._lock:
             if tag in self._own:
-                rows = [r for _, r in sorted(self._own[tag].measurements.items()) if not commit or r["commit"] == commit]
+                rows = [r for _, r in sorted(self._own[tag].measurements.items())
+                        if not commit or r["commit"] == commit]
             else:
                 rows = self._db.execute(q + " ORDER BY m.id", args).fetchall()
         return [dict(r) | {"metrics": json.loads(r["metrics"] or "{}")} for r in rows]
@@ -444,7 +445,8 @@ class Ledger:
             row, was = ms.get(mid), own.measurements.get(mid)
             if row == was:
                 continue
-            found.append(f"measurement {mid} " + ("inserted" if was is None else "deleted" if row is None else "edited"))
+            found.append(f"measurement {mid} "
+                         + ("inserted" if was is None else "deleted" if row is None else "edited"))
             if was is None:
                 db.execute("DELETE FROM measurements WHERE id = ?", (mid,))
             else:

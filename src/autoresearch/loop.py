@@ -202,8 +202,8 @@ class Loop:
             return self.finish_unrun(exp, "violation", f"the agent touched the harness's state: {'; '.join(tampered)}",
                                      proposal)
         if proposal.error:
-            return self.finish_unrun(exp, "crash", f"agent failed: {clean.one_line(proposal.error, clean.REASON_CHARS)}",
-                                     proposal)
+            why = clean.one_line(proposal.error, clean.REASON_CHARS)
+            return self.finish_unrun(exp, "crash", f"agent failed: {why}", proposal)
         self.ws.uncommit(wt, start)  # commits the agent made itself are checked like any change
         changed = [p for p in self.ws.changed_paths(wt) if p not in STEERING_FILES]
         outside = [p for p in changed if not self.cfg.is_editable(p)]
@@ -255,7 +255,8 @@ class Loop:
         # The agent's words are data: one clean line (no NUL, escapes or bidi overrides), capped, for every view.
         return Experiment(
             tag=self.tag, parent=parent, commit=None, description=clean.one_line(description) or "(no description)",
-            kind=kind, rationale=clean.paragraphs(p.rationale), agent=getattr(self.agent, "name", "?") if kind != "baseline" else "",
+            kind=kind, rationale=clean.paragraphs(p.rationale),
+            agent=getattr(self.agent, "name", "?") if kind != "baseline" else "",
             seed=self.cfg.experiment.seed, budget_s=self.cfg.experiment.budget_s, timeout_s=self.cfg.timeout_s,
             tokens_in=p.tokens_in, tokens_out=p.tokens_out, cost_usd=p.cost_usd, agent_latency_s=p.latency_s,
             hardware=hardware(), unverified=self.unverified(),

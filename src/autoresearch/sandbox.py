@@ -31,8 +31,8 @@ session starts.
 `sandbox = "auto"` falls back to no sandbox when bwrap is missing or cannot create
 namespaces here (say so once: `Sandbox.notice`, listing `Sandbox.off`, the protections not
 in force); the judge's checks (digests, tripwire, fingerprints, the guard) still run, and
-every row the session makes is marked unverified (`Sandbox.unverified`, kept in the row). `sandbox = "bwrap"` with bwrap unusable is a
-ConfigError naming `apt-get install bubblewrap`.
+every row the session makes is marked unverified (`Sandbox.unverified`, kept in the row).
+`sandbox = "bwrap"` with bwrap unusable is a ConfigError naming `apt-get install bubblewrap`.
 
 Not covered: a sandbox against the kernel or the GPU driver (bwrap is not a VM); runs on
 macOS or without user namespaces (fallback only); compile caches under a read-only HOME
