@@ -514,6 +514,16 @@ def test_control_the_raw_description_crashes_the_commit_and_is_then_a_recorded_f
     assert "git could not commit the change" in rows[1].reason and "\x00" in rows[1].description
 
 
+def test_a_file_name_with_escapes_is_shown_cleanly(project):
+    """File names are the agent's text too: the violation's reason names them without their escapes."""
+    def step(ctx, wt: Path) -> str:
+        (wt / "\x1b[31mred\x1b]0;t\x07.py").write_text("X = 1\n")
+        return "a new file"
+    Loop(load(project), "fn", ScriptedAgent([step]), limits=Limits(max_experiments=1)).run()
+    e = rows_of(project, "fn")[-1]
+    assert e.status == "violation" and "outside `experiment.editable`: red.py" in e.reason, e.reason
+
+
 def test_tool_mode_message_is_cleaned_like_a_description(project):
     """`autoresearch experiment -m` (a coding agent's text) goes through the same cleaning."""
     from autoresearch.tool import experiment

@@ -210,8 +210,9 @@ class Loop:
         if outside:
             exp.patch = Git(wt)("diff", "HEAD", check=False)  # kept as evidence of what was tried
             self.ws.reset(wt, parent)
-            return self.finish_unrun(exp, "violation", f"changed files outside `experiment.editable`: "
-                                                       f"{', '.join(outside[:5])} (refused before running)", proposal)
+            shown = ", ".join(map(clean.one_line, outside[:5]))  # file names are the agent's text too
+            return self.finish_unrun(exp, "violation", f"changed files outside `experiment.editable`: {shown} "
+                                                       "(refused before running)", proposal)
         if not changed:
             return self.finish_unrun(exp, "discard", "the agent changed nothing", proposal)
         try:

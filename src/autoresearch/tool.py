@@ -84,7 +84,7 @@ def experiment(cfg: Config, description: str, tag: Optional[str] = None, reporte
             exp.patch = Git(checkout)("diff", "HEAD", check=False)
             ws.restore(checkout, outside, parent)
             return _verdict(loop, loop.finish_unrun(exp, "violation", f"changed files outside `experiment.editable`: "
-                                                    f"{', '.join(outside)} (put back as they were)"))
+                                                    f"{', '.join(map(one_line, outside))} (put back as they were)"))
         if not changed:
             return _verdict(loop, loop.finish_unrun(exp, "discard", "no change to the editable files"))
         try:
