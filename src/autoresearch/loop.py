@@ -184,6 +184,10 @@ class Loop:
             proposal = self.agent.propose(ctx, wt)
         except Exception as e:  # an agent backend failing is data, not a harness failure
             proposal = Proposal("", error=f"{type(e).__name__}: {e}")
+        except BaseException:  # a second Ctrl-C: no proposal to charge any more
+            with self.guard_lock:
+                self.window = None
+            raise
         if proposal.latency_s is None:
             proposal.latency_s = time.monotonic() - t0
         exp = self.new_experiment(parent, proposal.description or "(no description)",
