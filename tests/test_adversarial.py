@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import ScriptedAgent, assert_consistent, git, rows_of
+from conftest import ScriptedAgent, assert_consistent, git, rows_of, set_constant
 
 from autoresearch.config import load
 from autoresearch.loop import Limits, Loop
@@ -504,6 +504,12 @@ def test_a_hook_planted_by_the_agent_cannot_forge_a_keep(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(workspace, "HARDENED", hardened)
     monkeypatch.setattr(stateguard, "WATCH_GIT_DIR", watch)
+    if not watch:  # the guard off: its git-directory watch and the session's own record of rows and refs
+        from autoresearch.ledger import Ledger
+
+        for cls in (Ledger, workspace.Workspace):
+            monkeypatch.setattr(cls, "watch", lambda self, *a: None)
+            monkeypatch.setattr(cls, "put_back", lambda self, *a: [])
     root = make_project(tmp_path / "p")
     ledger = root / ".autoresearch" / "ledger.db"
     cfg = load(root, {"experiment": {"sandbox": "none"}, "agent": {"repair_attempts": 0}})
@@ -838,3 +844,269 @@ def test_a_command_agent_has_no_network_unless_allowed(tmp_path, network):
     else:
         assert not got and "no network" in log
     assert [e.status for e in rows_of(root, "n")] == ["keep", "keep"]
+# --- agent inputs are data ---
+NASTY_DESCRIPTIONS = [
+    "X down\x00 with a NUL",
+    "\x1b[31mred\x1b[0m and \x1b[2J cleared screen",
+    "see \x1b]8;;https://evil.example/\x1b\\this link\x1b]8;;\x1b\\ and \x1b]0;title\x07",
+    "carriage\rreturn overwrites\r\nthe line\tand a tab",
+    "bidi \u202eevil\u202c and DEL\x7f and C1\x9b31m and a lone \ud800 surrogate",
+    "long " + "y" * 100_000,
+]
+CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]|\xc2[\x80-\x9f]|\xe2\x80[\xae\xab\xaa\xac\xad]|\xed[\xa0-\xbf]")
+
+
+def _described(text: str, x: float) -> Callable:
+    def step(ctx, wt: Path):
+        from autoresearch.agents.base import Proposal
+
+        set_constant(wt / "train.py", "X", x)
+        return Proposal(text, rationale="why:\x1b[1m bold\x00\nsecond line", error="")
+    return step
+
+
+def test_descriptions_with_control_characters_are_recorded_cleanly(project):
+    """NUL, ANSI and OSC escapes, \\r, bidi overrides, a surrogate, 100 kB: each change is run and judged;
+    the ledger, results.tsv, the commit messages and the console get plain capped text."""
+    from autoresearch.clean import DESCRIPTION_CHARS
+
+    xs = [2.5, 2.0, 1.8, 1.6, 1.4, 1.2]
+    steps = [_described(d, x) for d, x in zip(NASTY_DESCRIPTIONS, xs)]
+    steps.append(lambda ctx, wt: __import__("autoresearch.agents.base", fromlist=["P"]).Proposal(
+        "", error="backend said \x1b[31mno\x00\r\nreally"))
+    lines: list[str] = []
+    Loop(load(project), "d", ScriptedAgent(steps), limits=Limits(max_experiments=len(steps)),
+         reporter=lambda kind, **data: lines.append(str(data.get("exp") and data["exp"].description))).run()
+    rows = rows_of(project, "d")
+    assert [e.status for e in rows] == ["keep"] * 7 + ["crash"], [(e.status, e.reason) for e in rows]
+    for e in rows[1:]:
+        assert not CONTROL_BYTES.search(e.description.encode("utf-8", "surrogatepass")), repr(e.description)
+        assert not CONTROL_BYTES.search(e.rationale.replace("\n", " ").encode("utf-8", "surrogatepass"))
+        assert len(e.description) <= DESCRIPTION_CHARS and "\n" not in e.description
+    assert rows[1].description == "X down with a NUL"
+    assert rows[2].description == "red and cleared screen"
+    assert rows[3].description == "see this link and"
+    assert rows[4].description == "carriage return overwrites the line and a tab"
+    assert rows[5].description == "bidi evil and DEL and C1 and a lone surrogate"
+    assert rows[6].description.startswith("long yyy") and rows[6].description.endswith("…")
+    assert rows[1].rationale == "why: bold\nsecond line"
+    assert rows[7].reason == "agent failed: backend said no really", rows[7].reason
+    tsv = (project / "results.tsv").read_bytes()
+    assert not CONTROL_BYTES.search(tsv) and len(tsv.splitlines()) == 1 + len(rows)
+    for e in rows[1:7]:
+        message = git(project, "log", "-1", "--format=%B", e.commit)
+        assert message.splitlines()[0] == e.description
+    assert not any(CONTROL_BYTES.search(line.encode("utf-8", "surrogatepass")) for line in lines)
+    assert_consistent(project, "d")
+
+
+def test_control_the_raw_description_crashes_the_commit_and_is_then_a_recorded_failure(project, monkeypatch):
+    """Without the cleaning, git refuses the NUL: the old path raised GitError out of the loop;
+    with only the cleaning switched off, the failure is the experiment's `crash`, and the loop goes on."""
+    from autoresearch import clean
+    from autoresearch.workspace import GitError, Workspace
+
+    ws = Workspace(project, "raw")
+    ws.prepare()
+    wt = ws.worktree("propose", at=ws.tip())
+    set_constant(wt / "train.py", "X", 2.0)
+    with pytest.raises(GitError):
+        ws.commit(wt, ["train.py"], NASTY_DESCRIPTIONS[0], ws.tip())  # what loop.propose did with the raw text
+    ws.reset(wt, ws.tip())
+
+    monkeypatch.setattr(clean, "one_line", lambda text, limit=500: " ".join(str(text).split())[:limit])  # the old
+    steps = [_described(NASTY_DESCRIPTIONS[0], 2.0), _described("plain", 1.5)]
+    Loop(load(project), "raw", ScriptedAgent(steps), limits=Limits(max_experiments=2)).run()
+    rows = rows_of(project, "raw")
+    assert [e.status for e in rows] == ["keep", "crash", "keep"], [(e.status, e.reason) for e in rows]
+    assert "git could not commit the change" in rows[1].reason and "\x00" in rows[1].description
+
+
+def test_a_file_name_with_escapes_is_shown_cleanly(project):
+    """File names are the agent's text too: the violation's reason names them without their escapes."""
+    def step(ctx, wt: Path) -> str:
+        (wt / "\x1b[31mred\x1b]0;t\x07.py").write_text("X = 1\n")
+        return "a new file"
+    Loop(load(project), "fn", ScriptedAgent([step]), limits=Limits(max_experiments=1)).run()
+    e = rows_of(project, "fn")[-1]
+    assert e.status == "violation" and "outside `experiment.editable`: red.py" in e.reason, e.reason
+
+
+def test_tool_mode_message_is_cleaned_like_a_description(project):
+    """`autoresearch experiment -m` (a coding agent's text) goes through the same cleaning."""
+    from autoresearch.tool import experiment
+
+    set_constant(project / "train.py", "X", 2.0)
+    v = experiment(load(project), "\x1b]8;;https://evil.example/\x1b\\X = 2\x1b]8;;\x1b\\ \x1b[31mred\x1b[0m\r\x7f",
+                   tag="tm")
+    assert v["status"] == "keep" and v["description"] == "X = 2 red", v
+    assert not CONTROL_BYTES.search((project / "results.tsv").read_bytes())
+    assert git(project, "log", "-1", "--format=%s", v["commit"]) == "X = 2 red"
+
+
+# --- concurrent ---
+def _commit_by_path(root: Path, parent: str, path: str, text: str) -> str:
+    """An unjudged commit of `parent` with `path` set to `text`, made with plain git in the project's repository
+    (what an unconfined agent can do: its proposal folder is no repository, the project's is next door)."""
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, GIT_INDEX_FILE=str(Path(tmp) / "index"))
+        run = lambda *a, **k: subprocess.run(["git", *a], cwd=root, env=env, check=True, capture_output=True,  # noqa
+                                             text=True, **k).stdout.strip()
+        run("read-tree", parent)
+        blob = run("hash-object", "-w", "--stdin", input=text)
+        run("update-index", "--cacheinfo", f"100644,{blob},{path}")
+        return run("commit-tree", run("write-tree"), "-p", parent, "-m", "sneaky")
+
+
+def agent_forges_a_keep(ctx, wt: Path) -> None:
+    """The agent commits an unjudged change, points the branch at it, and inserts a `keep` row for it
+    with a great metric: later experiments would start from it and be judged against it."""
+    root = root_of(wt)  # the proposal folder is no repository: the agent goes to the project's by path
+    text = (wt / "train.py").read_text().replace("HIDDEN = 12", "HIDDEN = 64")
+    forged = _commit_by_path(root, ctx.incumbent.commit, "train.py", text)
+    subprocess.run(["git", "update-ref", f"refs/heads/autoresearch/{ctx.tag}", forged], cwd=root, check=True)
+    (wt / "train.py").write_text(text)
+    db = sqlite3.connect(root / ".autoresearch" / "ledger.db")
+    with db:
+        db.execute("INSERT INTO experiments (tag, parent, \"commit\", description, kind, status, metric) "
+                   "VALUES (?, ?, ?, 'forged', 'candidate', 'keep', 0.0001)", (ctx.tag, ctx.incumbent.commit, forged))
+    db.close()
+
+
+def _records_parent(parents: list, value: float) -> Callable:
+    def step(ctx, wt: Path) -> str:
+        parents.append(ctx.incumbent.commit)  # what the harness builds on (the folder is no repository)
+        replace("train.py", "LEARNING_RATE = 0.02", f"LEARNING_RATE = {value}")(ctx, wt)
+        return f"learning rate {value}"
+    return step
+
+
+def _concurrent_forgery(root: Path, tag: str) -> tuple[list, str]:
+    cfg = load(root, {"policy": {"name": "threshold", "margin": QUICKSTART_MARGIN}, "agent": {"repair_attempts": 0},
+                      "engine": {"workers": 2}})
+    parents: list = []
+    forged: list = []
+
+    def forge(ctx, wt: Path) -> str:
+        agent_forges_a_keep(ctx, wt)
+        forged.append(git(root_of(wt), "rev-parse", f"refs/heads/autoresearch/{ctx.tag}"))
+        return "hack: forge a keep row and move the branch"
+    steps = [forge, _records_parent(parents, 0.021), _records_parent(parents, 0.019)]
+    Loop(cfg, tag, ScriptedAgent(steps), limits=Limits(max_experiments=3)).run()
+    return parents, forged[0]
+
+
+def test_concurrent_a_forged_keep_row_and_branch_move_are_put_back(quickstart):
+    parents, forged = _concurrent_forgery(quickstart, "cc")
+    rows = rows_of(quickstart, "cc")
+    attack = next(e for e in rows if e.description.startswith("hack: forge"))
+    assert attack.status == "violation", (attack.status, attack.reason)
+    assert "was moved" in attack.reason and "ledger was edited" in attack.reason and "inserted" in attack.reason
+    assert all(e.description != "forged" and e.metric != 0.0001 for e in rows), "the forged row survived"
+    assert forged not in parents and all(e.parent != forged for e in rows), "an experiment built on the forgery"
+    best = [e for e in rows if e.status == "keep"][-1]
+    assert git(quickstart, "rev-parse", "autoresearch/cc") == best.commit != forged
+    assert_consistent(quickstart, "cc")
+    led = __import__("conftest").ledger_of(quickstart)
+    try:
+        assert any(ev["kind"] == "forged" and forged in ev["message"] for ev in led.events("cc"))  # kept as evidence
+    finally:
+        led.close()
+
+
+def test_control_concurrent_without_the_own_record_the_forgery_survives(quickstart, monkeypatch):
+    """Today's concurrent guard (new rows and the branch unchecked; decisions read whatever rows exist):
+    the forged keep becomes the incumbent and the next proposal starts from the unjudged commit."""
+    from autoresearch.ledger import Ledger
+    from autoresearch.workspace import Workspace
+
+    for cls in (Ledger, Workspace):
+        monkeypatch.setattr(cls, "watch", lambda self, *a: None)
+        monkeypatch.setattr(cls, "put_back", lambda self, *a: [])
+    parents, forged = _concurrent_forgery(quickstart, "cc")
+    rows = rows_of(quickstart, "cc")
+    attack = next(e for e in rows if e.description.startswith("hack: forge"))
+    assert attack.status != "violation", attack.reason
+    assert any(e.description == "forged" and e.status == "keep" for e in rows)
+    assert forged in parents, "no later proposal built on the forged commit"
+    assert git(quickstart, "rev-parse", "autoresearch/cc") == forged
+
+
+def _forge_between_proposals(root: Path, sandbox: str) -> tuple[list, str, list, list]:
+    """A thread the agent leaves behind forges a keep row and moves the branch once every proposal is made,
+    while runs are in flight. Returns (rows, forged commit, parents proposals started from, tamper events)."""
+    import threading
+    import time
+
+    cfg = load(root, {"policy": {"name": "threshold", "margin": QUICKSTART_MARGIN},
+                      "agent": {"repair_attempts": 0}, "engine": {"workers": 2}, "experiment": {"sandbox": sandbox}})
+    db_path = root / ".autoresearch" / "ledger.db"
+    forged: list = []
+
+    def later(tag: str, sha: str, parent: str) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # once all three proposals are rows, while their runs go on
+            db = sqlite3.connect(db_path)
+            n = db.execute("SELECT COUNT(*) FROM experiments WHERE tag = ? AND kind = 'candidate'",
+                           (tag,)).fetchone()[0]
+            db.close()
+            if n >= 3:
+                break
+            time.sleep(0.05)
+        subprocess.run(["git", "update-ref", f"refs/heads/autoresearch/{tag}", sha], cwd=root, check=True)
+        db = sqlite3.connect(db_path)
+        with db:
+            db.execute("INSERT INTO experiments (tag, parent, \"commit\", description, kind, status, metric) "
+                       "VALUES (?, ?, ?, 'forged', 'candidate', 'keep', 0.0001)", (tag, parent, sha))
+        db.close()
+        forged.append(sha)
+
+    def plant(ctx, wt: Path) -> str:
+        sha = _commit_by_path(root_of(wt), ctx.incumbent.commit, "train.py",
+                              (wt / "train.py").read_text().replace("HIDDEN = 12", "HIDDEN = 64"))
+        threading.Thread(target=later, args=(ctx.tag, sha, ctx.incumbent.commit), daemon=True).start()
+        replace("train.py", "LEARNING_RATE = 0.02", "LEARNING_RATE = 0.0201")(ctx, wt)
+        return "learning rate 0.0201"
+    parents: list = []
+    steps = [plant, _records_parent(parents, 0.021), _records_parent(parents, 0.019)]
+    Loop(cfg, "cb", ScriptedAgent(steps), limits=Limits(max_experiments=3)).run()
+    assert forged, "the forgery never ran"
+    led = __import__("conftest").ledger_of(root)
+    try:
+        tamper = [ev for ev in led.events("cb") if ev["kind"] == "tamper"]
+    finally:
+        led.close()
+    return rows_of(root, "cb"), forged[0], parents, tamper
+
+
+@pytest.mark.parametrize("sandbox", ["auto", "none"])
+def test_concurrent_a_forgery_made_between_proposals_is_put_back_before_the_next_record(quickstart, sandbox):
+    """The scheduler's check before recording finds and undoes it. With the sandbox on no run could have
+    done it (an event says what was found); without it, the run recorded then is charged (`violation`)."""
+    if sandbox == "auto" and not BWRAP:
+        pytest.skip("bubblewrap cannot run here")
+    rows, forged, parents, tamper = _forge_between_proposals(quickstart, sandbox)
+    assert all(e.description != "forged" for e in rows), "the forged row survived"
+    assert all(e.parent != forged for e in rows) and forged not in parents
+    best = [e for e in rows if e.status == "keep"][-1]
+    assert git(quickstart, "rev-parse", "autoresearch/cb") == best.commit != forged
+    assert len(tamper) == 1 and "was moved" in tamper[0]["message"] and "inserted" in tamper[0]["message"], tamper
+    charged = [e for e in rows if e.status == "violation"]
+    if sandbox == "none":
+        assert [e.id for e in charged] == [tamper[0]["experiment_id"]], [(e.id, e.status, e.reason) for e in rows]
+        assert "changed while it ran unconfined" in charged[0].reason
+    else:
+        assert not charged, [(e.id, e.status, e.reason) for e in rows]
+    assert_consistent(quickstart, "cb")
+
+
+def test_control_concurrent_without_the_check_before_recording_a_late_forgery_survives(quickstart, monkeypatch):
+    from autoresearch.winners import Decisions
+
+    monkeypatch.setattr(Decisions, "_put_back", lambda self, exp: None)
+    rows, forged, _, tamper = _forge_between_proposals(quickstart, "none")
+    assert any(e.description == "forged" and e.status == "keep" for e in rows) and not tamper
+    assert git(quickstart, "rev-parse", "autoresearch/cb") == forged

@@ -233,6 +233,8 @@ def _run(args) -> int:
 
     value = best_value(inc)  # the mean of its runs when the policy measured it more than once
     best = f"{value:.6f} at {inc.commit[:7]} (#{inc.id})" if inc and value is not None else "none"
+    if inc and inc.unverified:
+        best += f", UNVERIFIED ({inc.unverified})"
     print(f"autoresearch: stopped ({outcome.stop_reason}) after {outcome.experiments} experiments in "
           f"{(time.monotonic() - t0) / 60:.1f} min; best {cfg.metric.name} {best}; branch autoresearch/{tag}")
     return 0
@@ -248,7 +250,8 @@ def _experiment(args) -> int:
     else:
         m = verdict["metric"]
         print(f"#{verdict['id']} {verdict['status']}: {cfg.metric.name}={m if m is not None else '-'} "
-              f"(best {verdict['best_metric']}) {verdict['reason']}")
+              f"(best {verdict['best_metric']}) {verdict['reason']}"
+              + (f" [unverified: {verdict['unverified']}]" if verdict["unverified"] else ""))
     return 0
 
 

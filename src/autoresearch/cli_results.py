@@ -65,7 +65,7 @@ def _write_report(root: Path, cfg: Config, tag: str, out: Optional[Path] = None)
 
 
 def _status(args) -> int:
-    from .report import summary
+    from .report import summary, unverified_note
 
     root = _root(args)
     ledger = _ledger(root)
@@ -86,7 +86,9 @@ def _status(args) -> int:
            "baseline_metric": s.get("baseline_metric"), "improvement": s.get("improvement"),
            "elapsed_s": (last - first) if first and last else 0.0, "experiment_s": s.get("wall_s_total"),
            "cost_usd": s.get("cost_usd_total"), "tokens_in": s.get("tokens_in_total"),
-           "tokens_out": s.get("tokens_out_total"), "metric": cfg.metric.name if cfg else None}
+           "tokens_out": s.get("tokens_out_total"), "metric": cfg.metric.name if cfg else None,
+           "unverified": s["unverified"], "unverified_kept": s["unverified_kept"],
+           "unverified_reasons": s["unverified_reasons"], "best_unverified": inc.unverified if inc else None}
     from .workers import worker_stats
 
     out["workers"] = worker_stats(ledger, tag)  # what ran where, utilisation, runs per hour (workers.py)
@@ -104,7 +106,10 @@ def _status(args) -> int:
     if inc:
         runs = out["best_runs"] if isinstance(out["best_runs"], int) else 1
         value = f"{out['best_mean']:.6f} (mean of {runs} runs)" if runs > 1 else f"{inc.metric:.6f}"
-        print(f"best {name} {value} at {inc.commit[:7]} (#{inc.id}: {inc.description})")
+        print(f"best {name} {value} at {inc.commit[:7]} (#{inc.id}: {inc.description})"
+              + (" [unverified]" if inc.unverified else ""))
+    if note := unverified_note(s):
+        print(note)
     if out["baseline_metric"] is not None and out["improvement"] is not None:
         print(f"baseline {out['baseline_metric']:.6f}, improvement {out['improvement']:.6f}")
     rate = out["keep_rate"]
@@ -139,7 +144,11 @@ def _results(args) -> int:
         for e in rows:
             val = f"{e.metric:.6f}" if e.metric is not None else "-"
             wall = f"{e.wall_s:.1f}s" if e.wall_s is not None else "-"
-            print(f"{e.id:>4}  {e.short or '-':7}  {e.status:12} {val:>12}  {wall:>7}  {e.description}")
+            status = e.status + ("*" if e.unverified else "")
+            print(f"{e.id:>4}  {e.short or '-':7}  {status:12} {val:>12}  {wall:>7}  {e.description}")
+        reasons = sorted({e.unverified for e in rows if e.unverified})
+        if reasons:
+            print(f"* unverified: measured without the sandbox ({'; '.join(reasons)})")
     return 0
 
 

@@ -25,6 +25,8 @@ Guarantees:
 - Each commit message carries the description, the metric with its delta against the
   incumbent it beat and against the baseline, the policy's evidence, and the experiment's id
   and original commit; its author date is when the experiment ended.
+- Kept changes measured while a protection was off (their row's `unverified`) are said to
+  be unverified, in their commit message and in the summary ("N of the kept changes ...").
 - The Markdown summary (for a pull request) is returned and written to
   `.autoresearch/finalize/<tag>.md` unless another path is given.
 """
@@ -237,6 +239,8 @@ def commit_message(e: Experiment, rows: list[Experiment], meta: dict[str, Any], 
     body = [e.description.strip() or f"experiment #{e.id}", "", line]
     if e.evidence:
         body.append(f"evidence ({meta['policy']}): {evidence_text(e.evidence)}")
+    if e.unverified:
+        body.append(f"unverified: {e.unverified}")
     body.append(f"autoresearch: experiment #{e.id} on autoresearch/{tag}, originally {e.commit}")
     return "\n".join(body) + "\n"
 
@@ -264,6 +268,12 @@ def pr_summary(f: Finalized, rows: list[Experiment], meta: dict[str, Any]) -> st
         vs_prev = _signed(d_prev) if d_prev is not None else "-"
         out.append(f"| {i} | {_cell(e.description)} | {_num(e.metric)} | {vs_prev} | {vs_base}"
                    f" | {_cell(evidence_text(e.evidence)) or '-'} | #{e.id} `{sha[:7]}` |")
+    unverified = [e for e, _ in f.commits if e.unverified]
+    if unverified:
+        why = "; ".join(sorted({e.unverified for e in unverified}))
+        out += ["", f"**{len(unverified)} of the kept changes were measured without the sandbox: unverified** ({why}; "
+                    f"experiments {', '.join(f'#{e.id}' for e in unverified)}). A run could have tampered with its own "
+                    "result: re-measure them with the sandbox on (`autoresearch confirm`) before trusting them."]
     if f.dropped:
         out += ["", "Kept during the run but left out, because they do not contribute to the best code:"]
         out += [f"- #{e.id} {_cell(e.description)} — {why}" for e, why in f.dropped]

@@ -2,7 +2,8 @@
 
 Contract (any future storage backend must pass tests/test_ledger.py):
 - `begin()` writes a row with status `running` before the experiment's work starts and
-  returns its id. Ids are unique and increase; a row is never deleted.
+  returns its id. Ids are unique and increase; a row the harness wrote is never deleted
+  (`put_back()` removes only rows no session of the tag wrote: forgeries).
 - `finish()` moves a `running` row to exactly one terminal status, in one transaction.
   Once terminal, a row's status, metric and commit never change; `finish()` on a
   terminal row raises (a harness bug, not data).
@@ -10,6 +11,14 @@ Contract (any future storage backend must pass tests/test_ledger.py):
   called only by the holder of the tag's lock, so no live process owns such a row.
 - The incumbent of a tag is its most recent `keep` row; the branch tip must equal it.
 - Safe across threads (one connection, a lock) and processes (WAL, busy timeout).
+- A session's own record: from `start_session(tag)` to `end_session()` (the caller holds
+  the tag's lock, so it is the tag's only writer) this Ledger remembers every row of the
+  tag as it found or wrote it, and answers reads of that tag (`experiments`, `incumbent`,
+  `get`, `counts`, `measurements`) from that memory: a row another process inserted or
+  edited cannot steer the session. `put_back(tag)` finds such rows and restores the
+  ledger to the record (a row the session never wrote is removed, its content kept in a
+  `forged` event); a write of the session over a row someone edited restores it too and
+  is reported by the next `put_back()`.
 - Schema changes are numbered, append-only migrations tracked by PRAGMA user_version;
   opening a database from a newer version raises LedgerError rather than guessing. A
   migration is SQL text, or a function of the connection when it needs Python (hashing).
@@ -48,6 +57,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from .clean import one_line
 from .errors import LedgerError
 
 TERMINAL = ("keep", "discard", "crash", "timeout", "violation", "interrupted", "checks_failed")
@@ -90,6 +100,7 @@ class Experiment:
     tokens_out: int = 0
     cost_usd: float = 0.0
     agent_latency_s: Optional[float] = None
+    unverified: str = ""  # why its result is not vouched for (made without the sandbox); empty when verified
     id: Optional[int] = None
 
     @property
@@ -141,6 +152,10 @@ MIGRATIONS: list[Any] = [
     """,
     # 2: the seal chain (see the contract above); the rows already there are sealed as found.
     lambda db: _migrate_seals(db),
+    # 3: rows made while a protection was off (no sandbox) say so and why.
+    """
+    ALTER TABLE experiments ADD COLUMN unverified TEXT;
+    """,
 ]
 
 GENESIS = "0" * 64  # the digest before the first seal
@@ -167,6 +182,7 @@ class Ledger:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self._own: dict[str, _Record] = {}  # tag -> the session's own record (see the module docstring)
         try:
             self._db = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
             self._db.row_factory = sqlite3.Row
@@ -239,6 +255,8 @@ class Ledger:
         with self._tx() as db:
             cur = db.execute(f"INSERT INTO experiments ({cols}) VALUES ({marks})", list(row.values()))
             exp.id = int(cur.lastrowid)
+            if (own := self._own.get(exp.tag)) is not None:
+                own.experiments[exp.id] = _read(db, "experiments", exp.id)
         return exp.id
 
     def update_running(self, exp_id: int, **changes: Any) -> None:
@@ -261,6 +279,15 @@ class Ledger:
         sets = ", ".join(f'"{c}" = ?' for c in changes)
         values = [_encode(c, v) for c, v in changes.items()]
         with self._tx() as db:
+            own = self._owner(exp_id)
+            if own is not None:  # the record says what the row is, whatever the file says now
+                row = own.experiments[exp_id]
+                if require_running and row["status"] != "running":
+                    raise LedgerError(f"experiment {exp_id} is {row['status']}, not running: "
+                                      "a finished record never changes")
+                if _read(db, "experiments", exp_id) != row:
+                    own.found.append(f"#{exp_id} was edited while it ran")
+                    _write_row(db, "experiments", row)
             cur = db.execute(
                 f"UPDATE experiments SET {sets} WHERE id = ? AND status = 'running'", values + [exp_id]
             )
@@ -272,9 +299,14 @@ class Ledger:
                 )
             if seal:
                 _seal_experiment(db, exp_id)
+            if own is not None:
+                own.experiments[exp_id] = _read(db, "experiments", exp_id)
 
     def interrupt_stale(self, tag: str, reason: str = "the process running it is gone") -> list[Experiment]:
         with self._tx() as db:
+            own = self._own.get(tag)
+            if own is not None:
+                own.found += self._restore(db, tag, own)  # only the session's own running rows are its to end
             rows = db.execute("SELECT * FROM experiments WHERE tag = ? AND status = 'running'", (tag,)).fetchall()
             db.execute(
                 "UPDATE experiments SET status = 'interrupted', reason = ?, ended_at = ? "
@@ -283,16 +315,23 @@ class Ledger:
             )
             for r in rows:
                 _seal_experiment(db, r["id"])
+            if own is not None:
+                for r in rows:
+                    own.experiments[r["id"]] = _read(db, "experiments", r["id"])
         return [_from_row(r) for r in rows]
 
     def get(self, exp_id: int) -> Optional[Experiment]:
         with self._lock:  # the connection is shared: never read inside another thread's transaction
-            row = self._db.execute("SELECT * FROM experiments WHERE id = ?", (exp_id,)).fetchone()
+            own = self._owner(exp_id)
+            row = own.experiments[exp_id] if own else self._db.execute(
+                "SELECT * FROM experiments WHERE id = ?", (exp_id,)).fetchone()
         return _from_row(row) if row else None
 
     def experiments(self, tag: Optional[str] = None) -> list[Experiment]:
         with self._lock:
-            if tag is None:
+            if tag in self._own:
+                rows = [r for _, r in sorted(self._own[tag].experiments.items())]
+            elif tag is None:
                 rows = self._db.execute("SELECT * FROM experiments ORDER BY id").fetchall()
             else:
                 rows = self._db.execute("SELECT * FROM experiments WHERE tag = ? ORDER BY id", (tag,)).fetchall()
@@ -301,6 +340,9 @@ class Ledger:
     def incumbent(self, tag: str) -> Optional[Experiment]:
         """The most recent kept experiment: what the branch tip must be."""
         with self._lock:
+            if tag in self._own:
+                kept = [i for i, r in self._own[tag].experiments.items() if r["status"] == "keep"]
+                return _from_row(self._own[tag].experiments[max(kept)]) if kept else None
             row = self._db.execute(
                 "SELECT * FROM experiments WHERE tag = ? AND status = 'keep' ORDER BY id DESC LIMIT 1", (tag,)
             ).fetchone()
@@ -313,6 +355,11 @@ class Ledger:
 
     def counts(self, tag: str) -> dict[str, int]:
         with self._lock:
+            if tag in self._own:
+                out: dict[str, int] = {}
+                for r in self._own[tag].experiments.values():
+                    out[r["status"]] = out.get(r["status"], 0) + 1
+                return out
             rows = self._db.execute(
                 "SELECT status, COUNT(*) n FROM experiments WHERE tag = ? GROUP BY status", (tag,)
             ).fetchall()
@@ -373,6 +420,8 @@ class Ledger:
                 (exp_id, commit, seed, _encode("metric", metric), json.dumps(metrics), wall_s, status, time.time()),
             )
             _seal_measurement(db, int(cur.lastrowid))
+            if (own := self._owner(exp_id)) is not None:
+                own.measurements[int(cur.lastrowid)] = _read(db, "measurements", int(cur.lastrowid))
 
     def measurements(self, commit: Optional[str] = None, tag: Optional[str] = None) -> list[dict[str, Any]]:
         q = "SELECT m.* FROM measurements m JOIN experiments e ON e.id = m.experiment_id WHERE 1=1"
@@ -384,7 +433,11 @@ class Ledger:
             q += " AND e.tag = ?"
             args.append(tag)
         with self._lock:
-            rows = self._db.execute(q + " ORDER BY m.id", args).fetchall()
+            if tag in self._own:
+                rows = [r for _, r in sorted(self._own[tag].measurements.items())
+                        if not commit or r["commit"] == commit]
+            else:
+                rows = self._db.execute(q + " ORDER BY m.id", args).fetchall()
         return [dict(r) | {"metrics": json.loads(r["metrics"] or "{}")} for r in rows]
 
     def log_llm_call(self, *, experiment_id: Optional[int], tag: str, backend: str, model: str, prompt: str,
@@ -419,21 +472,93 @@ class Ledger:
         return [dict(r) for r in rows]
 
     def start_session(self, tag: str, config: dict[str, Any], note: str = "") -> int:
+        """Record a session on `tag` (the caller holds the tag's lock) and start its own record: watch(tag)."""
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO sessions (tag, started_at, pid, host, config, note) VALUES (?,?,?,?,?,?)",
                 (tag, time.time(), os.getpid(), socket.gethostname(), json.dumps(config, default=str), note),
             )
+            self.watch(tag)
             return int(cur.lastrowid)
 
     def end_session(self, session_id: int) -> None:
+        """The session is over: its record no longer holds (another process may take the tag)."""
         with self._tx() as db:
             db.execute("UPDATE sessions SET ended_at = ? WHERE id = ?", (time.time(), session_id))
+            row = db.execute("SELECT tag FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            if row is not None:
+                self._own.pop(row["tag"], None)
 
     def sessions(self, tag: str) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute("SELECT * FROM sessions WHERE tag = ? ORDER BY id", (tag,)).fetchall()
         return [dict(r) | {"config": json.loads(r["config"] or "{}")} for r in rows]
+
+    # -- the session's own record -----------------------------------------------------------
+    def watch(self, tag: str) -> None:
+        """Start (or restart) the own record of `tag` from its rows as they are now. Only the holder of
+        the tag's lock may call this: from here on, rows of `tag` that this Ledger did not write are forged."""
+        with self._lock:
+            exps = self._db.execute("SELECT * FROM experiments WHERE tag = ?", (tag,)).fetchall()
+            ms = self._db.execute("SELECT m.* FROM measurements m JOIN experiments e ON e.id = m.experiment_id "
+                                  "WHERE e.tag = ?", (tag,)).fetchall()
+            self._own[tag] = _Record({r["id"]: dict(r) for r in exps}, {r["id"]: dict(r) for r in ms})
+
+    def watching(self, tag: str) -> bool:
+        return tag in self._own
+
+    def put_back(self, tag: str) -> list[str]:
+        """Make the ledger's rows of `tag` the session's record again; returns what differed (empty: nothing).
+
+        A row the session never wrote is removed (its content is kept in a `forged` event), a row
+        edited or deleted is restored, and so are measurements. Without a record (no session
+        watches `tag`) there is nothing to compare with: []."""
+        with self._tx() as db:
+            own = self._own.get(tag)
+            if own is None:
+                return []
+            found, own.found = own.found + self._restore(db, tag, own), []
+        if not found:
+            return []
+        shown = "; ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        return [f"the ledger was edited ({shown}) (restored)"]
+
+    def _restore(self, db: sqlite3.Connection, tag: str, own: "_Record") -> list[str]:
+        """Inside a transaction: put `tag`'s rows back to `own`; what was wrong, one phrase each."""
+        found = []
+        now = {r["id"]: dict(r) for r in db.execute("SELECT * FROM experiments WHERE tag = ?", (tag,))}
+        for rid in sorted(set(now) | set(own.experiments)):
+            row, was = now.get(rid), own.experiments.get(rid)
+            if row == was:
+                continue
+            if was is None:
+                found.append(f"#{rid} inserted ({row['status']}, {row['metric']}): removed")
+                db.execute("INSERT INTO events (tag, experiment_id, kind, message, created_at) VALUES (?,?,?,?,?)",
+                           (tag, rid, "forged", json.dumps(row, default=str), time.time()))
+                db.execute("DELETE FROM experiments WHERE id = ?", (rid,))
+                continue
+            if row is None:
+                found.append(f"#{rid} deleted")
+            else:
+                changed = [c for c in was if row.get(c) != was[c]]
+                found.append(f"#{rid} " + ", ".join(f"{c} {was[c]!r:.20} -> {row.get(c)!r:.20}" for c in changed[:3]))
+            _write_row(db, "experiments", was)
+        ms = {r["id"]: dict(r) for r in db.execute(
+            "SELECT m.* FROM measurements m JOIN experiments e ON e.id = m.experiment_id WHERE e.tag = ?", (tag,))}
+        for mid in sorted(set(ms) | set(own.measurements)):
+            row, was = ms.get(mid), own.measurements.get(mid)
+            if row == was:
+                continue
+            found.append(f"measurement {mid} "
+                         + ("inserted" if was is None else "deleted" if row is None else "edited"))
+            if was is None:
+                db.execute("DELETE FROM measurements WHERE id = ?", (mid,))
+            else:
+                _write_row(db, "measurements", was)
+        return found
+
+    def _owner(self, exp_id: int) -> Optional["_Record"]:
+        return next((own for own in self._own.values() if exp_id in own.experiments), None)
 
     # -- plumbing -------------------------------------------------------------------------
     def _tx(self):
@@ -616,6 +741,26 @@ def _verify(db: sqlite3.Connection, tag: Optional[str]) -> list[Break]:
     return [b for b in breaks if tag is None or b.tag in (tag, None)]
 
 
+@dataclass
+class _Record:
+    """A session's own record of one tag: rows as it found or wrote them (column -> stored value)."""
+
+    experiments: dict[int, dict[str, Any]]
+    measurements: dict[int, dict[str, Any]]
+    found: list[str] = field(default_factory=list)  # differences its own writes came upon, not yet reported
+
+
+def _read(db: sqlite3.Connection, table: str, rid: int) -> Optional[dict[str, Any]]:
+    row = db.execute(f"SELECT * FROM {table} WHERE id = ?", (rid,)).fetchone()
+    return dict(row) if row is not None else None
+
+
+def _write_row(db: sqlite3.Connection, table: str, row: dict[str, Any]) -> None:
+    """Make the row with row["id"] exactly `row` (inserting it again if it was deleted)."""
+    names = ", ".join(f'"{c}"' for c in row)
+    db.execute(f"INSERT OR REPLACE INTO {table} ({names}) VALUES ({', '.join('?' for _ in row)})", list(row.values()))
+
+
 def _retry_locked(fn, seconds: float = 30.0):
     deadline = time.monotonic() + seconds
     while True:
@@ -650,7 +795,8 @@ def _from_row(row: sqlite3.Row) -> Experiment:
     for k in ("tokens_in", "tokens_out"):
         d[k] = d[k] or 0
     d["cost_usd"] = d["cost_usd"] or 0.0
-    for k in ("patch", "rationale", "agent", "reason", "log_path", "log_tail", "host", "hardware", "worker"):
+    for k in ("patch", "rationale", "agent", "reason", "log_path", "log_tail", "host", "hardware", "worker",
+              "unverified"):
         d[k] = d[k] or ""
     return Experiment(**d)
 
@@ -673,7 +819,7 @@ def write_tsv(path: str | os.PathLike, rows: list[Experiment], metric_name: str)
         has_metric = e.metric is not None and e.status in ("keep", "discard", "checks_failed")
         value = f"{e.metric:.6f}" if has_metric else "0.000000"
         mem = f"{(e.peak_mem_mb or 0) / 1024:.1f}" if has_metric else "0.0"
-        desc = " ".join((e.description or "").split())
+        desc = one_line(e.description)  # cleaned when the row was built; rows of older versions may not be
         lines.append(f"{e.short or '-'}\t{value}\t{mem}\t{e.status}\t{desc}")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from . import engines, guards
+from . import clean, engines, guards
 from . import policy as policies
 from . import tracking
 from .agents.base import Agent, Proposal
@@ -45,7 +45,7 @@ from .proposal import ProposalFolder
 from .sandbox import Sandbox
 from .session import TagLock, marker_prefix, reconcile
 from .stateguard import StateGuard
-from .workspace import NothingChanged, Workspace
+from .workspace import GitError, NothingChanged, Workspace
 
 
 @dataclass
@@ -91,6 +91,8 @@ class Loop:
         self.tracker = tracking.make(cfg, tag, self.ledger)  # MLflow, when [tracking] asks for it
         self.concurrent = False  # set by the scheduler: other threads then move the branch and add rows
         self.in_flight: Callable[[], list[str]] = list  # descriptions of experiments running (the scheduler's)
+        self.guard_lock = threading.RLock()  # one put-back at a time (the proposer's and the scheduler's)
+        self.window: Optional[list[str]] = None  # while an agent proposes: what other checks found, charged to it
 
     # -- the loop ----------------------------------------------------------------------
     def run(self) -> Outcome:
@@ -118,6 +120,7 @@ class Loop:
         notes = reconcile(self.ledger, self.ws, self.cfg.metric.name, self.tsv)
         for n in notes:
             self.report("note", message=n)
+        self.ws.watch()  # from here on the branch and the pins move only by the harness's hand
         self.start_commit = self.ws.tip()
         # The protected files as they are at the starting point are the truth for every run.
         self.digests = self.ws.digests(self.ws.worktree("run0", at=self.start_commit), self.cfg.experiment.protected)
@@ -173,24 +176,31 @@ class Loop:
     # -- propose and check --------------------------------------------------------------
     def propose(self, repair_of: Optional[Experiment] = None) -> Optional[Experiment]:
         """Ask the agent for a change; return a committed, `running` experiment or a finished row."""
-        parent = self.ws.tip()
+        parent = self.ws.expected_tip()  # where the harness set the branch, whoever moved it since
         start = repair_of.commit if repair_of else parent
         wt = self.folder.prepare(start)  # a plain folder: no way into the repository (proposal.py)
         ctx = self.context(wt, repair_of)
         self.report("proposing", repair=repair_of is not None)
         t0 = time.monotonic()
-        state = StateGuard(self.cfg, self.ws, self.ledger.path, self.tag,  # branch, pins, ledger: not the agent's
-                           exclusive=False if self.concurrent else None, agent=True)
+        with self.guard_lock:
+            state = StateGuard(self.cfg, self.ws, self.ledger, self.tag,  # branch, pins, ledger: not the agent's
+                               exclusive=False if self.concurrent else None, agent=True)
+            self.window = []
         try:
             proposal = self.agent.propose(ctx, wt)
         except Exception as e:  # an agent backend failing is data, not a harness failure
             proposal = Proposal("", error=f"{type(e).__name__}: {e}")
+        except BaseException:  # a second Ctrl-C: no proposal to charge any more
+            with self.guard_lock:
+                self.window = None
+            raise
         if proposal.latency_s is None:
             proposal.latency_s = time.monotonic() - t0
         exp = self.new_experiment(parent, proposal.description or "(no description)",
                                   kind="repair" if repair_of else "candidate", proposal=proposal)
         exp.repair_of = repair_of.id if repair_of else None
-        tampered = state.check()  # put back whatever the agent changed there, and record it
+        with self.guard_lock:  # put back whatever the agent changed there, and record it
+            tampered, self.window = state.check() + self.window, None
         if self.stop_requested:
             if proposal.meta.get("llm_calls") or proposal.cost_usd or proposal.tokens_in:
                 # the agent's spending is data even when the change never runs
@@ -207,17 +217,22 @@ class Loop:
                 return self.finish_unrun(exp, "interrupted", self.agent_done, proposal)  # its spending is data
             return None
         if proposal.error:
-            return self.finish_unrun(exp, "crash", f"agent failed: {proposal.error}", proposal)
+            why = clean.one_line(proposal.error, clean.REASON_CHARS)
+            return self.finish_unrun(exp, "crash", f"agent failed: {why}", proposal)
         change = self.folder.changes()  # walked with lstat, compared with what the folder held
         if problems := change.problems(self.cfg):
             exp.patch = change.patch()  # kept as evidence of what was tried
-            return self.finish_unrun(exp, "violation", f"{'; '.join(problems)} (refused before running)", proposal)
+            shown = clean.one_line("; ".join(problems), clean.REASON_CHARS)  # file names are the agent's text too
+            return self.finish_unrun(exp, "violation", f"{shown} (refused before running)", proposal)
         if not change.paths:
             return self.finish_unrun(exp, "discard", "the agent changed nothing", proposal)
         try:  # from the bytes the harness read: no git runs in the folder the agent wrote
             exp.commit = self.ws.commit_files(parent, change.files, self.commit_message(exp), base=start)
         except NothingChanged:
             return self.finish_unrun(exp, "discard", "the change is empty once committed", proposal)
+        except GitError as e:  # what the agent made (a path, a file) can make git fail: its failure, not ours
+            return self.finish_unrun(exp, "crash", f"git could not commit the change: "
+                                                   f"{clean.one_line(e, clean.REASON_CHARS)}", proposal)
         exp.patch = self.ws.diff(parent, exp.commit)
         self.ledger.begin(exp)
         self.log_calls(exp, proposal)
@@ -249,12 +264,14 @@ class Loop:
     def new_experiment(self, parent: str, description: str, kind: str,
                        proposal: Optional[Proposal] = None) -> Experiment:
         p = proposal or Proposal(description)
+        # The agent's words are data: one clean line (no NUL, escapes or bidi overrides), capped, for every view.
         return Experiment(
-            tag=self.tag, parent=parent, commit=None, description=" ".join(description.split())[:500], kind=kind,
-            rationale=p.rationale, agent=getattr(self.agent, "name", "?") if kind != "baseline" else "",
+            tag=self.tag, parent=parent, commit=None, description=clean.one_line(description) or "(no description)",
+            kind=kind, rationale=clean.paragraphs(p.rationale),
+            agent=getattr(self.agent, "name", "?") if kind != "baseline" else "",
             seed=self.cfg.experiment.seed, budget_s=self.cfg.experiment.budget_s, timeout_s=self.cfg.timeout_s,
             tokens_in=p.tokens_in, tokens_out=p.tokens_out, cost_usd=p.cost_usd, agent_latency_s=p.latency_s,
-            hardware=hardware(),
+            hardware=hardware(), unverified=self.unverified(),
         )
 
     def finish_unrun(self, exp: Experiment, status: str, reason: str,
@@ -294,6 +311,9 @@ class Loop:
         finally:
             if exp.status == "running":
                 exp.status = "interrupted"
+            if exp.status != "interrupted" and (found := self.put_back()):  # e.g. by its checks, unconfined
+                exp.status, exp.reason = "violation", f"the harness's state was changed while it was judged: " \
+                                                      f"{'; '.join(found)}"
             self.ledger.finish(exp)
             if exp.status == "keep" and exp.kind != "baseline":
                 self.ws.advance(exp.commit, exp.parent)
@@ -307,7 +327,7 @@ class Loop:
         log.unlink(missing_ok=True)
         if primary:
             exp.log_path = str(log)
-        state = StateGuard(self.cfg, self.ws, self.ledger.path, self.tag)
+        state = StateGuard(self.cfg, self.ws, self.ledger, self.tag)
         m = judge(self.cfg, self.ws, wt, seed=seed, log_path=log, marker=f"{marker_prefix(self.cfg.root, self.tag)}"
                   f"{exp.id}:{seed}", protected_digests=self.digests, restore_from=self.start_commit,
                   env_extra={"AUTORESEARCH_TAG": self.tag, "AUTORESEARCH_EXPERIMENT": str(exp.id)},
@@ -327,6 +347,21 @@ class Loop:
             self.ledger.event(self.tag, "sandbox", self.box.notice)
             self.report("note", message=self.box.notice)
         return self.box
+
+    def put_back(self) -> list[str]:
+        """Put back the branch, pins and rows if anything but the harness changed them. What is found while
+        an agent proposes is charged to its proposal (and not returned); the rest is returned."""
+        with self.guard_lock:
+            found = self.ws.put_back() + self.ledger.put_back(self.tag)
+            if found and self.window is not None:
+                self.window.extend(found)
+                return []
+            return found
+
+    def unverified(self) -> str:
+        """Why a row made now is not vouched for ("" when it is): recorded in the row. Each sandbox not in
+        force adds its phrase (the experiment sandbox: Sandbox.unverified, its list of what is off: .off)."""
+        return self.sandbox().unverified
 
     def decide(self, exp: Experiment) -> policies.Verdict:
         """Ask the policy; take the extra measurements it wants until it decides."""

@@ -25,6 +25,8 @@ Definitions:
   improvement_pct is relative to |baseline|.
 - keep_rate: kept non-baseline rows / non-baseline rows that reached a verdict (every
   terminal status but `interrupted`, which was never judged). None when there are none.
+- unverified: rows made while a protection was off (the row's `unverified` says which);
+  `unverified_note()` is the sentence every view prints about them.
 
 Y-limits: the window is set by the kept values and the baseline, widened to show nearby
 discards; a wild value outside it is drawn as a triangle on the edge, so it cannot squash
@@ -92,7 +94,19 @@ def summary(rows: Sequence[Experiment], lower_is_better: bool = True) -> dict[st
         "cost_usd_total": sum(e.cost_usd or 0.0 for e in rows),
         "tokens_in_total": sum(e.tokens_in or 0 for e in rows),
         "tokens_out_total": sum(e.tokens_out or 0 for e in rows),
+        "unverified": sum(1 for e in rows if e.unverified),
+        "unverified_kept": sum(1 for e in rows if e.unverified and e.status == "keep" and e.kind != "baseline"),
+        "unverified_reasons": sorted({e.unverified for e in rows if e.unverified}),
     }
+
+
+def unverified_note(s: dict[str, Any]) -> str:
+    """One plain sentence on the rows made while a protection was off (from summary()); "" when none."""
+    if not s["unverified"]:
+        return ""
+    kept = f"; {s['unverified_kept']} of {s['kept']} kept changes among them" if s["kept"] else ""
+    return (f"UNVERIFIED: {s['unverified']} of {s['n']} experiments were measured without the sandbox{kept} "
+            f"({'; '.join(s['unverified_reasons'])}): a run could have tampered with its result")
 
 
 # -- progress.png -------------------------------------------------------------------------
@@ -261,6 +275,8 @@ def report_md(rows: Sequence[Experiment], path: str | os.PathLike, metric_name: 
     if s["improvement"] is not None:
         pct = f" ({s['improvement_pct']:+.2f}%)" if s["improvement_pct"] is not None else ""
         out.append(f"| Improvement | {_signed(s['improvement'], f)}{pct}, {direction} is better |")
+    if s["unverified"]:
+        out.append(f"| **Unverified** | {_cell(unverified_note(s))} |")
     out.append(f"| Wall time | {_duration(s['wall_s_total'])} |")
     if s["cost_usd_total"] or s["tokens_in_total"] or s["tokens_out_total"]:
         out.append(f"| Agent cost | ${s['cost_usd_total']:.2f} ({s['tokens_in_total']:,} tokens in, "
@@ -294,6 +310,8 @@ def _kept_table(rows: list[Experiment], metric_name: str, f: Any) -> list[str]:
         desc = _cell(e.description)
         if e is base and "baseline" not in desc.lower():
             desc += " *(baseline)*"
+        if e.unverified:
+            desc += " **(unverified)**"
         out.append(f"| {x} | {e.id} | `{e.short or '-'}` | {f(m) if m is not None else '—'} | {d_prev} | "
                    f"{d_base} | {_cell(_evidence(e.evidence, f))} | {desc} |")
         prev = m if m is not None else prev

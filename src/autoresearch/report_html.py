@@ -4,6 +4,7 @@ Contents, top to bottom: the summary figures (report.summary(), so they agree wi
 `status` and report.md) with the cost and time totals; the progress chart (report.progress_png()
 inlined as a base64 PNG); the table of every experiment with status filters; each kept change
 with its delta, evidence and diff; the run's notes (steering edits, pauses, tracking errors).
+Rows made while a protection was off are marked unverified, with a banner above the figures.
 
 Guarantees:
 - Self-contained: CSS, JS and the chart are inline; nothing is fetched, so it opens offline
@@ -29,7 +30,7 @@ from typing import Any, Optional, Sequence
 from . import __version__
 from .finalize import evidence_text
 from .ledger import Experiment
-from .report import progress_png, summary
+from .report import progress_png, summary, unverified_note
 
 MAX_DIFF_LINES = 300
 MAX_EVENTS = 60
@@ -52,6 +53,8 @@ h2{font-size:18px;margin:34px 0 12px}
 .card .n{color:#5f6368;font-size:12px}
 .good{color:#1e8e3e}
 .bad{color:#d93025}
+.unverified{color:#b06000;font-weight:600}
+p.unverified{background:#fef7e0;border:1px solid #f9ab00;border-radius:6px;padding:8px 12px}
 figure{margin:0;background:#fff;border:1px solid #e3e5e8;border-radius:10px;padding:10px}
 figure img{width:100%;height:auto;display:block}
 .filters{display:flex;flex-wrap:wrap;gap:8px;align-items:center;margin-bottom:10px}
@@ -146,6 +149,7 @@ def report_html(rows: Sequence[Experiment], path: str | os.PathLike, metric_name
         f"<h1>{_e(title)}</h1>",
         f"<p class=sub>{_e(project + ' · ' if project else '')}{_e(metric_name)}, "
         f"{'lower' if lower_is_better else 'higher'} is better · generated {_e(time.strftime('%Y-%m-%d %H:%M'))}</p>",
+        f"<p class=unverified id=unverified>{_e(unverified_note(s))}</p>" if s["unverified"] else "",
         _cards(rows, s, metric_name, f),
         "<h2>Progress</h2>", _chart(rows, metric_name, lower_is_better, tag),
         "<h2>Experiments</h2>", _table(rows, metric_name, lower_is_better, f),
@@ -218,13 +222,14 @@ def _table(rows: list[Experiment], name: str, lower: bool, f: Any) -> str:
         delta = _signed(m - incumbent, f) if m is not None and incumbent is not None and e.kind != "baseline" else ""
         why = "" if e.status in ("keep", "discard") or not e.reason else f"<div class=why>{_e(_short(e.reason))}</div>"
         colour = STATUS_COLOURS.get(e.status, "#5f6368")
+        unverified = f"<div class=unverified>unverified: {_e(e.unverified)}</div>" if e.unverified else ""
         out.append(f"<tr class='{_e(e.status)}' data-status='{_e(e.status)}'><td class=num>{x}</td>"
                    f"<td class=num>{e.id}</td><td><code>{_e(e.short or '-')}</code></td>"
                    f"<td><span class=badge style='background:{colour}'>{_e(e.status.replace('_', ' '))}</span></td>"
                    f"<td class=num>{f(m) if m is not None else '–'}</td><td class=num>{delta}</td>"
                    f"<td class=num>{_duration(e.wall_s) if e.wall_s is not None else '–'}</td>"
                    f"<td class=num>{f'${e.cost_usd:.2f}' if e.cost_usd else ''}</td>"
-                   f"<td>{_e(e.description)}{why}</td></tr>")
+                   f"<td>{_e(e.description)}{why}{unverified}</td></tr>")
         if e.status == "keep" and m is not None:
             incumbent = m
     out.append("</tbody></table>")
@@ -249,6 +254,8 @@ def _kept(rows: list[Experiment], name: str, f: Any) -> str:
         ev = evidence_text(e.evidence)
         facts.append(f"evidence: {_e(ev) if ev else '–'}")
         facts.append(f"<code>{_e(e.short)}</code>")
+        if e.unverified:
+            facts.append(f"<span class=unverified>unverified: {_e(e.unverified)}</span>")
         opened = " open" if lines <= 400 else ""
         out.append(f"<article class=change id=keep-{e.id}><h3>#{e.id} {_e(e.description)}</h3>"
                    f"<div class=facts>{''.join(f'<span>{x}</span>' for x in facts)}</div>"

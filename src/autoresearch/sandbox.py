@@ -29,9 +29,10 @@ after each measurement; folders of a harness that died (SIGKILL) are removed whe
 session starts.
 
 `sandbox = "auto"` falls back to no sandbox when bwrap is missing or cannot create
-namespaces here (say so once: `Sandbox.notice`); the judge's checks (digests, tripwire,
-fingerprints, the guard) still run. `sandbox = "bwrap"` with bwrap unusable is a
-ConfigError naming `apt-get install bubblewrap`.
+namespaces here (say so once: `Sandbox.notice`, listing `Sandbox.off`, the protections not
+in force); the judge's checks (digests, tripwire, fingerprints, the guard) still run, and
+every row the session makes is marked unverified (`Sandbox.unverified`, kept in the row).
+`sandbox = "bwrap"` with bwrap unusable is a ConfigError naming `apt-get install bubblewrap`.
 
 Not covered: a sandbox against the kernel or the GPU driver (bwrap is not a VM); runs on
 macOS or without user namespaces (fallback only); compile caches under a read-only HOME
@@ -197,13 +198,33 @@ class Sandbox:
         return cls("bwrap", "", cfg.root, git_dir, cfg.experiment.network)
 
     @property
+    def off(self) -> list[str]:
+        """The protections not in force for runs and agents, in plain words (empty with bwrap): said once
+        by the session, and the reason its rows are marked unverified."""
+        if self.mode == "bwrap":
+            return []
+        return ["runs can read and write the ledger, the logs and the repository's .git (refs, hooks, config)",
+                "runs can read the evaluation's secret and the hidden data (only watched files are noticed)",
+                "runs can write the user's checkout, the interpreter and anything else the user can",
+                "runs can see and signal the harness's processes"
+                + ("" if self.network else ", and reach the network (experiment.network = false is not enforced)"),
+                "process agents (command, CLI) run as the user: they can reach the ledger, .git, the secret and the "
+                "user's checkout, and leave processes behind that outlive their proposal"]
+
+    @property
+    def unverified(self) -> str:
+        """What a row made under this sandbox records as `unverified` (empty when confined)."""
+        return f"experiment sandbox off: {self.reason}" if self.off else ""
+
+    @property
     def notice(self) -> str:
         """What to say once per session."""
         if self.mode == "bwrap":
             return ("sandbox: bubblewrap (read-only system, writable worktree, private /tmp, "
                     f"{'network allowed' if self.network else 'no network'}, ledger and .git not mounted)")
-        return (f"sandbox: none ({self.reason}); runs are not confined: relying on digests, fingerprints, "
-                f"the tripwire and the guard. Install it with `{INSTALL_HINT}`")
+        return (f"sandbox: none ({self.reason}). Protections off: {'; '.join(self.off)}. Relying on digests, "
+                f"fingerprints, the tripwire and the guard instead; every experiment of this session is marked "
+                f"unverified. Install it with `{INSTALL_HINT}`")
 
     def new_run_dir(self, hidden: Iterable[Path]) -> RunDir:
         base = Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-"))

@@ -22,9 +22,11 @@ Guarantees: every row reaches one terminal state — on a stop (signal) whatever
 flight is cancelled and recorded `interrupted`, as is what waited; on any other stop
 reason (limits, target, failures) no new proposal is made and what is in flight
 finishes. Finished rows and pins never change (a rebase or a resume is a new row with
-its own pin). results.tsv and the reporter's `finished` lines are written between
-proposals (the state guard watches those files while an agent works), so they may lag
-by one agent call.
+its own pin). Rows and the branch are guarded as in the sequential loop: decisions read
+the session's own record, and before every record and branch move anything else's
+changes are put back and charged (winners.py, "Guarded"). results.tsv and the reporter's
+`finished` lines are written between proposals (the state guard watches those files while
+an agent works), so they may lag by one agent call.
 
 Not covered: `experiment.checks` run on the head and hold up scheduling while they run.
 """
@@ -348,6 +350,7 @@ class Scheduler(Decisions):
                 continue
             row = dataclasses.replace(e, id=None, status="running", reason="", started_at=0.0, ended_at=None,
                                       pid=None, worker="", tokens_in=0, tokens_out=0, cost_usd=0.0,
+                                      unverified=self.loop.unverified(),
                                       evidence={"resumed_from": e.id, **({"rebase_of": e.evidence["rebase_of"]}
                                                                          if e.evidence.get("rebase_of") else {})})
             self.ledger.begin(row)

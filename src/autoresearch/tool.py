@@ -13,7 +13,9 @@ decide, record — and every rule still holds:
 - keep: the branch advances by compare-and-swap to the new commit, which matches the
   checkout, so the change stays; otherwise the changed files are put back as they were
   at the parent, so the checkout is clean for the next try;
-- the first call on a tag measures the baseline first.
+- the first call on a tag measures the baseline first;
+- the `-m` text is cleaned like any agent's description (clean.one_line): one line, no
+  control characters or escape sequences, capped.
 The checkout must be on `autoresearch/<tag>`; from any other branch one is created at
 HEAD and checked out, carrying the uncommitted change along.
 """
@@ -23,13 +25,14 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from .agents.base import Proposal
+from .clean import REASON_CHARS, one_line
 from .config import Config
 from .errors import WorkspaceError
 from .ledger import Experiment
 from .loop import Loop
 from .proposal import read_change, refused_kinds
 from .session import TagLock
-from .workspace import STEERING_FILES, Git, NothingChanged, default_tag
+from .workspace import STEERING_FILES, Git, GitError, NothingChanged, default_tag
 
 
 class _HandAgent:
@@ -89,8 +92,8 @@ def experiment(cfg: Config, description: str, tag: Optional[str] = None, reporte
             exp.patch = Git(checkout)("diff", "HEAD", check=False)
             bad = sorted(set(outside) | {p for p, _ in refused})
             ws.restore(checkout, bad, parent)
-            why = [f"{p} is {what}" for p, what in refused] + \
-                ([f"changed files outside `experiment.editable`: {', '.join(outside)}"] if outside else [])
+            why = [f"{one_line(p)} is {what}" for p, what in refused] + \
+                ([f"changed files outside `experiment.editable`: {', '.join(map(one_line, outside))}"] if outside else [])
             return _verdict(loop, loop.finish_unrun(exp, "violation", f"{'; '.join(why)} (put back as they were)"))
         if not changed:
             return _verdict(loop, loop.finish_unrun(exp, "discard", "no change to the editable files"))
@@ -98,6 +101,11 @@ def experiment(cfg: Config, description: str, tag: Optional[str] = None, reporte
             exp.commit = ws.commit_files(parent, read_change(checkout, changed), loop.commit_message(exp))
         except NothingChanged:
             return _verdict(loop, loop.finish_unrun(exp, "discard", "the change is empty once committed"))
+        except GitError as e:  # what the agent made can make git fail: recorded, the checkout put back
+            ws.restore(checkout, changed, parent)
+            Git(checkout)("reset", "-q", "--", *changed, check=False)
+            return _verdict(loop, loop.finish_unrun(exp, "crash", f"git could not commit the change: "
+                                                                  f"{one_line(e, REASON_CHARS)}"))
         exp.patch = ws.diff(parent, exp.commit)
         loop.ledger.begin(exp)
         ws.pin(exp.id, exp.commit)
@@ -115,7 +123,8 @@ def _verdict(loop: Loop, exp: Experiment) -> dict[str, Any]:
     inc = loop.ledger.incumbent(loop.tag)
     return {
         "id": exp.id, "status": exp.status, "metric": exp.metric, "reason": exp.reason, "commit": exp.commit,
-        "parent": exp.parent, "description": exp.description, "best_metric": inc.metric if inc else None,
+        "parent": exp.parent, "description": exp.description, "unverified": exp.unverified,
+        "best_metric": inc.metric if inc else None,
         "best_commit": inc.commit if inc else None, "log": exp.log_path,
         "log_tail": "\n".join(exp.log_tail.splitlines()[-20:]) if exp.status == "crash" else "",
     }

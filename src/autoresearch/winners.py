@@ -22,6 +22,10 @@ Rules:
   is a discard; after MAX_REBASES the change is dropped.
 - Every verdict keeps the policy's evidence and adds `measurements` (each one with its
   worker, hardware class, times and attempt), `screen` and `lost` where they apply.
+- Guarded. Before a row is recorded and the branch moved, the branch, pins and rows are
+  compared with what the harness wrote and put back (`_put_back`); the incumbent and the
+  rows decisions read come from the session's own record (Ledger), never from a row
+  someone else inserted, and proposals start from where the harness set the branch.
 """
 
 from __future__ import annotations
@@ -131,6 +135,7 @@ class Decisions:
         exp = st.exp
         if status:
             exp.status, exp.reason = status, reason
+        self._put_back(exp)
         extra: dict[str, Any] = {"measurements": st.runs}
         if st.screen:
             extra["screen"] = st.screen
@@ -151,6 +156,22 @@ class Decisions:
         if exp.status == "crash" and exp.commit and not self.draining and self._repairs_of(exp) < \
                 self.cfg.agent.repair_attempts:
             self.repairs.append(exp)
+
+    def _put_back(self, exp: Experiment) -> None:
+        """Before recording `exp` and moving the branch: undo what anything but the harness did to the
+        branch, pins and rows (Loop.put_back). An agent proposing meanwhile is charged with it; otherwise, when
+        runs are not confined, `exp`'s run could have done it and it becomes a `violation`; with the sandbox on,
+        no run could: it is recorded as an event. Decisions never read such rows: the ledger answers this
+        session from its own record."""
+        found = self.loop.put_back()
+        if not found:
+            return
+        what = "; ".join(found)
+        self.ledger.event(self.tag, "tamper", f"found before recording #{exp.id}: {what}", exp.id)
+        self.loop.report("note", message=f"the harness's state was changed: {what}")
+        if self.loop.sandbox().off and exp.status != "interrupted":
+            exp.status, exp.reason = "violation", (f"the harness's state was changed while it ran unconfined "
+                                                   f"(was {exp.status}: {exp.reason}): {what}")
 
     def _repairs_of(self, exp: Experiment) -> int:
         n, e = 0, exp

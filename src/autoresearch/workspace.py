@@ -36,6 +36,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Iterable, Optional
@@ -238,6 +239,9 @@ class Workspace:
         self.ref = f"refs/heads/{self.branch}"
         self.home = self.root / ".autoresearch"
         self.trees = self.home / "worktrees" / tag
+        self.refs_lock = threading.RLock()
+        self._known: Optional[dict[str, str]] = None  # the tag's refs as the harness set them: see watch()
+        self._found: list[str] = []  # refs its own moves found moved by someone else, not yet reported
 
     # -- setup ----------------------------------------------------------------------
     def prepare(self, *, allow_dirty: Iterable[str] = STEERING_FILES) -> bool:
@@ -440,20 +444,34 @@ class Workspace:
 
     def git_bytes(self, *args: str, data: Optional[bytes] = None) -> bytes:
         """git in the repository's top folder, bytes in and out (paths with any characters, binary blobs)."""
-        r = subprocess.run(["git", *args], cwd=self.top, input=data, capture_output=True, env=self.git.env)
+        r = subprocess.run(git_command(args, self.top), cwd=self.top, input=data, capture_output=True,
+                           env=self.git.env)
         if r.returncode != 0:
             why = r.stderr.decode(errors="replace").strip()
             raise GitError(f"git {' '.join(args[:3])} failed in {self.top}: {why}")
         return r.stdout
 
     def advance(self, new: str, expected_old: str) -> None:
-        """Move the branch from `expected_old` to `new` atomically, or raise if it moved meanwhile."""
-        try:
-            self.git("update-ref", self.ref, new, expected_old)
-        except GitError as e:
-            raise WorkspaceError(
-                f"branch {self.branch} is no longer at {expected_old[:7]} (someone moved it): {e}"
-            ) from None
+        """Move the branch from `expected_old` to `new` atomically, or raise if it moved meanwhile.
+
+        While watched, a branch that is not where the harness last set it (and that was
+        `expected_old`) was moved by someone else: it is moved from wherever it is, and the
+        next put_back() reports it."""
+        with self.refs_lock:
+            if self._known is not None and self._known.get(self.ref) == expected_old:
+                now = self.git("rev-parse", "--verify", "--quiet", self.ref, check=False)
+                if now != expected_old:
+                    self._found.append(f"{self.branch} was moved from {expected_old[:7]} to {(now or 'nothing')[:7]} "
+                                       "(restored)")
+                    expected_old = now
+            try:
+                self.git("update-ref", self.ref, new, expected_old)
+            except GitError as e:
+                raise WorkspaceError(
+                    f"branch {self.branch} is no longer at {expected_old[:7]} (someone moved it): {e}"
+                ) from None
+            if self._known is not None:
+                self._known[self.ref] = new
 
     def clear_stale_locks(self) -> list[str]:
         """Remove the lock files a killed `git update-ref` left on this tag's refs; returns them.
@@ -473,7 +491,52 @@ class Workspace:
         return removed
 
     def pin(self, exp_id: int, sha: str) -> None:
-        self.git("update-ref", f"refs/autoresearch/{self.tag}/{exp_id}", sha)
+        with self.refs_lock:
+            self.git("update-ref", f"refs/autoresearch/{self.tag}/{exp_id}", sha)
+            if self._known is not None:
+                self._known[f"refs/autoresearch/{self.tag}/{exp_id}"] = sha
+
+    # -- the harness's own refs ------------------------------------------------------------
+    def watch(self) -> None:
+        """Remember the branch and the pins as they are now (the caller holds the tag's lock): from here
+        on only advance() and pin() change them, and put_back() undoes anything else."""
+        with self.refs_lock:
+            self._known, self._found = self._refs(), []
+
+    def watching(self) -> bool:
+        return self._known is not None
+
+    def expected_tip(self) -> str:
+        """Where the harness last set the branch (while watched), else where it is."""
+        with self.refs_lock:
+            known = self._known.get(self.ref) if self._known is not None else None
+        return known or self.tip()
+
+    def put_back(self) -> list[str]:
+        """Undo what anything but advance() and pin() did to the tag's refs since watch(); returns what was
+        found, one line each ([] when unwatched). The branch is restored by compare-and-swap."""
+        with self.refs_lock:
+            if self._known is None:
+                return []
+            found, self._found = self._found, []
+            now = self._refs()
+            for ref in sorted(set(self._known) | set(now)):
+                old, new = self._known.get(ref), now.get(ref)
+                if old == new:
+                    continue
+                if old is None:
+                    self.git("update-ref", "-d", ref, new, check=False)
+                else:
+                    self.git("update-ref", ref, old, *([new] if new else []), check=False)
+                found.append(f"{ref.replace('refs/heads/', '')} was moved from {(old or 'nothing')[:7]} to "
+                             f"{(new or 'nothing')[:7]} (restored)")
+            return found
+
+    def _refs(self) -> dict[str, str]:
+        # strict: a failed listing read as "no refs" would report every ref as moved
+        out = self.git("for-each-ref", "--format=%(refname) %(objectname)", f"refs/autoresearch/{self.tag}/",
+                       self.ref)
+        return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
 
     def rebase(self, commit: str, onto: str, message: str) -> str:
         """The change `commit` made to its parent, cherry-picked onto `onto` as a new commit (in worktree
