@@ -13,6 +13,7 @@ import json
 import socket
 import sqlite3
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -224,6 +225,50 @@ def test_the_metric_comes_only_from_the_evaluation(tmp_path):
     if BWRAP:
         assert "eval could not write the worktree" in eval_log
         assert not (bench.wt / "written-by-eval").exists()
+
+
+ISOLATION_EVAL = '''\
+import json, os, sys
+from pathlib import Path
+out = {"cwd": os.getcwd(), "path": sys.path, "safe": sys.flags.safe_path, "no_user_site": sys.flags.no_user_site,
+       "env": sorted(k for k in os.environ if k.startswith("PYTHON")), "planted": Path("planted.txt").exists(),
+       "secret": bool(os.environ.get("AUTORESEARCH_EVAL_SECRET"))}
+for name, target in (("cwd", Path("written-by-eval")), ("ckpt", Path(os.environ["AUTORESEARCH_CHECKPOINT"])),
+                     ("artifacts", Path(os.environ["AUTORESEARCH_ARTIFACTS"]) / "new")):
+    try:
+        target.write_text("x")
+        out["wrote_" + name] = True
+    except OSError:
+        out["wrote_" + name] = False
+print("PROBE " + json.dumps(out))
+print("score: 2.5")
+'''
+
+
+@pytest.mark.parametrize("sandbox", ["auto", "none"])
+def test_the_evaluation_runs_in_its_own_checkout_with_an_isolated_interpreter(tmp_path, sandbox):
+    """Not in the run's worktree (what the run wrote there is absent), with no script folder, user site
+    or PYTHON* settings of the user's on its path; under bwrap it can write neither its checkout nor
+    the artefact it was handed."""
+    bench = _channel(tmp_path, experiment=f'sandbox = "{sandbox}"\nenv = {{ PYTHONPATH = "{tmp_path}", '
+                                                f'PYTHONSTARTUP = "{tmp_path / "startup.py"}" }}\n')
+    (bench.root / "evaluate.py").write_text(ISOLATION_EVAL)
+    git(bench.root, "commit", "-qam", "probe the evaluation")
+    bench.wt = bench.ws.worktree("run0", at=bench.ws.git("rev-parse", "HEAD"))
+    bench.digests = bench.ws.digests(bench.wt, bench.cfg.experiment.protected)
+    m = bench.judge('echo -n ok > "$AUTORESEARCH_CHECKPOINT"; echo x > planted.txt; echo "PYTHONPATH=$PYTHONPATH"')
+    assert m.status == "ok" and m.metric == 2.5, (m.status, m.reason)
+    assert f"PYTHONPATH={tmp_path}" in bench.log.read_text(), "the run keeps the user's PYTHONPATH"
+    probe = json.loads([ln for ln in Path(m.eval_log).read_text().splitlines() if ln.startswith("PROBE ")][-1][6:])
+    assert Path(probe["cwd"]) == bench.ws.trees / "run0-eval" and (bench.wt / "planted.txt").exists()
+    assert not probe["planted"] and probe["secret"]
+    assert probe["env"] == ["PYTHONDONTWRITEBYTECODE", "PYTHONNOUSERSITE", "PYTHONSAFEPATH", "PYTHONUNBUFFERED"]
+    assert probe["no_user_site"] and str(tmp_path) not in probe["path"]
+    if sys.version_info >= (3, 11):
+        assert probe["safe"] and probe["cwd"] not in probe["path"] and "" not in probe["path"]
+    assert len(m.artifact_sha256) == 64
+    if sandbox == "auto" and BWRAP:
+        assert not (probe["wrote_cwd"] or probe["wrote_ckpt"] or probe["wrote_artifacts"]), probe
 
 
 @pytest.mark.parametrize("mode,status,reason", [
