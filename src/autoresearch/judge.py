@@ -42,12 +42,13 @@ Guarantees:
 Not covered: on Python 3.10 (no PYTHONSAFEPATH) the evaluator's folder is still first on
 sys.path; that folder is a fresh checkout, so only a committed editable file named like a
 module the evaluator imports could shadow it. Without bubblewrap the evaluation is not in
-its own PID namespace and a process that escaped the run's kill (setsid and a scrubbed
-environment) could still write the artefact (caught by the digest) or the checkout between
-the reset and the start. An evaluation command that imports the candidate's code runs that code in the
-evaluation's process, where it can print a metric line of its own; integrity.review flags the
-known ways. The GPT template's evaluation does not: it runs train.py's model in a child process
-that only returns logits and shows its output prefixed. docs/integrity.md lists the rest.
+its own PID namespace, and a process that escaped the run's kill (setsid and a scrubbed
+environment) could still write the checkout between its reset and the start, or the
+artefact during the evaluation (the digest is checked before it starts). An evaluation
+command that imports the candidate's code runs that code in the evaluation's process, where
+it can print a metric line of its own; integrity.review flags the known ways. The GPT
+template's evaluation does not: it runs train.py's model in a child process that only
+returns logits and shows its output prefixed. docs/integrity.md lists the rest.
 """
 
 from __future__ import annotations
@@ -225,9 +226,10 @@ EVAL_PYTHON_KEEP = ("PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PYTHONIOENCO
 def evaluation_env(run_env: dict[str, str], secret: str) -> dict[str, str]:
     """The evaluation's environment: the run's, with an isolated interpreter and the secret.
 
-    PYTHONSAFEPATH keeps the script's folder off sys.path (stdlib and site-packages are found first;
-    an evaluator importing its siblings appends its own folder at the end, see the templates);
-    PYTHONNOUSERSITE keeps the user's site-packages out."""
+    PYTHONSAFEPATH keeps the script's folder off sys.path, so nothing there can shadow the stdlib or
+    site-packages; an evaluator that imports its siblings loads them by path (the GPT template's
+    prepare.py does) or appends its own folder at the *end* of sys.path. PYTHONNOUSERSITE keeps the
+    user's site-packages out."""
     env = {k: v for k, v in run_env.items()
            if k != "AUTORESEARCH_EXTERNAL_EVAL" and (not k.startswith("PYTHON") or k in EVAL_PYTHON_KEEP)}
     env |= {"PYTHONSAFEPATH": "1", "PYTHONNOUSERSITE": "1", "AUTORESEARCH_EVAL_SECRET": secret}
