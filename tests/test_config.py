@@ -145,3 +145,11 @@ def test_zero_config_on_the_original_three_files(tmp_path):
     assert cfg.metric.memory == "peak_vram_mb"
     assert cfg.experiment.budget_s == 300 and cfg.timeout_s == 600
     assert cfg.experiment.run.endswith("train.py")
+
+
+def test_log_max_mb_defaults_to_32_and_must_be_at_least_1(tmp_path):
+    assert load(project_with(tmp_path, GOOD)).experiment.log_max_mb == 32
+    msg = error_of(tmp_path / "small", GOOD.replace("budget_s = 1\n", "budget_s = 1\nlog_max_mb = 0.5\n"))
+    assert "experiment.log_max_mb" in msg and "at least 1" in msg
+    msg = error_of(tmp_path / "text", GOOD.replace("budget_s = 1\n", "budget_s = 1\nlog_max_mb = \"big\"\n"))
+    assert "log_max_mb" in msg
