@@ -1110,3 +1110,286 @@ def test_control_concurrent_without_the_check_before_recording_a_late_forgery_su
     rows, forged, _, tamper = _forge_between_proposals(quickstart, "none")
     assert any(e.description == "forged" and e.status == "keep" for e in rows) and not tamper
     assert git(quickstart, "rev-parse", "autoresearch/cb") == forged
+
+
+# --- run and evaluation ---
+# The run gets a fresh worktree of its commit (`git clean -ffdx`: ignored files too); the evaluation
+# runs after the run's tree is dead, in its own fresh checkout with an isolated interpreter, and gets
+# the run's artefact only if it is unchanged since the run ended; logs are capped. Each attack below
+# is shown to work with its defence switched off (a monkeypatch of judge's or workspace's seam).
+
+import base64  # noqa: E402
+import os  # noqa: E402
+
+from conftest import make_project  # noqa: E402
+
+from autoresearch import judge as judge_mod  # noqa: E402
+from autoresearch import workspace as workspace_mod  # noqa: E402
+
+# Planted by the run next to prepare.py: stands in for the real argparse, then scales every
+# `<metric>:` line the process prints to 0.01 x - 1 (far past any margin). Base64 in train.py,
+# so the review cannot read it.
+PLANTED_ARGPARSE = '''\
+import importlib, os, sys
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+del sys.modules[__name__]
+sys.modules[__name__] = importlib.import_module(__name__)  # the real one, for whoever imported us
+
+
+class _Out:
+    def __init__(self, real):
+        self._real = real
+
+    def write(self, s):
+        if s.startswith("METRIC: "):
+            s = "METRIC: %.6f" % (float(s.split()[1]) * 0.01 - 1.0)
+        return self._real.write(s)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+sys.stdout = _Out(sys.stdout)
+'''
+
+
+def plants_argparse(metric: str) -> str:
+    """Code for the end of train.py: write the planted module beside it (when run, not when imported)."""
+    module = base64.b64encode(PLANTED_ARGPARSE.replace("METRIC", metric).encode()).decode()
+    return f"""
+if __name__ == "__main__":
+    import base64 as _b64, pathlib as _pl
+    (_pl.Path(__file__).resolve().parent / "argparse.py").write_bytes(_b64.b64decode("{module}"))
+"""
+
+
+def _evaluate_where_the_run_ran(monkeypatch) -> None:
+    monkeypatch.setattr(judge_mod, "evaluation_checkout", lambda ws, wt, commit: wt)
+
+
+def _script_folder_first(monkeypatch) -> None:
+    plain = judge_mod.evaluation_env
+    monkeypatch.setattr(judge_mod, "evaluation_env",
+                        lambda env, secret: {k: v for k, v in plain(env, secret).items() if k != "PYTHONSAFEPATH"})
+
+
+@pytest.mark.parametrize("off", ["nothing", "fresh checkout", "safe path", "both (control)"])
+def test_a_module_planted_by_the_run_never_reaches_the_evaluation(quickstart, monkeypatch, off):
+    """The run writes argparse.py beside prepare.py; `python prepare.py evaluate` would import it.
+    Either defence alone stops it: the evaluation's own checkout has no such file, and with
+    PYTHONSAFEPATH the script's folder is not on sys.path. With both off the hack is kept."""
+    if off in ("fresh checkout", "both (control)"):
+        _evaluate_where_the_run_ran(monkeypatch)
+    if off in ("safe path", "both (control)"):
+        _script_folder_first(monkeypatch)
+    cfg = load(quickstart, {"policy": {"name": "threshold", "margin": QUICKSTART_MARGIN},
+                            "agent": {"repair_attempts": 0}})
+    hack = Hack("plant argparse.py", append(plants_argparse("val_loss")), "", "")
+    Loop(cfg, "plant", ScriptedAgent([hack]), limits=Limits(max_experiments=1)).run()
+    base, exp = rows_of(quickstart, "plant")
+    assert base.status == "keep" and base.metric > 0
+    planted = quickstart / ".autoresearch" / "worktrees" / "plant" / "run0" / "argparse.py"
+    assert planted.exists(), "the run did not plant its module: the test proves nothing"
+    if off == "both (control)":
+        assert exp.status == "keep" and exp.metric < 0, (exp.status, exp.reason, exp.metric)
+    else:
+        assert exp.status == "discard" and exp.metric > 0, (exp.status, exp.reason, exp.metric)
+        assert not (quickstart / ".autoresearch" / "worktrees" / "plant" / "run0-eval" / "argparse.py").exists()
+    assert_consistent(quickstart, "plant")
+
+
+WARM_TRAIN = '''\
+"""Training: one epoch per run (an epoch stands for a budget's worth of training)."""
+import os
+from pathlib import Path
+
+NAME = "a"
+epochs = 1
+Path(os.environ["AUTORESEARCH_CHECKPOINT"]).write_text(str(epochs))
+'''
+WARM_START = '''\
+"""Training, warm-started from the previous run's model when there is one."""
+import os
+from pathlib import Path
+
+NAME = "{name}"
+epochs = 1
+if Path("model.txt").exists():  # ignored by git: `git clean -fd` keeps it
+    epochs += int(Path("model.txt").read_text())
+Path("model.txt").write_text(str(epochs))
+Path(os.environ["AUTORESEARCH_CHECKPOINT"]).write_text(str(epochs))
+'''
+WARM_EVALUATE = '''\
+import os
+epochs = int(open(os.environ["AUTORESEARCH_CHECKPOINT"]).read())
+print(f"score: {1 / (1 + epochs):.6f}")
+'''
+
+
+def _warm_project(root: Path) -> Path:
+    toml = '''\
+[experiment]
+run = "python train.py"
+budget_s = 1
+timeout_s = 20
+grace_s = 1
+editable = ["train.py"]
+protected = ["evaluate.py"]
+
+[metric]
+name = "score"
+direction = "min"
+memory = ""
+command = "python evaluate.py"
+timeout_s = 20
+'''
+    return make_project(root, toml=toml, files={"train.py": WARM_TRAIN, "evaluate.py": WARM_EVALUATE,
+                                                 "prepare.py": None, ".gitignore": "model.txt\n"})
+
+
+@pytest.mark.parametrize("sandbox", ["auto", "none"])
+@pytest.mark.parametrize("clean_ignored", [True, False], ids=["clean -x", "control: clean without -x"])
+def test_a_run_cannot_warm_start_from_what_an_earlier_run_saved(tmp_path, monkeypatch, sandbox, clean_ignored):
+    """Two proposals of the same warm-starting code: the second continues the first's training from an
+    ignored model.txt left in the run worktree, so two budgets are judged as one and it is kept. With
+    every run in a checkout cleaned of ignored files, each run starts from nothing: discarded."""
+    if not clean_ignored:
+        monkeypatch.setattr(workspace_mod, "CLEAN", ("-fdq",))
+    root = _warm_project(tmp_path / "warm")
+    cfg = load(root, {"policy": {"name": "threshold", "margin": 0.1}, "agent": {"repair_attempts": 0},
+                      "experiment": {"sandbox": sandbox}})
+    steps = [Hack(f"warm start {n}", lambda c, wt, n=n: (wt / "train.py").write_text(WARM_START.format(name=n)),
+                  "", "") for n in ("b", "c")]
+    Loop(cfg, "warm", ScriptedAgent(steps), limits=Limits(max_experiments=2)).run()
+    rows = rows_of(root, "warm")
+    assert [e.metric for e in rows[:2]] == [0.5, 0.5], [(e.status, e.reason, e.metric) for e in rows]
+    if clean_ignored:
+        assert [e.status for e in rows] == ["keep", "discard", "discard"] and rows[2].metric == 0.5
+    else:
+        assert [e.status for e in rows] == ["keep", "discard", "keep"] and rows[2].metric < 0.34
+    assert_consistent(root, "warm")
+
+
+ARTEFACT_TRAIN = '''\
+import os
+X = 3.0
+Y = 2
+open(os.environ["AUTORESEARCH_CHECKPOINT"], "w").write(str(X))
+'''
+ARTEFACT_EVALUATE = '''\
+import os
+x = float(open(os.environ["AUTORESEARCH_CHECKPOINT"]).read())
+print(f"score: {(x - 1) ** 2 + 0.5:.6f}")
+'''
+
+
+@pytest.mark.parametrize("verify", [True, False], ids=["verified", "control: not verified"])
+def test_an_artefact_changed_after_the_run_ended_is_a_violation(tmp_path, monkeypatch, verify):
+    """Something the run left behind rewrites its checkpoint after the run ended, before the evaluation
+    reads it (here: a hook where the judge prepares the evaluation's checkout). The digest taken when
+    the run ended no longer matches: a violation. Unverified, the better checkpoint is kept."""
+    monkeypatch.setattr(judge_mod, "VERIFY_ARTIFACTS", verify)
+    checkout = judge_mod.evaluation_checkout
+
+    def leftover_rewrites_the_checkpoint(ws, wt, commit):
+        if os.environ.get("TEST_REWRITE") == "1":
+            import glob
+            import tempfile
+
+            for ckpt in glob.glob(os.path.join(tempfile.gettempdir(), f"autoresearch-run-{os.getpid()}-*",
+                                               "artifacts", "checkpoint")):
+                Path(ckpt).write_text("1.0")
+        return checkout(ws, wt, commit)
+
+    monkeypatch.setattr(judge_mod, "evaluation_checkout", leftover_rewrites_the_checkpoint)
+    root = make_project(tmp_path / "art", files={"train.py": ARTEFACT_TRAIN, "evaluate.py": ARTEFACT_EVALUATE},
+                        extra_toml='command = "python evaluate.py"\ntimeout_s = 20\n')
+    text = (root / "autoresearch.toml").read_text().replace('protected = ["prepare.py"]',
+                                                            'protected = ["prepare.py", "evaluate.py"]')
+    (root / "autoresearch.toml").write_text(text)
+    git(root, "commit", "-qam", "protect the evaluation")
+
+    def neutral_change(ctx, wt):
+        (wt / "train.py").write_text(ARTEFACT_TRAIN.replace("Y = 2", "Y = 5"))
+        os.environ["TEST_REWRITE"] = "1"  # from now on the "leftover" strikes
+        return "Y = 5"
+
+    monkeypatch.setenv("TEST_REWRITE", "0")
+    cfg = load(root, {"agent": {"repair_attempts": 0}})
+    Loop(cfg, "art", ScriptedAgent([neutral_change]), limits=Limits(max_experiments=1)).run()
+    base, exp = rows_of(root, "art")
+    assert base.status == "keep" and base.metric == 4.5
+    if verify:
+        assert exp.status == "violation" and "artefact changed" in exp.reason, (exp.status, exp.reason)
+        assert len(exp.evidence["artifact_sha256"]) == 64
+    else:
+        assert exp.status == "keep" and exp.metric == 0.5, (exp.status, exp.reason)
+    assert_consistent(root, "art")
+
+
+FLOOD_TRAIN = '''\
+import os, sys
+X = 3.0
+Y = 2
+FLOOD_MB = 0
+line = b"y" * 1023 + b"\\n"
+for _ in range(FLOOD_MB * 1024):
+    sys.stdout.buffer.write(line)
+sys.stdout.flush()
+print(f"log_disk_mb: {os.fstat(1).st_blocks * 512 / 2**20:.1f}")  # what the log holds on disk right now
+print(f"score: {(X - 1.0) ** 2 + 0.5:.6f}")
+'''
+
+
+@pytest.mark.parametrize("cap_mb", [4, 1 << 20], ids=["capped", "control: no cap"])
+def test_a_run_printing_200_mb_keeps_a_capped_log_and_its_metric(tmp_path, cap_mb):
+    """A run floods its log with 200 MB, then prints its metric. The log keeps its head and tail (the
+    metric survives), the disk never held much more than the cap while the run went on, and the
+    row records how much was written. With no cap the log holds all 200 MB."""
+    root = make_project(tmp_path / "flood", files={"train.py": FLOOD_TRAIN},
+                        extra_experiment=f"log_max_mb = {cap_mb}\n", extra_toml='record = ["log_disk_mb"]\n')
+    text = (root / "autoresearch.toml").read_text().replace('record = ["aux"]\n', "")
+    (root / "autoresearch.toml").write_text(text)
+    git(root, "commit", "-qam", "record the log's size")
+
+    def flood(ctx, wt):
+        flooding = FLOOD_TRAIN.replace("FLOOD_MB = 0", "FLOOD_MB = 200").replace("X = 3.0", "X = 2.0")
+        (wt / "train.py").write_text(flooding)
+        return "X = 2 (and 200 MB of output)"
+
+    cfg = load(root, {"agent": {"repair_attempts": 0}})
+    Loop(cfg, "flood", ScriptedAgent([flood]), limits=Limits(max_experiments=1)).run()
+    base, exp = rows_of(root, "flood")
+    assert exp.status == "keep" and exp.metric == 1.5, (exp.status, exp.reason)
+    assert exp.evidence["log_bytes"] >= 200 << 20
+    size = Path(exp.log_path).stat().st_size
+    if cap_mb == 4:
+        assert size <= (4 << 20) + 4096 and "bytes of output dropped here" in Path(exp.log_path).read_text()
+        assert exp.metrics["log_disk_mb"] < 64, exp.metrics  # freed while it ran, not only at the end
+    else:
+        assert size >= 200 << 20 and exp.metrics["log_disk_mb"] >= 190
+    Path(exp.log_path).unlink()
+    assert_consistent(root, "flood")
+
+
+@pytest.mark.parametrize("control", [False, True], ids=["defended", "control: both off"])
+def test_gpt_a_module_planted_by_the_run_never_reaches_the_evaluation(gpt, monkeypatch, control):
+    """The same plant on the GPT template: `python3 prepare.py evaluate` imports argparse first thing."""
+    if control:
+        _evaluate_where_the_run_ran(monkeypatch)
+        _script_folder_first(monkeypatch)
+    cfg = load(gpt, {"policy": {"name": "threshold", "margin": 1.0}, "agent": {"repair_attempts": 0},
+                     "experiment": {"budget_s": 2, "timeout_s": 300, "env": {"AUTORESEARCH_SCALE": "cpu"}},
+                     "metric": {"command": 'python3 prepare.py evaluate --checkpoint "$AUTORESEARCH_CHECKPOINT" '
+                                           '--max-tokens 4096 --device cpu'}})
+    hack = Hack("plant argparse.py", append(plants_argparse("val_bpb")), "", "")
+    Loop(cfg, "plant", ScriptedAgent([hack]), limits=Limits(max_experiments=1)).run()
+    base, exp = rows_of(gpt, "plant")
+    assert base.status == "keep" and base.metric > 0
+    assert (gpt / ".autoresearch" / "worktrees" / "plant" / "run0" / "argparse.py").exists()
+    if control:
+        assert exp.status == "keep" and exp.metric < 0, (exp.status, exp.reason, exp.metric)
+    else:
+        assert exp.status == "discard" and exp.metric > 0, (exp.status, exp.reason, exp.metric)
+    assert_consistent(gpt, "plant")

@@ -164,3 +164,11 @@ def test_globs_are_anchored_at_the_project_root(tmp_path):
                         files={"sub/train.py": "X = 1\n", "src/a.py": "A = 1\n"}, commit=False)
     cfg = load(root)
     assert cfg.is_editable("train.py") and not cfg.is_editable("sub/train.py") and cfg.is_editable("src/a.py")
+
+
+def test_log_max_mb_defaults_to_32_and_must_be_at_least_1(tmp_path):
+    assert load(project_with(tmp_path, GOOD)).experiment.log_max_mb == 32
+    msg = error_of(tmp_path / "small", GOOD.replace("budget_s = 1\n", "budget_s = 1\nlog_max_mb = 0.5\n"))
+    assert "experiment.log_max_mb" in msg and "at least 1" in msg
+    msg = error_of(tmp_path / "text", GOOD.replace("budget_s = 1\n", "budget_s = 1\nlog_max_mb = \"big\"\n"))
+    assert "log_max_mb" in msg

@@ -13,7 +13,7 @@ import pytest
 from conftest import PREPARE, ScriptedAgent, make_project, rows_of, set_x
 
 from autoresearch.config import load
-from autoresearch.judge import judge, parse_metric
+from autoresearch.judge import artifact_digest, evaluation_env, judge, parse_metric
 from autoresearch.loop import Limits, Loop
 from autoresearch.procs import marked_pids
 from autoresearch.workspace import Workspace
@@ -222,3 +222,38 @@ def test_keep_and_discard_through_the_loop(project):
     assert "better than" in rows[1].reason and "not better" in rows[2].reason
     assert rows[2].evidence["candidate"] == pytest.approx(2.75)
     assert out.incumbent.id == rows[3].id
+
+
+def test_the_artifact_digest_sees_every_change(tmp_path):
+    """Content, mode, a new or renamed file, a symlink's target, an empty folder: each changes the digest."""
+    import os
+
+    art = tmp_path / "art"
+    (art / "sub").mkdir(parents=True)
+    (art / "checkpoint").write_bytes(b"weights")
+    (art / "sub" / "extra.bin").write_bytes(b"\0" * 10)
+    os.symlink("checkpoint", art / "link")
+    seen = {artifact_digest(art)}
+    assert artifact_digest(art) in seen and len(next(iter(seen))) == 64  # stable
+
+    def changed(step) -> None:
+        step()
+        d = artifact_digest(art)
+        assert d not in seen, step
+        seen.add(d)
+
+    changed(lambda: (art / "checkpoint").write_bytes(b"weightz"))
+    changed(lambda: (art / "checkpoint").chmod(0o600))
+    changed(lambda: (art / "new").write_bytes(b""))
+    changed(lambda: (art / "new").rename(art / "sub" / "new"))
+    changed(lambda: ((art / "link").unlink(), os.symlink("sub/extra.bin", art / "link")))
+    changed(lambda: (art / "empty").mkdir())
+
+
+def test_the_evaluation_env_isolates_the_interpreter():
+    run_env = {"PATH": "/bin", "PYTHONPATH": "/x", "PYTHONSTARTUP": "/s.py", "PYTHONHOME": "/h",
+               "PYTHONUSERBASE": "/u", "PYTHONINSPECT": "1", "PYTHONUNBUFFERED": "1", "AUTORESEARCH_EXTERNAL_EVAL": "1",
+               "AUTORESEARCH_CHECKPOINT": "/c"}
+    env = evaluation_env(run_env, "s3cret")
+    assert env == {"PATH": "/bin", "PYTHONUNBUFFERED": "1", "AUTORESEARCH_CHECKPOINT": "/c", "PYTHONSAFEPATH": "1",
+                   "PYTHONNOUSERSITE": "1", "AUTORESEARCH_EVAL_SECRET": "s3cret"}

@@ -14,6 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 from conftest import wait_until
 
 from autoresearch.procs import MARKER_VAR, kill_marked, kill_marked_prefix, marked_pids, pid_alive, run_tree
@@ -204,3 +205,46 @@ def test_kill_marked_matches_the_whole_marker_only(tmp_path):
         for p in (a, b):
             p.kill()
             p.wait()
+
+
+FLOOD = textwrap.dedent("""\
+    import os, sys
+    line = b"y" * 1023 + b"\\n"
+    sys.stdout.buffer.write(b"first line\\n")
+    for _ in range(200 * 1024):
+        sys.stdout.buffer.write(line)
+    sys.stdout.flush()
+    print("disk_mb: %.1f" % (os.fstat(1).st_blocks * 512 / 2**20), flush=True)
+    print("score: 0.25")
+""")
+
+
+@pytest.mark.parametrize("punch", [True, False], ids=["hole punched", "truncated (no hole punching)"])
+def test_a_200_mb_log_keeps_its_head_and_tail_within_the_cap(tmp_path, monkeypatch, punch):
+    """A child writes 200 MB fast (and straight to the file): the log ends at the cap, head and tail
+    kept with a note between, the metric line last; the bytes written are counted; the disk held
+    little more than the cap while the child wrote."""
+    from autoresearch import procs
+
+    if not punch:
+        monkeypatch.setattr(procs, "_punch_hole", lambda fd, offset, length: False)
+    (tmp_path / "flood.py").write_text(FLOOD)
+    (tmp_path / "run.log").write_text("earlier\n")
+    res, _ = run(f"{PY} flood.py", tmp_path, log_max_bytes=4 << 20)
+    log = tmp_path / "run.log"
+    text = log.read_text()
+    assert res.exit_code == 0
+    assert log.stat().st_size <= len("earlier\n") + (4 << 20) + 200
+    assert text.startswith("earlier\nfirst line\n") and text.endswith("score: 0.25\n")
+    assert "bytes of output dropped here" in text
+    disk = float(text.split("disk_mb: ")[1].split()[0])
+    assert disk < 64, disk
+    if punch:  # exact: nothing was lost; truncation may lose what is appended while it cuts
+        assert res.log_bytes == (200 << 20) + len("first line\n") + len(f"disk_mb: {disk:.1f}\nscore: 0.25\n")
+    else:
+        assert res.log_bytes >= 150 << 20
+
+
+def test_a_log_under_the_cap_is_left_as_it_is(tmp_path):
+    res, _ = run("echo hello; echo 'score: 1'", tmp_path, log_max_bytes=1 << 20)
+    assert (tmp_path / "run.log").read_text() == "hello\nscore: 1\n" and res.log_bytes == len("hello\nscore: 1\n")

@@ -13,6 +13,7 @@ import json
 import socket
 import sqlite3
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -130,6 +131,32 @@ def test_sandboxed_run_is_confined(tmp_path, server, monkeypatch):
     assert p["nprocs"] < 10, "the run must see only its own processes"
 
 
+UNMOUNT = """
+import subprocess
+from pathlib import Path
+root = Path(__import__("os").environ["PROBE_ROOT"])
+subprocess.run(["umount", "-l", str(root / ".autoresearch")], capture_output=True)
+print("ledger visible:", (root / ".autoresearch" / "ledger.db").exists())
+print("score: 1.0")
+"""
+
+
+@needs_bwrap
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="only a run as root has capabilities to drop")
+@pytest.mark.parametrize("drop", [True, False], ids=["caps dropped", "control: caps kept"])
+def test_a_run_as_root_cannot_unmount_what_hides_the_ledger(tmp_path, monkeypatch, drop):
+    """As root, bwrap keeps every capability unless told otherwise: a run could unmount the tmpfs over
+    `.autoresearch` (or `.git`) and see the real ledger again. With the capabilities dropped it cannot."""
+    monkeypatch.setattr(sandbox_mod, "DROP_CAPS", drop)
+    root = _project(tmp_path, files={"unmount.py": UNMOUNT})
+    (root / ".autoresearch").mkdir(exist_ok=True)
+    (root / ".autoresearch" / "ledger.db").write_bytes(b"")
+    bench = Bench(root, tmp_path)
+    m = bench.judge("python unmount.py")
+    assert m.status == "ok", m.log_tail
+    assert ("ledger visible: True" in bench.log.read_text()) is (not drop), bench.log.read_text()
+
+
 @needs_bwrap
 def test_network_when_the_config_allows_it(tmp_path, server):
     bench = Bench(_project(tmp_path, server, experiment="network = true\n"), tmp_path)
@@ -224,6 +251,50 @@ def test_the_metric_comes_only_from_the_evaluation(tmp_path):
     if BWRAP:
         assert "eval could not write the worktree" in eval_log
         assert not (bench.wt / "written-by-eval").exists()
+
+
+ISOLATION_EVAL = '''\
+import json, os, sys
+from pathlib import Path
+out = {"cwd": os.getcwd(), "path": sys.path, "safe": sys.flags.safe_path, "no_user_site": sys.flags.no_user_site,
+       "env": sorted(k for k in os.environ if k.startswith("PYTHON")), "planted": Path("planted.txt").exists(),
+       "secret": bool(os.environ.get("AUTORESEARCH_EVAL_SECRET"))}
+for name, target in (("cwd", Path("written-by-eval")), ("ckpt", Path(os.environ["AUTORESEARCH_CHECKPOINT"])),
+                     ("artifacts", Path(os.environ["AUTORESEARCH_ARTIFACTS"]) / "new")):
+    try:
+        target.write_text("x")
+        out["wrote_" + name] = True
+    except OSError:
+        out["wrote_" + name] = False
+print("PROBE " + json.dumps(out))
+print("score: 2.5")
+'''
+
+
+@pytest.mark.parametrize("sandbox", ["auto", "none"])
+def test_the_evaluation_runs_in_its_own_checkout_with_an_isolated_interpreter(tmp_path, sandbox):
+    """Not in the run's worktree (what the run wrote there is absent), with no script folder, user site
+    or PYTHON* settings of the user's on its path; under bwrap it can write neither its checkout nor
+    the artefact it was handed."""
+    bench = _channel(tmp_path, experiment=f'sandbox = "{sandbox}"\nenv = {{ PYTHONPATH = "{tmp_path}", '
+                                                f'PYTHONSTARTUP = "{tmp_path / "startup.py"}" }}\n')
+    (bench.root / "evaluate.py").write_text(ISOLATION_EVAL)
+    git(bench.root, "commit", "-qam", "probe the evaluation")
+    bench.wt = bench.ws.worktree("run0", at=bench.ws.git("rev-parse", "HEAD"))
+    bench.digests = bench.ws.digests(bench.wt, bench.cfg.experiment.protected)
+    m = bench.judge('echo -n ok > "$AUTORESEARCH_CHECKPOINT"; echo x > planted.txt; echo "PYTHONPATH=$PYTHONPATH"')
+    assert m.status == "ok" and m.metric == 2.5, (m.status, m.reason)
+    assert f"PYTHONPATH={tmp_path}" in bench.log.read_text(), "the run keeps the user's PYTHONPATH"
+    probe = json.loads([ln for ln in Path(m.eval_log).read_text().splitlines() if ln.startswith("PROBE ")][-1][6:])
+    assert Path(probe["cwd"]) == bench.ws.trees / "run0-eval" and (bench.wt / "planted.txt").exists()
+    assert not probe["planted"] and probe["secret"]
+    assert probe["env"] == ["PYTHONDONTWRITEBYTECODE", "PYTHONNOUSERSITE", "PYTHONSAFEPATH", "PYTHONUNBUFFERED"]
+    assert probe["no_user_site"] and str(tmp_path) not in probe["path"]
+    if sys.version_info >= (3, 11):
+        assert probe["safe"] and probe["cwd"] not in probe["path"] and "" not in probe["path"]
+    assert len(m.artifact_sha256) == 64
+    if sandbox == "auto" and BWRAP:
+        assert not (probe["wrote_cwd"] or probe["wrote_ckpt"] or probe["wrote_artifacts"]), probe
 
 
 @pytest.mark.parametrize("mode,status,reason", [

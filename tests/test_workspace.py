@@ -300,3 +300,23 @@ def test_an_alternate_refs_command_runs_only_in_plain_git(tmp_path):
     assert not marker.exists()
     git(dst, "fetch", "-q", str(tmp_path / "b.bundle"), "HEAD:refs/y")  # the control
     assert marker.exists()
+
+
+def test_a_worktree_handed_out_again_holds_only_what_git_holds(project, ws):
+    """Ignored files (a saved model), untracked ones and nested repositories a run left are gone
+    the next time the worktree is handed out; the evaluation's checkout is a separate worktree."""
+    (project / ".gitignore").write_text("model.npz\n")
+    git(project, "add", ".gitignore")
+    git(project, "commit", "-qm", "ignore the model")
+    ws.prepare()
+    wt = ws.worktree("run0", at=git(project, "rev-parse", "HEAD"))
+    (wt / "model.npz").write_bytes(b"weights")
+    (wt / "argparse.py").write_text("planted = True\n")
+    (wt / "nested").mkdir()
+    git(wt / "nested", "init", "-q")
+    (wt / "nested" / "f").write_text("x")
+    assert ws.worktree("run0", at=git(project, "rev-parse", "HEAD")) == wt
+    assert sorted(p.name for p in wt.iterdir() if p.name != ".git") == sorted(
+        git(project, "ls-files").splitlines())
+    ev = ws.evaluation_worktree(wt, git(project, "rev-parse", "HEAD"))
+    assert ev == ws.trees / "run0-eval" and (ev / "train.py").read_text() == (wt / "train.py").read_text()

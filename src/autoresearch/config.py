@@ -57,6 +57,7 @@ class ExperimentConfig:
     overhead_s: Optional[float] = None  # wall time allowed beyond budget_s; past it the run is a violation
     setup: str = ""  # run once per session before the first run, unsandboxed (e.g. build the data cache)
     setup_timeout_s: float = 3600.0
+    log_max_mb: float = 32.0  # each log (run, evaluation, setup, checks) keeps its first and last half of this
 
 
 @dataclass
@@ -328,6 +329,9 @@ def _check(cfg: Config) -> None:
     if e.overhead_s is not None and e.overhead_s < 0:
         raise ConfigError(f"`experiment.overhead_s` must be >= 0 (got {e.overhead_s:g}): the seconds a run may take "
                           "beyond budget_s for start-up and saving")
+    if not e.log_max_mb >= 1:
+        raise ConfigError(f"`experiment.log_max_mb` must be at least 1 (got {e.log_max_mb:g}): the MiB a log keeps "
+                          "(its first and last halves), e.g. log_max_mb = 32")
     if m.timeout_s <= 0:
         raise ConfigError(f"`metric.timeout_s` must be positive (got {m.timeout_s:g})")
     from .sandbox import PACKAGE_PREFIX, check_config, check_package_pattern

@@ -44,7 +44,7 @@ from typing import Any, Callable, Optional
 
 from .config import Config
 from .errors import ConfigError
-from .judge import experiment_env, read_tail
+from .judge import experiment_env, log_cap, read_tail
 from .ledger import Experiment
 from .procs import run_tree
 from .sandbox import Sandbox
@@ -168,7 +168,7 @@ def run_checks(cfg: Config, ws: Workspace, wt: Path, *, log_path: Path, marker: 
         wrap = box.wrap(worktree=ws._top_of(wt), cwd=wt, rd=rd, env=env, evaluation=False)
         res = run_tree(cfg.experiment.checks, cwd=wt, env=env, log_path=log_path,
                        timeout_s=cfg.experiment.checks_timeout_s, grace_s=cfg.experiment.grace_s, marker=marker,
-                       should_stop=should_stop, wrap=wrap)
+                       should_stop=should_stop, wrap=wrap, log_max_bytes=log_cap(cfg))
     finally:
         rd.cleanup()
     status = ("interrupted" if res.interrupted else "timeout" if res.timed_out

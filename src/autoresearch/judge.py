@@ -17,28 +17,47 @@ Guarantees:
   change to hidden or `experiment.data` files since the session's first run, and a wall
   time past budget_s + `experiment.overhead_s`, are violations too.
 - The metric channel: with `metric.command` set, the judge runs that protected evaluation
-  after the run as its own process tree (own log `<id>.eval.log`, own `metric.timeout_s`,
-  sandboxed with the worktree read-only and hidden data visible), with the checkpoint's
-  path and AUTORESEARCH_EVAL_SECRET (the project's secret, never given to the run) in its
-  env. Only its output counts: a metric line printed by the run is ignored. A line
-  `violation: <why>` in its output makes the run a `violation`.
+  after the run's whole process tree is dead, as its own process tree (own log
+  `<id>.eval.log`, own `metric.timeout_s`), sandboxed (its own PID namespace, hidden data
+  visible, nothing writable) in its *own* fresh checkout of the commit (workspace:
+  `evaluation_worktree`, reset and `git clean -ffdx`), never in the run's worktree: nothing
+  the run wrote there (a planted `argparse.py`) exists where the evaluation runs. The run hands
+  over only its artefact folder, hashed (`artifact_digest`: paths, modes, contents) when the
+  run ends and verified right before the evaluation starts; a change in between is a
+  `violation`, and the digest is `Measurement.artifact_sha256`. The evaluation's interpreter
+  is isolated (`evaluation_env`): PYTHONSAFEPATH=1 (no script folder on sys.path, Python
+  3.11+), PYTHONNOUSERSITE=1, and no PYTHONPATH, PYTHONSTARTUP, PYTHONHOME or other PYTHON*
+  setting of the user's. AUTORESEARCH_EVAL_SECRET (the project's secret) is in its env only:
+  never in the run's, the setup's or the checks'. Only its output counts: a metric line
+  printed by the run is ignored. A line `violation: <why>` in its output makes the run a
+  `violation`.
+- Logs (run, evaluation, setup) are capped at `experiment.log_max_mb` (head and tail kept,
+  procs.LogCap); `Measurement.log_bytes` is what the run wrote in all.
 - Without `metric.command`, the metric is the last `NAME: VALUE` (or `METRIC NAME=VALUE`,
   or `metric.pattern`) in the run's log. NaN/inf or no metric is a `crash`.
 - The result's status is one of: ok (a measurement the policy will judge), crash,
   timeout, violation, interrupted, or discard (the review refused to run a non-change).
   Failures of the experiment are data.
 
-Not covered: an evaluation command that imports the candidate's code runs that code in the
-evaluation's process, where it can print a metric line of its own; integrity.review flags the
-known ways. The GPT template's evaluation does not: it runs train.py's model in a child process
-that only returns logits and shows its output prefixed. docs/integrity.md lists the rest.
+Not covered: on Python 3.10 (no PYTHONSAFEPATH) the evaluator's folder is still first on
+sys.path; that folder is a fresh checkout, so only a committed editable file named like a
+module the evaluator imports could shadow it. Without bubblewrap the evaluation is not in
+its own PID namespace, and a process that escaped the run's kill (setsid and a scrubbed
+environment) could still write the checkout between its reset and the start, or the
+artefact during the evaluation (the digest is checked before it starts). An evaluation
+command that imports the candidate's code runs that code in the evaluation's process, where
+it can print a metric line of its own; integrity.review flags the known ways. The GPT
+template's evaluation does not: it runs train.py's model in a child process that only
+returns logits and shows its output prefixed. docs/integrity.md lists the rest.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +95,8 @@ class Measurement:
     log_tail: str = ""
     pid: Optional[int] = None
     eval_log: str = ""
+    artifact_sha256: str = ""  # the run's artefact folder as the evaluation got it (metric.command only)
+    log_bytes: int = 0  # what the run wrote to its log, the part the cap dropped included
 
 
 def experiment_env(cfg: Config, seed: int, extra: Optional[dict[str, str]] = None) -> dict[str, str]:
@@ -119,13 +140,14 @@ def judge(
     `sandbox`: the session's Sandbox (default: one for this call); `wrap` overrides its argv prefix.
     `on_evaluate()` is called when the run is over and `metric.command`'s evaluation starts (display only).
     """
+    commit = ws.head_of(wt)  # what the evaluation checks out: an unsandboxed run could move its HEAD
     before = ws.digests(wt, cfg.experiment.protected)
     tampered = _differences(protected_digests, before)
     if tampered:
         ws.restore(wt, tampered, restore_from)
         return Measurement("violation", f"protected file(s) differ before the run: {', '.join(tampered)}")
     if parent:
-        found = integrity.review(cfg, ws, parent, ws.head_of(wt))
+        found = integrity.review(cfg, ws, parent, commit)
         if found:
             return Measurement(*found)
     box = sandbox or Sandbox.for_project(cfg, ws)
@@ -139,7 +161,7 @@ def judge(
         env |= {"AUTORESEARCH_ARTIFACTS": str(rd.artifacts), "AUTORESEARCH_CHECKPOINT": str(rd.artifacts / "checkpoint")}
         if cfg.metric.command:
             env["AUTORESEARCH_EXTERNAL_EVAL"] = "1"  # the harness evaluates: the run need not (and cannot)
-        top = ws._top_of(wt)
+        top = ws.top_of(wt)
         if wrap is None:
             wrap = box.wrap(worktree=top, cwd=wt, rd=rd, env=env, evaluation=False, readable=hidden + data)
         watch = list(rd.decoys.values()) if rd.decoys else hidden + (
@@ -155,22 +177,31 @@ def judge(
                 cfg.experiment.run, cwd=wt, env=env, log_path=log_path, timeout_s=cfg.timeout_s,
                 grace_s=cfg.experiment.grace_s, marker=marker, on_start=on_start, on_tick=on_tick, wrap=wrap,
                 should_stop=lambda: should_stop() or wire.tripped(),  # caught reading hidden data: stop it now
+                log_max_bytes=log_cap(cfg),
             )
         text = read_end(log_path)
         metrics = {name: v for name in _secondary(cfg) if (v := parse_metric(text, name)) is not None}
         mem = metrics.get(cfg.metric.memory) if cfg.metric.memory else None
         m = Measurement("ok", exit_code=res.exit_code, wall_s=res.wall_s, metrics=metrics,
                         peak_mem_mb=mem if mem is not None else (res.peak_rss_mb or None), log_tail=read_tail(log_path),
-                        pid=res.pid)
+                        pid=res.pid, log_bytes=res.log_bytes)
         real = {decoy: path for path, decoy in rd.decoys.items()}  # report the hidden path, not its decoy
         hits = [real.get(p) or (real[p.parent] / p.name if p.parent in real else p) for p in wire.hits]
         m.status, m.reason = _run_status(cfg, res, hits)
         if m.status == "ok" and cfg.metric.command:
-            eval_env = {k: v for k, v in env.items() if k != "AUTORESEARCH_EXTERNAL_EVAL"}
-            eval_env["AUTORESEARCH_EVAL_SECRET"] = secret
-            eval_wrap = box.wrap(worktree=top, cwd=wt, rd=rd, env=eval_env, evaluation=True, readable=hidden + data)
-            on_evaluate()
-            _evaluate(cfg, m, wt, eval_env, eval_wrap, log_path, marker, should_stop)
+            # The run's tree is dead (run_tree returns after killing it): freeze what it handed over.
+            m.artifact_sha256 = artifact_digest(rd.artifacts)
+            ewt = evaluation_checkout(ws, wt, commit)
+            if (now := artifact_digest(rd.artifacts)) != m.artifact_sha256 and VERIFY_ARTIFACTS:
+                m.status, m.reason = "violation", (f"the artefact changed between the run's end and the evaluation "
+                                                   f"(sha256 {m.artifact_sha256[:12]} -> {now[:12]}): something "
+                                                   "the run left behind kept writing it")
+            else:
+                eval_env = evaluation_env(env, secret)
+                eval_wrap = box.wrap(worktree=ws.top_of(ewt), cwd=ewt, rd=rd, env=eval_env, evaluation=True,
+                                     readable=hidden + data)
+                on_evaluate()
+                _evaluate(cfg, m, ewt, eval_env, eval_wrap, log_path, marker, should_stop)
         elif m.status == "ok":
             m.metric = parse_metric(text, cfg.metric.name, cfg.metric.pattern)
             m.status, m.reason = _metric_status(cfg, m.metric, "the log")
@@ -186,6 +217,60 @@ def judge(
     if m.status != "ok":
         m.metric = None  # a crashed, killed or tampered run has no trustworthy metric
     return m
+
+
+VERIFY_ARTIFACTS = True  # tests switch it off to show the attack it stops
+# Interpreter settings the evaluation keeps; every other PYTHON* variable (PYTHONPATH, PYTHONSTARTUP,
+# PYTHONHOME, PYTHONUSERBASE, PYTHONINSPECT, ...) could put code of someone else's in its process.
+EVAL_PYTHON_KEEP = ("PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PYTHONIOENCODING", "PYTHONUTF8",
+                    "PYTHONHASHSEED", "PYTHONFAULTHANDLER")
+
+
+def evaluation_env(run_env: dict[str, str], secret: str) -> dict[str, str]:
+    """The evaluation's environment: the run's, with an isolated interpreter and the secret.
+
+    PYTHONSAFEPATH keeps the script's folder off sys.path, so nothing there can shadow the stdlib or
+    site-packages; an evaluator that imports its siblings loads them by path (the GPT template's
+    prepare.py does) or appends its own folder at the *end* of sys.path. PYTHONNOUSERSITE keeps the
+    user's site-packages out."""
+    env = {k: v for k, v in run_env.items()
+           if k != "AUTORESEARCH_EXTERNAL_EVAL" and (not k.startswith("PYTHON") or k in EVAL_PYTHON_KEEP)}
+    env |= {"PYTHONSAFEPATH": "1", "PYTHONNOUSERSITE": "1", "AUTORESEARCH_EVAL_SECRET": secret}
+    return env
+
+
+def evaluation_checkout(ws: Workspace, wt: Path, commit: str) -> Path:
+    """The evaluation's own fresh checkout of `commit`, beside run worktree `wt` (a seam for the tests)."""
+    return ws.evaluation_worktree(wt, commit)
+
+
+def artifact_digest(folder: Path) -> str:
+    """sha256 over the sorted manifest of everything under `folder`: relative path, mode, and content
+    (a file's sha256, a symlink's target), so any change to what the run handed over shows."""
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            path = Path(dirpath) / name
+            st = path.lstat()
+            rel = path.relative_to(folder).as_posix()
+            if stat.S_ISLNK(st.st_mode):
+                content = "link:" + os.readlink(path)
+            elif stat.S_ISREG(st.st_mode):
+                h = hashlib.sha256()
+                with open(path, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        h.update(chunk)
+                content = h.hexdigest()
+            else:
+                content = "dir" if stat.S_ISDIR(st.st_mode) else f"special:{stat.S_IFMT(st.st_mode)}"
+            entries.append(f"{rel}\0{st.st_mode:o}\0{content}")
+    return hashlib.sha256("\n".join(sorted(entries)).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def log_cap(cfg: Config) -> int:
+    """experiment.log_max_mb in bytes."""
+    return int(cfg.experiment.log_max_mb * 2**20)
 
 
 def _run_status(cfg: Config, res, hidden_hits: list[Path]) -> tuple[str, str]:
@@ -220,7 +305,8 @@ def _evaluate(cfg: Config, m: Measurement, wt: Path, env: dict[str, str], wrap: 
     log.unlink(missing_ok=True)
     m.eval_log = str(log)
     res = run_tree(cfg.metric.command, cwd=wt, env=env, log_path=log, timeout_s=cfg.metric.timeout_s,
-                   grace_s=cfg.experiment.grace_s, marker=f"{marker}:eval", should_stop=should_stop, wrap=wrap)
+                   grace_s=cfg.experiment.grace_s, marker=f"{marker}:eval", should_stop=should_stop, wrap=wrap,
+                   log_max_bytes=log_cap(cfg))
     text = read_end(log)
     m.log_tail = (m.log_tail + f"\n--- evaluation ({log.name}) ---\n" + read_tail(log, 20)).strip()
     m.metrics.update({n: v for n in _secondary(cfg) if (v := parse_metric(text, n)) is not None})
@@ -244,7 +330,7 @@ def _setup_once(cfg: Config, box: Sandbox, wt: Path, env: dict[str, str], log: P
         return
     log.unlink(missing_ok=True)
     res = run_tree(cfg.experiment.setup, cwd=wt, env=env, log_path=log, timeout_s=cfg.experiment.setup_timeout_s,
-                   grace_s=cfg.experiment.grace_s, marker=f"{marker}:setup")
+                   grace_s=cfg.experiment.grace_s, marker=f"{marker}:setup", log_max_bytes=log_cap(cfg))
     if res.exit_code != 0 or res.timed_out:
         raise AutoresearchError(f"`experiment.setup` ({cfg.experiment.setup}) failed "
                                 f"({'timed out' if res.timed_out else f'exit code {res.exit_code}'}): see {log}")

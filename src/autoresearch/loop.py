@@ -294,6 +294,8 @@ class Loop:
             m = self.measure(exp, exp.commit, exp.seed, primary=True)
             exp.exit_code, exp.wall_s, exp.metrics, exp.peak_mem_mb = m.exit_code, m.wall_s, m.metrics, m.peak_mem_mb
             exp.log_tail, exp.metric, exp.reason = m.log_tail, m.metric, m.reason
+            integrity_evidence = {"log_bytes": m.log_bytes} | ({"artifact_sha256": m.artifact_sha256}
+                                                              if m.artifact_sha256 else {})
             if m.status == "ok":
                 verdict = self.decide(exp)
                 exp.status, exp.reason, exp.evidence = ("keep" if verdict.keep else "discard"), verdict.reason, \
@@ -303,6 +305,7 @@ class Loop:
                                on_checks=lambda n: self.report("checks", exp=exp, attempt=n))
             else:
                 exp.status = m.status
+            exp.evidence = dict(exp.evidence or {}, **integrity_evidence)  # the primary run's, kept in the ledger
         except _Interrupted:
             exp.status, exp.reason = "interrupted", "stopped by the user during confirmation runs"
         except BaseException as e:

@@ -11,9 +11,17 @@ Guarantees:
 - `kill_marked(marker)` finds and kills leftovers of a harness that died (SIGKILL):
   that is how a restart leaves no orphan.
 - Peak RSS is the maximum, over samples, of the summed RSS of the group's processes.
+- The log is capped at `log_max_bytes` (default LOG_MAX_BYTES): its first and last halves
+  are kept and the middle is dropped, with a line saying how much. While the tree runs the
+  middle is freed as it grows (a hole punched in the file: the child's appends are never
+  raced, and the disk never holds much more than the cap); once the tree is dead the file is
+  rewritten as head + note + tail. `ProcResult.log_bytes` is what the tree wrote in all. The
+  end of the output, where metrics are printed, always survives.
 
 Not covered: processes that scrub their own environment *and* leave the process group;
-memory on the GPU (the experiment reports its own, e.g. peak_vram_mb).
+memory on the GPU (the experiment reports its own, e.g. peak_vram_mb); a process that
+escaped the kill and keeps writing to the log's old (replaced) file; a filesystem without
+hole punching, where the middle is cut by truncation (output written during the cut is lost).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 MARKER_VAR = "AUTORESEARCH_MARKER"
+LOG_MAX_BYTES = 32 << 20  # experiment.log_max_mb's default: 16 MiB of head, 16 MiB of tail
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -39,6 +48,7 @@ class ProcResult:
     interrupted: bool
     peak_rss_mb: float
     pid: int
+    log_bytes: int = 0  # everything the tree wrote to its log, the dropped middle included
 
 
 def run_tree(
@@ -54,6 +64,7 @@ def run_tree(
     on_start: Callable[[int], None] = lambda pid: None,
     on_tick: Callable[[float], None] = lambda elapsed: None,
     wrap: Optional[list[str]] = None,
+    log_max_bytes: int = LOG_MAX_BYTES,
 ) -> ProcResult:
     """Run `cmd` through the shell as its own process tree; see the module docstring."""
     env = dict(env)
@@ -62,6 +73,7 @@ def run_tree(
     argv = (wrap or []) + ["/bin/sh", "-c", cmd]
     start = time.monotonic()
     with open(log_path, "ab", buffering=0) as log:
+        cap = LogCap(log_path, log.tell(), log_max_bytes)
         proc = subprocess.Popen(
             argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, preexec_fn=_die_with_parent, close_fds=True,
@@ -78,7 +90,7 @@ def run_tree(
                 break
             except subprocess.TimeoutExpired:
                 pass
-            tick = min(tick * 2, 0.25)
+            tick = 0.02 if cap.check() else min(tick * 2, 0.25)  # a flood is checked often: the disk is finite
             elapsed = time.monotonic() - start
             peak = max(peak, group_rss_mb(pgid))
             on_tick(elapsed)
@@ -92,10 +104,89 @@ def run_tree(
         # Whatever happened (normal exit, timeout, stop, or an exception in the harness),
         # nothing of this tree survives this function.
         kill_tree(pgid, marker, grace_s if (timed_out or interrupted) else 0.0, proc)
+        written = cap.finish()  # the tree is dead: nobody appends while the file is rewritten
     wall = time.monotonic() - start
     code = proc.returncode
     return ProcResult(exit_code=code, wall_s=wall, timed_out=timed_out, interrupted=interrupted,
-                      peak_rss_mb=peak, pid=proc.pid)
+                      peak_rss_mb=peak, pid=proc.pid, log_bytes=written)
+
+
+class LogCap:
+    """Keeps a log written by a child (O_APPEND, never a pipe) to its first and last `limit / 2` bytes."""
+
+    SLACK = 1 << 20  # free the middle in steps of at least this much, not on every tick
+
+    def __init__(self, path: Path, start: int, limit: int):
+        self.path, self.start = path, start  # bytes before `start` were there already (an appended log)
+        self.head = max(limit, 2) // 2
+        self.tail = max(limit, 2) - self.head
+        self.freed_to = start + self.head  # [start + head, freed_to) is punched out or cut
+        self.cut = 0  # bytes removed by truncation (no hole punching here)
+        self.seen = start
+
+    def check(self) -> bool:
+        """Free the middle if the log outgrew the cap; True if it grew fast since the last check."""
+        try:
+            size = os.stat(self.path).st_size
+        except OSError:
+            return False
+        fast, self.seen = size - self.seen >= self.SLACK, size
+        end = size - self.tail
+        if end - self.freed_to < self.SLACK:
+            return fast
+        with open(self.path, "r+b", buffering=0) as f:
+            if _punch_hole(f.fileno(), self.freed_to, end - self.freed_to):
+                self.freed_to = end
+            else:
+                f.seek(end)
+                tail = f.read(self.tail)
+                cut_at = self.start + self.head
+                self.cut += os.fstat(f.fileno()).st_size - cut_at - len(tail)
+                f.truncate(cut_at)  # the child appends (O_APPEND) after what stays
+                f.seek(cut_at)
+                f.write(tail)
+                self.freed_to = cut_at
+                self.seen = cut_at + len(tail)
+        return True
+
+    def finish(self) -> int:
+        """Rewrite the log as head + a note + tail; return the bytes written to it in all."""
+        try:
+            size = os.stat(self.path).st_size
+        except OSError:
+            return self.cut
+        written = size - self.start + self.cut
+        if size - self.start <= self.head + self.tail and not self.cut:
+            return written
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.cap")
+        with open(self.path, "rb") as src, open(tmp, "wb") as out:
+            _copy(src, out, self.start + self.head)
+            dropped = written - self.head - min(self.tail, size - self.start - self.head)
+            out.write(f"\n[autoresearch: {dropped} bytes of output dropped here; the log keeps its first and "
+                      f"last {self.head >> 20} MiB (experiment.log_max_mb)]\n".encode())
+            src.seek(max(self.start + self.head, size - self.tail))
+            _copy(src, out, self.tail)
+        os.replace(tmp, self.path)
+        return written
+
+
+def _copy(src, out, n: int) -> None:
+    while n > 0:
+        chunk = src.read(min(n, 1 << 20))
+        if not chunk:
+            return
+        out.write(chunk)
+        n -= len(chunk)
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> bool:
+    """Free [offset, offset + length) of a file without changing its size (reads as zeros); False if unsupported."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        return libc.fallocate(fd, 0x01 | 0x02, offset, length) == 0  # FALLOC_FL_KEEP_SIZE | PUNCH_HOLE
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        return False
 
 
 def kill_tree(pgid: int, marker: str, grace_s: float, proc: Optional[subprocess.Popen] = None) -> None:

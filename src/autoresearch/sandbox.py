@@ -58,6 +58,7 @@ from .workspace import run_git
 
 INSTALL_HINT = "apt-get install bubblewrap"
 RUN_DIR_PREFIX = "autoresearch-run-"  # + the harness's pid: leftovers of a dead harness are found
+DROP_CAPS = True  # tests switch this off for the control of the unmount attack
 GPU_DEVICES = ("/dev/nvidia*", "/dev/nvidia-caps", "/dev/dri", "/dev/kfd")
 
 
@@ -251,6 +252,8 @@ class Sandbox:
             return None
         a = ["bwrap", "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
              "--unshare-cgroup-try"]
+        if DROP_CAPS and os.geteuid() == 0:  # as root a run would keep every capability: it could unmount
+            a += ["--cap-drop", "ALL"]  # the tmpfs over the ledger and .git (or mount anything) and see them again
         if not self.network:
             a.append("--unshare-net")
         a += ["--ro-bind", "/", "/", "--dev", "/dev"]
@@ -342,7 +345,7 @@ class Sandbox:
 
 @lru_cache(maxsize=8)
 def _repo_top(root: Path) -> Path:
-    r = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True)
+    r = run_git(["rev-parse", "--show-toplevel"], root, capture_output=True, text=True)
     return Path(r.stdout.strip()).resolve() if r.returncode == 0 else Path(root)
 
 

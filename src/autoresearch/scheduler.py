@@ -229,7 +229,9 @@ class Scheduler(Decisions):
         self.ledger.add_measurement(exp.id, job.commit, job.seed, m.metric, m.metrics, m.wall_s, m.status)
         st.runs.append({"purpose": job.purpose, "commit": job.commit, "seed": job.seed, "status": m.status,
                         "metric": m.metric, "worker": res.worker, "hardware": res.hardware, "wall_s": m.wall_s,
-                        "start": res.started_at, "end": res.ended_at, "attempt": job.attempt})
+                        "start": res.started_at, "end": res.ended_at, "attempt": job.attempt,
+                        "log_bytes": m.log_bytes,
+                        **({"artifact_sha256": m.artifact_sha256} if m.artifact_sha256 else {})})
         if m.status == "ok" and m.metric is not None:
             self.class_values.setdefault((job.commit, res.hardware), []).append(m.metric)
         if job.purpose in ("primary", "confirm"):

@@ -19,6 +19,11 @@ Guarantees:
   diffs, pager, editor, gpg and credential prompts, so what an agent writes into `.git/config`,
   `.git/hooks` or `.git/info/attributes` (or what `~/.gitconfig` names) never runs inside the
   harness. The user's identity, safe.directory entries and init.defaultBranch are passed on.
+- A worktree handed out by `worktree()` is exactly its commit: reset, then `git clean -ffdx`
+  (ignored files and nested repositories too), every time, so nothing a run wrote (a saved
+  model to warm-start from, a planted module) reaches the next run. `evaluation_worktree()`
+  is a second such checkout per run worktree (`<name>-eval`): the evaluation never runs
+  where the run ran.
 - `rebase()` replays one experiment's change on a newer best (a cherry-pick in worktree
   "rebase", committed like any change) or names the conflicting files; `bundle()` packs a
   commit for a node with no shared filesystem under a temporary ref outside the pins.
@@ -46,6 +51,7 @@ from .errors import WorkspaceError
 HARNESS_OUTPUTS = (".autoresearch/", "results.tsv", "progress.png", "report.md", "report.html",
                    # temp files of an atomic write interrupted by SIGKILL
                    ".results.tsv.*.tmp", ".progress.png.*.tmp", ".report.md.*.tmp", ".report.html.*.tmp")
+CLEAN = ("-ffdxq",)  # ignored files (a saved model, a cache) and nested repositories go too
 STEERING_FILES = ("program.md", "ideas.md")  # read live from the checkout; may be edited mid-run
 
 
@@ -298,9 +304,16 @@ class Workspace:
         self.git("worktree", "add", "--force", "--detach", str(path), sha)
         return path / self.prefix if self.prefix else path
 
-    def _top_of(self, wt: Path) -> Path:
+    def evaluation_worktree(self, wt: Path, sha: str) -> Path:
+        """A fresh checkout of `sha` beside run worktree `wt` (named `<name>-eval`), for the evaluation:
+        what git holds, nothing the run wrote; the run's own worktree is left as it is."""
+        return self.worktree(f"{self.top_of(wt).name}-eval", at=sha)
+
+    def top_of(self, wt: Path) -> Path:
         """The worktree's top folder for a project folder inside it."""
         return wt.parents[len(Path(self.prefix).parts) - 1] if self.prefix else wt
+
+    _top_of = top_of
 
     def _full(self, path: str) -> str:
         return f"{self.prefix}/{path}" if self.prefix else path
@@ -570,7 +583,7 @@ class Workspace:
     def _reset_top(self, top: Path, sha: str) -> None:
         g = Git(top)
         g("reset", "--hard", "-q", sha)
-        g("clean", "-fdq")
+        g("clean", *CLEAN)
 
     def restore(self, wt: Path, paths: Iterable[str], sha: str) -> None:
         """Put `paths` back as they are in `sha` (deleting those that do not exist there)."""

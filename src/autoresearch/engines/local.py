@@ -1,10 +1,10 @@
 """`local`: N slots on this machine — one per GPU (CUDA_VISIBLE_DEVICES), or N CPU slots.
 
 Guarantees:
-- Slot i runs in its own worktree `slot<i>` of the head's repository (made one at a time
-  at start, so `git worktree add` never races), with CUDA_VISIBLE_DEVICES set to
-  `engine.gpus[i % len(gpus)]` when GPUs are listed; each worktree has its own index, so
-  slots never contend for a lock.
+- Slot i runs in its own worktree `slot<i>` of the head's repository and evaluates in
+  `slot<i>-eval` (both made one at a time at start, so `git worktree add` never races),
+  with CUDA_VISIBLE_DEVICES set to `engine.gpus[i % len(gpus)]` when GPUs are listed; each
+  worktree has its own index, so slots never contend for a lock.
 - A slot's hardware class is `engine.hardware`, else its GPU's model, else the CPU class.
 - Jobs run in threads of the head that only wait on the experiment's process tree (the
   judge does the work), so a slot cannot die without the head: a killed *experiment*
@@ -40,7 +40,8 @@ class LocalEngine:
         for i in range(self.cfg.engine.workers):
             gpu = str(gpus[i % len(gpus)]) if gpus else ""
             slots.append(Slot(i, f"slot{i}" + (f":gpu{gpu}" if gpu else ""), hardware_class(self.cfg, gpu), gpu))
-            ws.worktree(f"slot{i}", at=run.start_commit)
+            wt = ws.worktree(f"slot{i}", at=run.start_commit)
+            ws.evaluation_worktree(wt, run.start_commit)  # made now too: the judge only resets it
         self.pool = ThreadPoolExecutor(len(slots), thread_name_prefix="autoresearch-slot")
         home = self.cfg.root / ".autoresearch" / "slots" / run.tag
         self.cfgs = {s.index: slot_config(self.cfg, self.cfg.root, home / f"slot{s.index}", run.secret) for s in slots}

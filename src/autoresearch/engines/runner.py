@@ -176,10 +176,14 @@ class NodeRepo:
         raise RuntimeError(f"no free worktree in {folder}")
 
     def checkout(self, ws: Workspace, name: str, commit: str) -> Path:
-        if (ws.trees / name / ".git").exists():
+        """Worktree `name` at `commit`, and its evaluation worktree (`<name>-eval`, which the judge resets
+        itself) made here too: leased with it, so no other job touches either."""
+        if all((ws.trees / n / ".git").exists() for n in (name, f"{name}-eval")):
             return ws.worktree(name, at=commit)  # a reset inside its own worktree: no lock needed
         with flock(self.home / "repo.lock"):  # `git worktree add/prune` touch the shared repository
-            return ws.worktree(name, at=commit)
+            wt = ws.worktree(name, at=commit)
+            ws.evaluation_worktree(wt, commit)
+            return wt
 
     def _has(self, sha: str) -> bool:
         return run_git(["cat-file", "-e", f"{sha}^{{commit}}"], self.repo, capture_output=True).returncode == 0
