@@ -161,6 +161,26 @@ def test_the_scale_override_and_the_device(monkeypatch):
     assert P.scale().name == P.pick_scale(P.detect_hardware())
 
 
+def test_the_pick_is_pinned_per_device_so_a_busy_card_does_not_change_scale(monkeypatch, tmp_path):
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path))
+    monkeypatch.delenv("AUTORESEARCH_SCALE", raising=False)
+    h100 = H("cuda", "NVIDIA H100 80GB HBM3", 80.0, 79.1, (9, 0))
+    monkeypatch.setattr(P, "detect_hardware", lambda: h100)
+    assert P.scale().name == "gpu" and P.pin_scale() == "gpu"  # `python prepare.py` at setup
+    busy = dataclasses.replace(h100, free_gib=20.0)  # another job took 59 GiB
+    assert P.pick_scale(busy) == "gpu-medium"  # a fresh pick would change the data and the context
+    monkeypatch.setattr(P, "detect_hardware", lambda: busy)
+    assert P.scale().name == "gpu"  # the pinned one: results stay comparable
+    other = H("cuda", "NVIDIA GeForce RTX 4090", 24.0, 22.6, (8, 9))
+    monkeypatch.setattr(P, "detect_hardware", lambda: other)
+    assert P.scale().name == "gpu-medium"  # another card picks afresh
+    monkeypatch.setenv("AUTORESEARCH_SCALE", "gpu-small")
+    assert P.scale().name == "gpu-small" and P.pin_scale() is None  # the override wins and pins nothing
+    monkeypatch.setattr(P, "detect_hardware", lambda: H())
+    monkeypatch.delenv("AUTORESEARCH_SCALE")
+    assert P.pin_scale() is None and P.scale().name == "cpu"
+
+
 # ---------------------------------------------------------------- the GPU path, run on the CPU
 
 TINY = 'SHAPES = {\n    "gpu": dict(depth=2, heads=2, head_dim=32, batch_tokens=8192, device_batch=2, compile=True),\n}\n'

@@ -15,7 +15,8 @@ Guarantees:
 - The cache is built once: each file is written under a temporary name and renamed, a lock stops
   racing processes from doing the work twice, and meta.json, written last, marks a complete cache.
 - The scale is chosen from the device's properties alone (kind, free memory, compute capability,
-  ROCm), never from timing; AUTORESEARCH_SCALE overrides it, AUTORESEARCH_DEVICE runs a scale's
+  ROCm), never from timing, and pinned per device once `python prepare.py` ran (pin_scale): a
+  card's free memory changing mid-session does not change the scale. AUTORESEARCH_SCALE overrides it, AUTORESEARCH_DEVICE runs a scale's
   code on another device (the CI runs the GPU scales' code on the CPU so: only the device differs).
 Not covered: a train.py that tampers with this module inside its own process (evaluate_bpb there
 is train.py's own printout). That is why the harness re-evaluates the saved checkpoint with
@@ -161,10 +162,35 @@ def pick_scale(hw: Hardware) -> str:
 
 
 def scale(name: str | None = None) -> Scale:
-    name = name or os.environ.get("AUTORESEARCH_SCALE") or pick_scale(detect_hardware())
+    name = name or os.environ.get("AUTORESEARCH_SCALE") or _picked()
     if name not in SCALES:
         raise SystemExit(f"AUTORESEARCH_SCALE={name!r} is not a scale: use one of {', '.join(SCALES)}")
     return SCALES[name]
+
+
+def _picked() -> str:
+    """pick_scale for this machine, or the pick pinned for its device (pin_scale)."""
+    hw = detect_hardware()
+    pin = _read_json(cache_root() / "scale.json")
+    if hw.kind != "cpu" and pin.get("device") == [hw.name, round(hw.total_gib, 1)] and pin.get("scale") in SCALES:
+        return pin["scale"]
+    return pick_scale(hw)
+
+
+def pin_scale() -> str | None:
+    """Record this device's pick in the cache (`python prepare.py`, the harness's setup, does): later
+    runs on the same device keep that scale even when its free memory changes (another job on the
+    card), so the data, tokenizer and context, and with them val_bpb, stay comparable within a
+    session. Another device picks afresh; AUTORESEARCH_SCALE still overrides; delete
+    <cache>/scale.json to pick again. Nothing is pinned on a CPU (it always gets "cpu")."""
+    hw = detect_hardware()
+    if os.environ.get("AUTORESEARCH_SCALE") or hw.kind == "cpu":
+        return None
+    name = _picked()
+    cache_root().mkdir(parents=True, exist_ok=True)
+    with _atomic(cache_root() / "scale.json", "w") as f:
+        json.dump({"device": [hw.name, round(hw.total_gib, 1)], "scale": name, "free_gib": round(hw.free_gib, 1)}, f)
+    return name
 
 
 def run_device(s: Scale | None = None) -> str:
@@ -770,8 +796,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.cmd == "evaluate":
         return evaluate_checkpoint(args.checkpoint, args.train, args.device, args.max_tokens, args.timeout_s)
+    pinned = pin_scale()
     d = prepare()
-    print(f"{d.dir}: {json.dumps(d.meta)}")
+    print(f"{d.dir}: {json.dumps(d.meta)}" + (f" (scale {pinned}, pinned for this device)" if pinned else ""))
     return 0
 
 
