@@ -39,8 +39,10 @@ def run(cmd: list[str], env: dict, timeout: float) -> tuple[subprocess.Completed
 def ask(code: str, env: dict | None = None):
     """A JSON answer from the template's modules, computed in a child process: the CUDA context that
     detecting the card creates then does not stay in this process, holding memory during training."""
-    out = subprocess.run([sys.executable, "-c", f"import json, dataclasses, prepare, train; print(json.dumps({code}))"],
-                         cwd=TEMPLATE, env=env, capture_output=True, text=True, timeout=300)
+    prog = (f"import sys; sys.path.append({str(TEMPLATE)!r}); import json, dataclasses, prepare, train; "
+            f"print(json.dumps({code}))")  # explicit path: works under PYTHONSAFEPATH=1 too
+    out = subprocess.run([sys.executable, "-c", prog], cwd=TEMPLATE, env=env, capture_output=True, text=True,
+                         timeout=300)
     if out.returncode:
         sys.exit(f"asking the template for {code} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import io
 import os
 import re
 import shutil
@@ -232,3 +231,14 @@ def test_the_gpu_scale_code_runs_on_the_cpu_and_its_checkpoint_is_judged(tmp_pat
     if not compiler:
         pytest.skip(f"ran uncompiled: no C++ compiler ({os.environ.get('CXX', 'g++')}) for torch.compile on the CPU")
     assert "compile on" in head, head
+
+
+def test_the_gpu_benchmark_says_it_skipped_on_a_machine_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here: run benchmarks/gpt_gpu.py itself (minutes), not in the tests")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpt_gpu.py"
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "no CUDA device" in out.stdout
+    last = __import__("json").loads(out.stdout.strip().splitlines()[-1])
+    assert last["skipped"] == "no CUDA device" and last["benchmark"] == "gpt_gpu"
