@@ -266,7 +266,8 @@ class ModelServer:
         os.set_blocking(self._req, False)  # a server that stops reading must not block the judge
         env = {k: v for k, v in os.environ.items() if k != "AUTORESEARCH_EVAL_SECRET"} | {"TMPDIR": self._tmp}
         cmd = [sys.executable, str(SERVER.resolve()), "--checkpoint", str(checkpoint),
-               "--train", str(train_file), "--device", str(server_device or device), "--amp", amp or "none", "--fds", f"{req_r},{rep_w},{self._shm_fd}",
+               "--train", str(train_file), "--device", str(server_device or device), "--amp", amp or "none",
+               "--fds", f"{req_r},{rep_w},{self._shm_fd}",
                "--shm-bytes", str(size), "--parent", str(os.getpid()), "--deny", *map(str, deny)]
         _adopt_orphans()  # before the server can start anything that outlives it
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
