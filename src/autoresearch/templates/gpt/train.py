@@ -1,8 +1,12 @@
 """train.py: the agent's half of the GPT task. Everything here may change.
 
 A small modern GPT and its training loop, trained for a fixed time budget, then measured by
-prepare.evaluate_bpb. Two scales, picked by prepare.scale(): "gpu" (bf16, torch.compile, flash
-attention when installed, ~50M parameters at depth 8) and "cpu" (fp32, eager, 2 layers of 128).
+prepare.evaluate_bpb. prepare.scale() picks the scale from the hardware: "cpu" (fp32, eager, 2 layers
+of 128), "mps" (Apple Silicon: fp32, eager, SDPA), "gpu-small" and "gpu-medium" (consumer cards by
+free memory) and "gpu" (datacenter: ~50M parameters at depth 8); the GPU scales train under bf16
+autocast, torch.compile, and FlashAttention 3 (Hopper) or 2 (Ampere+) when installed, else PyTorch's
+SDPA (the fallback: AMD/ROCm, older cards, MPS, CPU). Every scale runs the same code: with
+AUTORESEARCH_DEVICE=cpu a GPU scale's code runs on the CPU (how the tests keep it from rotting).
 
 What the harness relies on (keep these when you change the rest):
 - `python train.py` trains for prepare.time_budget() seconds of training, then prints the summary
@@ -19,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -31,11 +36,17 @@ import prepare
 
 # ---------------------------------------------------------------- the knobs
 # One constant per line, so that tools (and people) can find and turn them. prepare.scale() picks
-# the scale: "gpu" when a GPU is present (or AUTORESEARCH_SCALE says so), else "cpu". The model shape
-# and batch below are the CPU's; the GPU's are in GPU_SHAPE (kept on one line so that a numeric
-# mutation tool running on a CPU does not spend experiments on knobs that change nothing there).
+# the scale from the hardware (or AUTORESEARCH_SCALE). The model shape and batch below are the CPU's;
+# the other scales' are in SHAPES, one scale per line (so that a numeric mutation tool running on a
+# CPU does not spend experiments on knobs that change nothing there). device_batch: rows per forward
+# pass, bounded by memory (estimate_memory); batch_tokens per optimizer step (the rest accumulates).
 
-GPU_SHAPE = dict(depth=8, heads=4, head_dim=128, batch_tokens=524288, device_batch=32)  # device_batch: memory
+SHAPES = {
+    "mps": dict(depth=4, heads=2, head_dim=128, batch_tokens=32768, device_batch=16, compile=False),
+    "gpu-small": dict(depth=4, heads=2, head_dim=128, batch_tokens=65536, device_batch=32, compile=True),
+    "gpu-medium": dict(depth=6, heads=3, head_dim=128, batch_tokens=262144, device_batch=32, compile=True),
+    "gpu": dict(depth=8, heads=4, head_dim=128, batch_tokens=524288, device_batch=32, compile=True),
+}
 CPU_DEPTH = 2
 CPU_HEADS = 2
 CPU_HEAD_DIM = 64
@@ -52,11 +63,11 @@ WINDOW_PATTERN = "SSSL"  # per layer, repeated: S = half the context, L = all of
 
 
 def hypers(scale: str) -> dict:
-    g = GPU_SHAPE if scale == "gpu" else dict(depth=CPU_DEPTH, heads=CPU_HEADS, head_dim=CPU_HEAD_DIM,
-                                              batch_tokens=CPU_BATCH_TOKENS, device_batch=1 << 30)
+    g = SHAPES.get(scale) or dict(depth=CPU_DEPTH, heads=CPU_HEADS, head_dim=CPU_HEAD_DIM,
+                                  batch_tokens=CPU_BATCH_TOKENS, device_batch=1 << 30, compile=False)
     return dict(depth=g["depth"], n_heads=g["heads"], d_model=g["heads"] * g["head_dim"],
-                batch_tokens=g["batch_tokens"], device_batch=g["device_batch"],
-                warmup_steps=10 if scale == "gpu" else 2)  # steps left out of the training time (compilation)
+                batch_tokens=g["batch_tokens"], device_batch=g["device_batch"], compile=g["compile"],
+                warmup_steps=10 if scale in SHAPES else 2)  # steps left out of the training time (compilation)
 
 
 @dataclass
@@ -76,17 +87,41 @@ def norm(x):
     return F.rms_norm(x, (x.size(-1),))  # no learned gain: one fewer thing to tune
 
 
-def _flash_kernel():
-    """The fastest attention kernel installed: FlashAttention 3 (Hopper), then 2; else None (SDPA)."""
-    for module in ("flash_attn_interface", "flash_attn"):
-        try:
-            return __import__(module).flash_attn_func
-        except Exception:  # not installed, or built for another CUDA: fall back quietly
-            continue
-    return None
+FLASH_MODULES = {"fa3": "flash_attn_interface", "fa2": "flash_attn"}
 
 
-FLASH = _flash_kernel() if torch.cuda.is_available() else None
+def choose_attention(device_type: str, capability: tuple[int, int], rocm: bool, installed) -> str:
+    """The attention kernel for a device: "fa3" (FlashAttention 3: Hopper, compute capability 9.x),
+    "fa2" (FlashAttention 2: Ampere or newer), else "sdpa", PyTorch's own, the fallback everywhere
+    else (CPU, MPS, AMD/ROCm, Volta/Turing, or neither package installed). `installed`: the names
+    in FLASH_MODULES whose module imports. A pure function: tests fake the device."""
+    if device_type != "cuda" or rocm:
+        return "sdpa"
+    if capability[0] == 9 and "fa3" in installed:
+        return "fa3"
+    if capability >= (8, 0) and "fa2" in installed:
+        return "fa2"
+    return "sdpa"
+
+
+def select_attention(device) -> tuple[str, object]:
+    """(kernel name, its flash_attn_func or None) for `device`: what `attend` uses from now on."""
+    device = torch.device(device)
+    installed, funcs = set(), {}
+    if device.type == "cuda":
+        for name, module in FLASH_MODULES.items():
+            try:
+                funcs[name] = __import__(module).flash_attn_func
+                installed.add(name)
+            except Exception:  # not installed, or built for another CUDA: fall back quietly
+                continue
+    rocm = getattr(torch.version, "hip", None) is not None
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else (0, 0)
+    kernel = choose_attention(device.type, capability, rocm, installed)
+    return kernel, funcs.get(kernel)
+
+
+ATTENTION, FLASH = select_attention("cuda") if torch.cuda.is_available() else ("sdpa", None)
 
 
 def attend(q, k, v, window: int):
@@ -275,15 +310,24 @@ PEAK_BF16_FLOPS = [  # dense, no sparsity; the most specific names first
     ("h100 pcie", 756e12), ("h100 nvl", 835e12), ("h100", 989e12), ("h200", 989e12), ("gh200", 989e12),
     ("b200", 2250e12), ("a100", 312e12), ("l40s", 362e12), ("l40", 181e12), ("l4", 121e12),
     ("a10g", 70e12), ("a10", 125e12), ("rtx 4090", 165e12), ("rtx 3090", 71e12), ("a6000", 155e12),
+    ("mi300x", 1307e12), ("mi250x", 383e12), ("mi250", 362e12),  # AMD Instinct, through ROCm
 ]
 
 
-def peak_flops(device) -> float:
-    """The GPU's peak bf16 FLOP/s, or 0 when unknown (and always on the CPU): MFU is then 0."""
-    if device.type != "cuda":
-        return 0.0
-    name = torch.cuda.get_device_name(device).lower()
+def peak_flops_for(name: str) -> float:
+    """Peak bf16 FLOP/s of the GPU called `name` (as torch reports it), 0 when not in the table."""
+    name = name.lower()
     return next((f for key, f in PEAK_BF16_FLOPS if key in name), 0.0)
+
+
+def peak_flops(device) -> float:
+    """The GPU's peak bf16 FLOP/s, or 0 when unknown (and always on the CPU and MPS): MFU is then 0."""
+    return peak_flops_for(torch.cuda.get_device_name(device)) if device.type == "cuda" else 0.0
+
+
+def mfu_percent(flops_per_token: float, tokens: float, seconds: float, peak: float) -> float:
+    """Model FLOPs utilisation: achieved FLOP/s over the device's peak, in percent (0 if unknown)."""
+    return 100 * flops_per_token * tokens / seconds / peak if peak and seconds > 0 else 0.0
 
 
 def flops_per_token(model: GPT) -> float:
@@ -296,6 +340,46 @@ def flops_per_token(model: GPT) -> float:
     return 6 * matrix + attention
 
 
+def estimate_memory(scale: str, vocab_size: int, seq_len: int, math_attention: bool = False) -> dict:
+    """Bytes a training step of `scale`'s shape needs on its device, by parts (an upper estimate).
+
+    - static: fp32 weights (4 bytes a parameter), their gradients (4), optimizer state (AdamW 8, Muon
+      4: at most 8), bf16 copies of the weights under autocast (2), and Muon's stacked gradients and
+      buffers while it orthogonalises (at most 4 more): 22 bytes a parameter;
+    - activations, per token of a forward pass (device_batch x seq_len tokens): 64 x width bytes per
+      layer (measured with saved-tensor hooks under bf16 autocast: ~55) and 16 x vocab for the
+      logits (fp32, soft-capped, their gradient); with `math_attention` (SDPA without a fused kernel:
+      MPS, CPU) also the T x T scores, 12 x heads x seq_len bytes a token and layer;
+    - 1 GiB for the CUDA context, kernels and the allocator's slack.
+    """
+    h = hypers(scale)
+    cfg = GPTConfig(vocab_size, seq_len, h["depth"], h["d_model"], h["n_heads"], WINDOW_PATTERN)
+    with torch.device("meta"):  # counts the parameters without allocating them
+        params = sum(p.numel() for p in GPT(cfg).parameters())
+    tokens = min(h["device_batch"], h["batch_tokens"] // seq_len) * seq_len
+    per_token = h["depth"] * 64 * h["d_model"] + 16 * vocab_size
+    if math_attention:
+        per_token += h["depth"] * 12 * h["n_heads"] * seq_len
+    out = dict(params=params, static=22 * params, activations=tokens * per_token, overhead=2**30)
+    out["total"] = out["static"] + out["activations"] + out["overhead"]
+    return out
+
+
+def can_compile(device) -> tuple[bool, str]:
+    """Whether torch.compile can work here, and why not: Inductor needs Triton on a GPU (compute
+    capability 7.0 or newer, or ROCm) and a C++ compiler on the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        rocm = getattr(torch.version, "hip", None) is not None
+        ok = rocm or torch.cuda.get_device_capability(device) >= (7, 0)
+        return ok, "" if ok else "Triton needs compute capability 7.0 or newer"
+    if device.type == "cpu":
+        cxx = os.environ.get("CXX", "g++")
+        ok = shutil.which(cxx) is not None
+        return ok, "" if ok else f"no C++ compiler ({cxx}) for Inductor's CPU kernels"
+    return False, f"not on {device.type}"
+
+
 # ---------------------------------------------------------------- training
 
 
@@ -304,27 +388,33 @@ def main() -> None:
     scale = prepare.scale()
     data = prepare.prepare(scale)
     h = hypers(scale.name)
-    device = torch.device("cuda" if scale.name == "gpu" else "cpu")
+    device = torch.device(prepare.run_device(scale))  # the scale's device; AUTORESEARCH_DEVICE overrides
     seed = int(os.environ.get("AUTORESEARCH_SEED", "42"))
     torch.manual_seed(seed)
     if device.type == "cpu":
         torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
-    else:
+    elif device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
+    global ATTENTION, FLASH
+    ATTENTION, FLASH = select_attention(device)
     cfg = GPTConfig(vocab_size=data.vocab_size, seq_len=data.seq_len, depth=h["depth"], d_model=h["d_model"],
                     n_heads=h["n_heads"], windows=WINDOW_PATTERN)
     model = build_model(dataclasses.asdict(cfg)).to(device)
     num_params = sum(p.numel() for p in model.parameters())
     optimizers = make_optimizers(model)
-    forward = torch.compile(model) if device.type == "cuda" else model  # compile pays off only on GPU
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    compiled, why_not = can_compile(device) if h["compile"] else (False, "off for this scale")
+    forward = torch.compile(model) if compiled else model  # pays off on GPUs; the CPU scale skips it
+    autocast = prepare.autocast(scale, device)  # bf16 at the GPU scales (on whatever device they run)
     rows_per_step = h["batch_tokens"] // cfg.seq_len
     accum = max(1, rows_per_step // h["device_batch"])
     loader = prepare.make_loader(data, min(h["device_batch"], rows_per_step), device, seed)
     budget = prepare.time_budget(scale)
     peak, fpt = peak_flops(device), flops_per_token(model)
-    print(f"scale {scale.name} | params {num_params / 1e6:.2f}M | budget {budget:g}s | "
-          f"batch {accum}x{min(h['device_batch'], rows_per_step)}x{cfg.seq_len}", flush=True)
+    amp = prepare.amp_dtype(scale, device)
+    print(f"scale {scale.name} | device {device.type} | params {num_params / 1e6:.2f}M | budget {budget:g}s | "
+          f"batch {accum}x{min(h['device_batch'], rows_per_step)}x{cfg.seq_len} | "
+          f"{str(amp).replace('torch.', '') if amp else 'fp32'} | attention {ATTENTION} | "
+          f"compile {'on' if compiled else 'off (' + why_not + ')'}", flush=True)
 
     step, tokens, train_time, last_log, smooth = 0, 0, 0.0, 0.0, None
     while True:
@@ -364,7 +454,7 @@ def main() -> None:
     if checkpoint:
         prepare.save_checkpoint(model, dataclasses.asdict(cfg), checkpoint)
     counted_tokens = tokens * max(0.0, 1 - h["warmup_steps"] / step)
-    mfu = 100 * fpt * counted_tokens / train_time / peak if peak else 0.0
+    mfu = mfu_percent(fpt, counted_tokens, train_time, peak)
     vram = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0  # no VRAM on CPU
     print("---")
     print(f"val_bpb:          {val_bpb:.6f}")
@@ -375,7 +465,8 @@ def main() -> None:
     print(f"total_tokens_M:   {tokens / 1e6:.1f}")
     print(f"num_steps:        {step}")
     print(f"num_params_M:     {num_params / 1e6:.1f}")
-    print(f"depth:            {cfg.depth}", flush=True)
+    print(f"depth:            {cfg.depth}")
+    print(f"scale:            {scale.name}", flush=True)  # which scale ran: results compare within one
 
 
 if __name__ == "__main__":
