@@ -76,7 +76,8 @@ def test_results_json_tsv_and_table(quickstart):
     tsv = cli("results", "--tsv", cwd=root).stdout
     assert tsv == (root / "results.tsv").read_text()
     table = cli("results", cwd=root).stdout.splitlines()
-    assert len(table) == 22 and "description" in table[0]
+    assert len(table) == 23 and "description" in table[0] and "reason" in table[0]
+    assert table[-1].startswith("improvement: val_loss ")  # the one figure (figures.py), as status shows it
     r = cli("results", "--tag", "nope", cwd=root)
     assert r.returncode == 1 and "no run tagged `nope`" in r.stderr and "qs" in r.stderr
 
