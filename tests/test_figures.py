@@ -180,3 +180,60 @@ def test_identical_code_proposed_again_adds_runs_to_its_measurement(tmp_path: Pa
     assert sorted(m["experiment_id"] for m in runs) == [first.id, again.id]
     assert len({m["seed"] for m in runs}) == 2  # a fresh seed: a new draw of the noise, not a repeat
     assert any(ev["kind"] == "same code" and f"#{first.id}" in ev["message"] for ev in led.events("t"))
+
+
+def test_the_chart_numbers_by_ledger_id_and_puts_a_fast_failure_in_its_lane(tmp_path: Path):
+    from autoresearch.ledger import Ledger
+    from autoresearch.report import chart_groups, progress_png
+
+    led = Ledger(tmp_path / "ledger.db")
+
+    def record(tag: str, description: str, status: str, metric, kind: str = "candidate") -> Experiment:
+        e = Experiment(tag=tag, parent=None, commit=None, description=description, kind=kind)
+        led.begin(e)
+        e.status, e.metric = status, metric
+        led.finish(e)
+        return e
+
+    record("other", "another tag's row", "crash", None)
+    base = record("t", "baseline", "keep", 1.0, kind="baseline")
+    fast = record("t", "skip the work", "checks_failed", 0.01)  # fast because it is wrong: the tests failed
+    gain = record("t", "real gain", "keep", 0.9)
+    rows = led.experiments("t")
+    done, scored, lanes = chart_groups(rows)
+    assert [x for x, _ in done] == [base.id, fast.id, gain.id] == [2, 3, 4]  # ledger ids, not positions
+    assert [(x, e.status) for x, e, _ in scored] == [(base.id, "keep"), (gain.id, "keep")]
+    assert [(x, e.status) for x, e in lanes] == [(fast.id, "checks_failed")]  # its lane, not "off scale"
+    assert progress_png(rows, tmp_path / "p.png", "score", True).stat().st_size > 0
+
+
+def test_finalize_text_gives_times_for_people_and_the_evaluation_command(tmp_path: Path):
+    from autoresearch.finalize import finalize
+
+    b = RunBuilder(tmp_path / "proj", baseline=1.0)
+    b.experiment({"WIDTH": 320}, "width 320", "keep", 0.98, wall_s=16.4,
+                 evidence={"runs": 2, "mean": 0.98, "interval": [0.004, 0.036], "confidence": 0.9})
+    snap = b.cfg.snapshot()
+    snap["metric"] = dict(snap["metric"], command="python evaluate.py")  # the metric comes from metric.command
+    b.ledger.start_session("t", snap)
+    done = finalize(b.root, "t", b.ledger, branch="pr/t")
+    text = done.summary
+    assert "Reproduce: `git checkout pr/t && python train.py && python evaluate.py` (the evaluation command " \
+           "prints `score`)" in text
+    assert "0.00 h" not in text and "of which the experiments' own runs 5m 46s" in text  # 330 s + 16.4 s
+    assert "90% CI [+0.004, +0.036]" in text and "interval=2" not in text  # evidence as values, not list lengths
+
+
+def test_an_earlier_run_of_the_same_code_is_not_evidence_about_its_reference():
+    """Pooled runs of identical code are the candidate's runs; they must not also move the level
+    of the incumbent it is judged against (levels.py), or the test would compare them with themselves."""
+    from autoresearch import levels
+
+    rows = [Experiment(tag="t", parent=None, commit="A", description="baseline", kind="baseline", status="keep", id=1),
+            Experiment(tag="t", parent="A", commit="B", description="hidden 16", status="discard", id=2),
+            Experiment(tag="t", parent="A", commit="B", description="hidden 16 again", status="running", id=3)]
+    runs = {1: [("A", 1.0), ("A", 1.02)], 2: [("B", 0.9)], 3: [("B", 0.91)]}
+    found, _ = levels.estimate(rows, runs, 0.02, True, judged_id=3)
+    assert found["A"].mean == __import__("pytest").approx(1.01)  # the baseline's own runs alone
+    other, _ = levels.estimate(rows, runs, 0.02, True, judged_id=None)
+    assert other["A"].mean < 1.009  # a discarded child of other code is evidence about its parent, as before

@@ -47,8 +47,10 @@ class PlainReporter:
                 e: Experiment = data["exp"]
                 inc: Optional[Experiment] = data.get("incumbent")
                 fig = data.get("figure")
-                best = fig.fmt(fig.best_mean) if fig is not None and fig.best_mean is not None else _fmt(best_value(inc))
-                print(f"#{e.id:<4} {e.status:<12} {self.metric}={_fmt(e.metric)}  best={best}"
+                known = fig is not None and fig.best_mean is not None  # then one format: the figure's
+                best = fig.fmt(fig.best_mean) if known else _fmt(best_value(inc))
+                value = fig.fmt(e.metric) if known else _fmt(e.metric)
+                print(f"#{e.id:<4} {e.status:<12} {self.metric}={value}  best={best}"
                       f"  {e.description[:70]}" + (f"  [{e.reason[:80]}]" if e.reason else ""),
                       file=self.stream, flush=True)
         except Exception:  # display must never break the loop
@@ -120,7 +122,8 @@ class LiveReporter:
             table.add_column(col)
         colors = {"keep": "green", "discard": "white", "crash": "red", "timeout": "red", "violation": "magenta"}
         for e in self.recent:
-            table.add_row(str(e.id), Text(e.status, style=colors.get(e.status, "yellow")), _fmt(e.metric),
+            value = self.figure.fmt(e.metric) if self.figure is not None else _fmt(e.metric)
+            table.add_row(str(e.id), Text(e.status, style=colors.get(e.status, "yellow")), value,
                           e.description[:60], Text((e.reason or "")[:70], style="dim"))
         improvement = Text(f"improvement: {self.figure.text()}" if self.figure is not None
                            and self.figure.base_mean is not None else "", style="green")

@@ -114,12 +114,7 @@ def progress_png(rows: Sequence[Experiment], path: str | os.PathLike, metric_nam
     rows = list(rows)
     path = Path(path)
     s = summary(rows, lower_is_better)
-    # x is the ledger id: the number `results`, `diff N`, report.md and `watch` use.
-    done = [(_x(e, i), e) for i, e in enumerate(rows) if e.status != "running"]
-    # Only judged results (keep, discard) are points on the scale; a run that failed (a crash, a
-    # violation, checks that failed) sits in its status's lane, whatever number it printed.
-    scored = [(x, e, _metric(e)) for x, e in done if _metric(e) is not None and e.status in ("keep", "discard")]
-    unscored = [(x, e) for x, e in done if not (_metric(e) is not None and e.status in ("keep", "discard"))]
+    done, scored, unscored = chart_groups(rows)
     lanes = sorted({e.status for _, e in unscored}, key=_status_rank)
 
     strip_h = 0.32 * len(lanes) + 0.3 if lanes else 0.0
@@ -198,6 +193,21 @@ def progress_png(rows: Sequence[Experiment], path: str | os.PathLike, metric_nam
 
     _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight", pad_inches=0.25))
     return path
+
+
+def chart_groups(rows: Sequence[Experiment]) -> tuple[list, list, list]:
+    """(done, scored, lanes) of the chart: done [(x, row)] every finished row; scored [(x, row, metric)]
+    the points on the scale; lanes [(x, row)] the rest, drawn in one lane per status under the plot.
+
+    x is the ledger id: the number `results`, `diff N`, report.md and `watch` use. Only judged
+    results (keep, discard) with a metric are points; a run that failed (a crash, a violation,
+    checks that failed) sits in its status's lane whatever number it printed, so a fast result
+    that failed the tests reads "checks failed", not "off scale".
+    """
+    done = [(_x(e, i), e) for i, e in enumerate(rows) if e.status != "running"]
+    judged = [(x, e) for x, e in done if _metric(e) is not None and e.status in ("keep", "discard")]
+    ids = {id(e) for _, e in judged}
+    return done, [(x, e, _metric(e)) for x, e in judged], [(x, e) for x, e in done if id(e) not in ids]
 
 
 def _label_kept(ax: Any, kept: list, lower_is_better: bool) -> None:
