@@ -239,8 +239,10 @@ def _experiment(args) -> int:
         _print_json(verdict)
     else:
         m = verdict["metric"]
+        best = verdict["best_metric"]
         print(f"#{verdict['id']} {verdict['status']}: {cfg.metric.name}={m if m is not None else '-'} "
-              f"(best {verdict['best_metric']}) {verdict['reason']}")
+              f"(best {f'{best:.6g}' if best is not None else '-'}) {verdict['reason']}")
+        print(f"improvement: {verdict['improvement']}")
     return 0
 
 

@@ -345,7 +345,8 @@ class Noise:
         sd = f"{self.sd:.3g} of log(metric), about {self.sd * 100:.2g}% of the value" if self.relative \
             else (fmt or Format())(self.sd) if self.sd else "0 (deterministic)"
         return (f"noise: sd {sd}, {self.df} degrees of freedom, pooled over {self.commits} commit(s) measured more "
-                f"than once ({self.runs} runs; the baseline {runs_text(self.baseline_runs)})")
+                f"than once ({self.runs} runs; the baseline {runs_text(self.baseline_runs)})"
+                + (f"; first measured at calibration: {self.calibration}" if self.calibration else ""))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self) | {"text": self.text()}

@@ -287,7 +287,7 @@ def report_md(rows: Sequence[Experiment], path: str | os.PathLike, metric_name: 
     if figure.base_mean is not None:
         out.append(f"| Improvement | {_cell(figure.text())} ({direction} is better) |")
     if noise is not None:
-        out.append(f"| Noise | {_cell(noise.text(g))} |")
+        out.append(f"| Noise | {_cell(noise.text(g).removeprefix('noise: '))} |")
     out.append(f"| Elapsed | {figures.duration(s['elapsed_s'])} (first start to last end) |")
     out.append(f"| Run time | {figures.duration(s['wall_s_total'])} (the experiments' own runs; agent, "
                "re-runs and checks not included) |")
