@@ -267,7 +267,8 @@ def report_md(rows: Sequence[Experiment], path: str | os.PathLike, metric_name: 
     s = summary(rows, lower_is_better, figure)
     anchor = [m for e in rows if (m := _metric(e)) is not None and (e.status == "keep" or e.kind == "baseline")]
     scale = max(map(abs, anchor or [m for e in rows if (m := _metric(e)) is not None] or [1.0]))
-    f = lambda v: _fmt(v, scale)  # noqa: E731 - one number format per report
+    # One number format per report: the figure's (to a tenth of the measured noise), else by magnitude.
+    f = figure.fmt if figure.fmt.decimals is not None else (lambda v: _fmt(v, scale))  # noqa: E731
     direction = "lower" if lower_is_better else "higher"
 
     out = [f"# Autoresearch report{': ' + tag if tag else ''}", ""]

@@ -142,7 +142,8 @@ def report_html(rows: Sequence[Experiment], path: str | os.PathLike, metric_name
     figure = figure or figures.from_runs(rows, {}, None, 0, figures.Spec(metric_name, lower_is_better))
     s = summary(rows, lower_is_better, figure)
     scale = max([abs(m) for e in rows if (m := _metric(e)) is not None] or [1.0])
-    f = lambda v: _fmt(v, scale)  # noqa: E731 - one number format per report
+    # One number format per report: the figure's (to a tenth of the measured noise), else by magnitude.
+    f = figure.fmt if figure.fmt.decimals is not None else (lambda v: _fmt(v, scale))  # noqa: E731
     title = f"autoresearch · {tag}" if tag else "autoresearch report"
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
