@@ -76,7 +76,8 @@ def test_results_json_tsv_and_table(quickstart):
     tsv = cli("results", "--tsv", cwd=root).stdout
     assert tsv == (root / "results.tsv").read_text()
     table = cli("results", cwd=root).stdout.splitlines()
-    assert len(table) == 22 and "description" in table[0]
+    assert len(table) == 23 and "description" in table[0] and "reason" in table[0]
+    assert table[-1].startswith("improvement: val_loss ")  # the one figure (figures.py), as status shows it
     r = cli("results", "--tag", "nope", cwd=root)
     assert r.returncode == 1 and "no run tagged `nope`" in r.stderr and "qs" in r.stderr
 
@@ -101,7 +102,16 @@ def test_report_writes_png_and_markdown(quickstart, tmp_path):
     assert (out / "progress.png").read_bytes()[:8] == PNG_MAGIC
     md = (out / "report.md").read_text()
     best = [e for e in rows_of(root, "qs") if e.status == "keep"][-1]
-    assert "val_loss" in md and f"{best.metric:.6f}" in md
+    # The best as every view shows it (figures.py): the mean of its runs at the precision the measured noise
+    # allows (the quickstart calibrates it), and its own run in the kept changes, numbered by ledger id.
+    from autoresearch import figures
+    from autoresearch.ledger import Ledger
+
+    ledger = Ledger(root / ".autoresearch" / "ledger.db")
+    fig = figures.improvement(ledger, "qs", figures.Spec.of(ledger, "qs"))
+    assert fig.fmt.decimals is not None and fig.best_id == best.id
+    assert "val_loss" in md and f"| Best val_loss | {fig.fmt(fig.best_mean)} (" in md
+    assert f"| {best.id} | `{best.short}` | {fig.fmt(best.metric)} |" in md
     assert (root / "report.md").exists()  # `run` wrote one in the project too
 
 

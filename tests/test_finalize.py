@@ -63,7 +63,7 @@ def test_finalize_keeps_exactly_the_surviving_improvements_in_order(tmp_path: Pa
     # Messages carry the delta (vs the incumbent it beat and vs the baseline) and the evidence.
     msg = git(root, "log", "-1", "--format=%B", commits[0])
     assert f"score 0.985 (-0.005 vs #{ex['lr'].id}, the incumbent it beat; -0.015, -1.50% vs the baseline)" in msg
-    assert "evidence (greedy): runs=3, p_value=0.03" in msg
+    assert "evidence (greedy): runs=3, p=0.03" in msg
     assert f"experiment #{ex['wd'].id} on autoresearch/t, originally {ex['wd'].commit}" in msg
     # Nothing else moved: the run's branch, the checkout, the ledger; no temporary worktree left.
     assert git(root, "rev-parse", "autoresearch/t") == best
@@ -74,7 +74,9 @@ def test_finalize_keeps_exactly_the_surviving_improvements_in_order(tmp_path: Pa
     text = done.summary_path.read_text()
     assert done.summary_path == root / ".autoresearch" / "finalize" / "t.md"
     assert text.startswith("## autoresearch/t: score 1 → 0.975 (-2.50%, lower is better)")
-    assert "\n| 3 | batch size 128 |" in text and "\n| 4 |" not in text and "| 1 | weight decay 0.01 |" in text
+    # rows numbered by ledger id, as `results` and `diff N` number them
+    assert f"\n| {ex['batch'].id} | batch size 128 |" in text and f"| {ex['wd'].id} | weight decay 0.01 |" in text
+    assert f"\n| {ex['lr'].id} | raise" not in text
     assert f"- #{ex['lr'].id} raise the learning rate to 0.04 — undone" in text
 
 

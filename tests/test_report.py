@@ -231,13 +231,14 @@ def test_report_md_of_a_night(ledger: Ledger, tmp_path: Path) -> None:
     assert "| Experiments | 25 |" in md
     assert "keep 8 · discard 12 · crash 3 · timeout 1 · violation 1" in md
     assert "| Keep rate | 7 / 24 (29.2%) |" in md
-    assert "| Baseline val_bpb | 0.997900 |" in md
-    assert f"| Best val_bpb | 0.979800 (`{rows[22].short}`, id {rows[22].id}) |" in md
-    assert "| Improvement | +0.018100 (+1.81%), lower is better |" in md
-    assert "| Wall time | 2h 04m |" in md  # 3*60 + 22*330 = 7440 s
+    assert f"| Baseline val_bpb | 0.9979 (1 run, #{rows[0].id}) |" in md
+    assert f"| Best val_bpb | 0.9798 (1 run, `{rows[22].short}`, #{rows[22].id}) |" in md
+    assert "| Improvement | val_bpb 0.9979 (1 run) → 0.9798 (1 run), -1.81%; improvement +0.0181" in md
+    assert "(lower is better) |" in md
+    assert "| Run time | 2h 04m (" in md  # 3*60 + 22*330 = 7440 s
     assert "| Agent cost | $1.25 (325,000 tokens in, 2,500 out) |" in md
 
-    kept_section = md.split("## Kept changes")[1].split("## Failures")[0]
+    kept_section = md.split("## Kept changes")[1].split("## All experiments")[0]
     kept = [(d, m) for d, s, m, _ in HISTORY if s == "keep"]
     for desc, _ in kept:
         assert desc in kept_section
@@ -254,14 +255,14 @@ def test_report_md_of_a_night(ledger: Ledger, tmp_path: Path) -> None:
     assert "| 0.982000 | -0.001900 | -0.015900 (-1.59%) |" in rope_line
     assert isinstance(rows[18].evidence, dict), "the ledger must give evidence back as the dict it was given"
     assert "runs=3, mean 0.982000, p=0.012, 2.4σ" in rope_line
-    base_line = next(ln for ln in kept_section.splitlines() if ln.startswith("| 0 |"))
+    base_line = next(ln for ln in kept_section.splitlines() if ln.startswith(f"| {rows[0].id} |"))
     assert "| 0.997900 | — | — |" in base_line and "baseline" in base_line
 
     failures = md.split("## Failures")[1]
     assert "**crash** (3)" in failures and "**timeout** (1)" in failures and "**violation** (1)" in failures
     assert "RuntimeError: shape mismatch" in failures  # last line of the log when no reason
     assert "protected file changed: prepare.py" in failures
-    assert "#13" in failures  # experiment numbers match the chart's x axis
+    assert f"#{rows[13].id} " in failures  # experiment numbers are the ledger ids, as on the chart's x axis
 
 
 def test_report_md_without_chart_or_cost(ledger: Ledger, tmp_path: Path) -> None:
@@ -281,7 +282,8 @@ def test_report_md_maximise(ledger: Ledger, tmp_path: Path) -> None:
     record(ledger, "few-shot examples", "keep", 60.0)
     record(ledger, "rubric in system prompt", "keep", 92.0)
     md = report_md(ledger.experiments("t"), tmp_path / "r.md", "score", False).read_text()
-    assert "| Improvement | +51.000 (+124.39%), higher is better |" in md
+    assert "| Improvement | score 41 (1 run) → 92 (1 run), +124.39%; improvement +51" in md
+    assert "(higher is better) |" in md
     assert "| 92.000 | +32.000 | +51.000 (+124.39%) |" in md
 
 
@@ -311,7 +313,7 @@ def test_report_md_number_format_ignores_a_wild_discard(ledger: Ledger, tmp_path
 
 
 def test_evidence_line_marks_a_log_scale_std_and_keeps_a_metric_std_in_metric_format():
-    from autoresearch.report import _evidence
+    from autoresearch.figures import evidence_text as _evidence
 
     one_decimal = lambda v: f"{v:.1f}"  # noqa: E731  (the format a metric in the thousands gets)
     relative = _evidence({"runs": 1, "mean": 1400.0, "std": 0.0312, "noise": "relative (std on the log scale)"},

@@ -120,7 +120,7 @@ def test_chromium_runs_the_page_chart_table_and_filters(page: Path):
     assert "showing 31 of 31" in dom
     for status, n in (("keep", 9), ("discard", 15), ("crash", 3)):  # the baseline is a keep too
         assert re.search(rf'data-status="{status}"[^>]*>{status}<span class="c">{n}</span>', dom), status
-    for expected in ("Kept changes", "+SOFTCAP = 12.0", "p_value=0.011", "Notes from the run",
+    for expected in ("Kept changes", "+SOFTCAP = 12.0", "p=0.011", "Notes from the run",
                      "line 5 now", "Agent cost", "$1.20"):
         assert expected in dom, expected
 

@@ -29,9 +29,10 @@ def test_once_prints_a_snapshot_of_the_ledger(tmp_path: Path):
     r = cli("watch", "--once", "--plain", cwd=b.root)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0] == (f"autoresearch t: best score 0.990000 (#{best.id} {best.short}) | 4 experiments: "
+    assert lines[0] == (f"autoresearch t: best score 0.99 (1 run) (#{best.id} {best.short}) | 4 experiments: "
                         "crash 1, discard 1, keep 2")
-    assert lines[1] == "not running"
+    assert lines[1].startswith("improvement: score 1 (1 run) → 0.99 (1 run), -1.00%; improvement +0.01")
+    assert lines[2] == "not running"
     assert "#3    crash         score=-  depth 12  [exit code 1]" in lines
     assert "#4    discard       score=0.995000  more dropout" in lines
     assert 'steering: program.md changed (sha256:aaa, was sha256:bbb), +1 -0 lines: line 4 now "x"' in r.stdout
@@ -84,4 +85,4 @@ def test_follow_prints_each_experiment_and_exits_when_the_session_ends(tmp_path:
     for e in rows[1:]:  # every experiment that finished while watching has its line
         assert f"#{e.id:<4} {e.status:<13} score={e.metric:.6f}  X = " in out, out
     assert out.rstrip().splitlines()[-1].startswith("autoresearch: the session on w ended; autoresearch w: best score "
-                                                    "1.500000")
+                                                    "1.5 (1 run)")

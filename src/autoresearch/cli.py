@@ -122,7 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--tag")
     sp.add_argument("--branch", help="the branch to create (default: autoresearch/<tag>-final)")
     sp.add_argument("--summary", help="where to write the summary (default: .autoresearch/finalize/<tag>.md)")
-    sp.add_argument("--force", action="store_true", help="replace the branch if it exists")
+    sp.add_argument("--force", action="store_true", help="replace the branch if it exists, and finalize even an "
+                    "improvement `confirm` refuted (the summary then says so)")
     sp.add_argument("--json", action="store_true")
 
     sp = cmd("confirm", _confirm, "re-run the starting point and the best on fresh seeds: the improvement with "
@@ -229,14 +230,17 @@ def _run(args) -> int:
             reporter.close()
     _write_report(root, cfg, tag)
     inc = outcome.incumbent
-    from .live import best_value
+    from . import figures
 
-    value = best_value(inc)  # the mean of its runs when the policy measured it more than once
-    best = f"{value:.6f} at {inc.commit[:7]} (#{inc.id})" if inc and value is not None else "none"
+    fig = figures.improvement(Ledger(root / ".autoresearch" / "ledger.db"), tag, figures.Spec.from_config(cfg))
+    best = (f"{fig.fmt(fig.best_mean)} ({figures.runs_text(fig.best_runs)}) at {inc.commit[:7]} (#{inc.id})"
+            if inc and fig.best_mean is not None else "none")
     if inc and inc.unverified:
         best += f", UNVERIFIED ({inc.unverified})"
     print(f"autoresearch: stopped ({outcome.stop_reason}) after {outcome.experiments} experiments in "
-          f"{(time.monotonic() - t0) / 60:.1f} min; best {cfg.metric.name} {best}; branch autoresearch/{tag}")
+          f"{figures.duration(time.monotonic() - t0)}; best {cfg.metric.name} {best}; branch autoresearch/{tag}")
+    if fig.base_mean is not None:
+        print(f"autoresearch: improvement: {fig.text()}")
     return 0
 
 
@@ -249,9 +253,11 @@ def _experiment(args) -> int:
         _print_json(verdict)
     else:
         m = verdict["metric"]
+        best = verdict["best_metric"]
         print(f"#{verdict['id']} {verdict['status']}: {cfg.metric.name}={m if m is not None else '-'} "
-              f"(best {verdict['best_metric']}) {verdict['reason']}"
+              f"(best {f'{best:.6g}' if best is not None else '-'}) {verdict['reason']}"
               + (f" [unverified: {verdict['unverified']}]" if verdict["unverified"] else ""))
+        print(f"improvement: {verdict['improvement']}")
     return 0
 
 

@@ -54,17 +54,21 @@ def _print_json(obj: Any) -> None:
 
 
 def _write_report(root: Path, cfg: Config, tag: str, out: Optional[Path] = None) -> list[Path]:
+    from . import figures
     from .report import progress_png, report_md
 
     ledger = Ledger(root / ".autoresearch" / "ledger.db")
     rows = ledger.experiments(tag)
     out = out or root
     lower = cfg.lower_is_better()
+    spec = figures.Spec.from_config(cfg)
     return [progress_png(rows, out / "progress.png", cfg.metric.name, lower, title=f"autoresearch/{tag}"),
-            report_md(rows, out / "report.md", cfg.metric.name, lower, tag=tag)]
+            report_md(rows, out / "report.md", cfg.metric.name, lower, tag=tag,
+                      figure=figures.improvement(ledger, tag, spec, rows), noise=figures.noise(ledger, tag, spec, rows))]
 
 
 def _status(args) -> int:
+    from . import figures
     from .report import summary, unverified_note
 
     root = _root(args)
@@ -72,21 +76,23 @@ def _status(args) -> int:
     tag = _tag(ledger, args.tag)
     rows = ledger.experiments(tag)
     cfg = _cfg_quiet(root)
-    lower = cfg.lower_is_better() if cfg else True
-    s = summary(rows, lower)
+    spec = figures.Spec.of(ledger, tag, cfg)
+    fig = figures.improvement(ledger, tag, spec, rows)  # the one figure every view shows
+    noise = figures.noise(ledger, tag, spec, rows)
+    s = summary(rows, spec.lower, fig)
     inc = ledger.incumbent(tag)
     first = min((e.started_at for e in rows if e.started_at), default=None)
     last = max((e.ended_at or e.started_at for e in rows if e.started_at), default=None)
-    from .live import best_value
 
     out = {"tag": tag, "best_commit": inc.commit if inc else None, "best_metric": inc.metric if inc else None,
-           "best_mean": best_value(inc), "best_runs": (inc.evidence or {}).get("runs", 1) if inc else None,
+           "best_mean": fig.best_mean, "best_runs": fig.best_runs if inc else None,
            "best_id": inc.id if inc else None, "best_description": inc.description if inc else None,
            "counts": ledger.counts(tag), "experiments": len(rows), "keep_rate": s.get("keep_rate"),
-           "baseline_metric": s.get("baseline_metric"), "improvement": s.get("improvement"),
+           "baseline_metric": fig.base_mean, "baseline_runs": fig.base_runs, "improvement": fig.improvement,
+           "improvement_figure": fig.to_json(), "noise": noise.to_json(),
            "elapsed_s": (last - first) if first and last else 0.0, "experiment_s": s.get("wall_s_total"),
            "cost_usd": s.get("cost_usd_total"), "tokens_in": s.get("tokens_in_total"),
-           "tokens_out": s.get("tokens_out_total"), "metric": cfg.metric.name if cfg else None,
+           "tokens_out": s.get("tokens_out_total"), "metric": spec.name,
            "unverified": s["unverified"], "unverified_kept": s["unverified_kept"],
            "unverified_reasons": s["unverified_reasons"], "best_unverified": inc.unverified if inc else None}
     from .workers import worker_stats
@@ -104,18 +110,16 @@ def _status(args) -> int:
               f"{f'; and {len(breaks) - 5} more' if len(breaks) > 5 else ''}. The figures below may be forged; "
               f"`autoresearch run` refuses to go on until `autoresearch ledger accept --tag {tag}`")
     if inc:
-        runs = out["best_runs"] if isinstance(out["best_runs"], int) else 1
-        value = f"{out['best_mean']:.6f} (mean of {runs} runs)" if runs > 1 else f"{inc.metric:.6f}"
-        print(f"best {name} {value} at {inc.commit[:7]} (#{inc.id}: {inc.description})"
-              + (" [unverified]" if inc.unverified else ""))
+        print(f"best {name} {fig.fmt(fig.best_mean)} ({figures.runs_text(fig.best_runs)}) at "
+              f"{(inc.commit or '-')[:7]} (#{inc.id}: {inc.description})" + (" [unverified]" if inc.unverified else ""))
     if note := unverified_note(s):
         print(note)
-    if out["baseline_metric"] is not None and out["improvement"] is not None:
-        print(f"baseline {out['baseline_metric']:.6f}, improvement {out['improvement']:.6f}")
+    print(f"improvement: {fig.text()}")
+    print(noise.text(fig.fmt))
     rate = out["keep_rate"]
     print(f"keep rate {rate:.0%}" if rate is not None else "keep rate -",
-          f"| time {out['elapsed_s'] / 60:.1f} min | agent cost ${out['cost_usd'] or 0:.2f} "
-          f"({(out['tokens_in'] or 0) + (out['tokens_out'] or 0)} tokens)")
+          f"| elapsed {figures.duration(out['elapsed_s'])}, runs {figures.duration(out['experiment_s'])} "
+          f"| agent cost ${out['cost_usd'] or 0:.2f} ({(out['tokens_in'] or 0) + (out['tokens_out'] or 0)} tokens)")
     for w in out["workers"] if len(out["workers"]) > 1 or any(w["now"] for w in out["workers"]) else []:
         print(f"worker {w['worker']} ({w['hardware'] or '?'}): {w['runs']} runs, busy {w['utilisation']:.0%}, "
               f"{w['per_hour']:g}/h" + (f", now {'; '.join(w['now'])}" if w["now"] else ""))
@@ -140,14 +144,22 @@ def _results(args) -> int:
             write_tsv(Path(tmp) / "r.tsv", rows, name)
             sys.stdout.write((Path(tmp) / "r.tsv").read_text())
     else:
-        print(f"{'id':>4}  {'commit':7}  {'status':12} {name:>12}  {'time':>7}  description")
+        from . import figures
+
+        spec = figures.Spec.of(ledger, tag, cfg)
+        fig = figures.improvement(ledger, tag, spec, rows)
+        f = fig.fmt
+        print(f"{'#':>4}  {'commit':7}  {'status':13} {name:>12}  {'time':>7}  {'description':40}  reason")
         for e in rows:
-            val = f"{e.metric:.6f}" if e.metric is not None else "-"
             wall = f"{e.wall_s:.1f}s" if e.wall_s is not None else "-"
             status = e.status + ("*" if e.unverified else "")
-            print(f"{e.id:>4}  {e.short or '-':7}  {status:12} {val:>12}  {wall:>7}  {e.description}")
+            desc = " ".join(e.description.split())
+            desc = desc if len(desc) <= 40 else desc[:39] + "…"
+            print(f"{e.id:>4}  {e.short or '-':7}  {status:13} {f(e.metric):>12}  {wall:>7}  {desc:40}  "
+                  f"{' '.join((e.reason or '').split())[:100]}")
+        print(f"improvement: {fig.text()}")
         reasons = sorted({e.unverified for e in rows if e.unverified})
-        if reasons:
+        if reasons:  # the legend of the `*`, last: what the figure above stands on
             print(f"* unverified: measured without the sandbox ({'; '.join(reasons)})")
     return 0
 
@@ -185,8 +197,12 @@ def _report(args) -> int:
     if args.html:
         from .report_html import report_html
 
-        print(report_html(ledger.experiments(tag), (out or root) / "report.html", cfg.metric.name,
-                          cfg.lower_is_better(), tag=tag, events=ledger.events(tag), project=root.name))
+        from . import figures
+
+        rows = ledger.experiments(tag)
+        fig = figures.improvement(ledger, tag, figures.Spec.from_config(cfg), rows)
+        print(report_html(rows, (out or root) / "report.html", cfg.metric.name, cfg.lower_is_better(), tag=tag,
+                          events=ledger.events(tag), project=root.name, figure=fig))
         return 0
     for p in _write_report(root, cfg, tag, out):
         print(p)

@@ -23,10 +23,9 @@ longer runs (its runs are reported as failures).
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional
 
-from . import stats
+from . import figures, stats
 from .config import Config
 from .errors import AutoresearchError
 from .ledger import Experiment, Ledger
@@ -86,7 +85,7 @@ def _ends(ledger: Ledger, tag: str) -> tuple[Experiment, Experiment]:
 def summarize(cfg: Config, ledger: Ledger, tag: str, base: Experiment, best: Experiment,
               measured: dict[int, list[tuple[int, Optional[float], str]]]) -> dict[str, Any]:
     """The comparison of the fresh runs (see the module docstring); pure given the ledger."""
-    scale, lower = stats.Scale.of(cfg.metric.noise), cfg.lower_is_better()
+    scale = stats.Scale.of(cfg.metric.noise)
 
     def side(row: Experiment) -> dict[str, Any]:
         got = measured.get(row.id, [])
@@ -113,14 +112,11 @@ def summarize(cfg: Config, ledger: Ledger, tag: str, base: Experiment, best: Exp
     if not a["values"] or not b["values"]:
         raise AutoresearchError(f"no usable run of the {'baseline' if not a['values'] else 'best'} on the fresh "
                                 f"seeds (see the logs under .autoresearch/logs/{tag}/): nothing to compare")
-    c = stats.compare([scale.judged(v) for v in b["values"]], [scale.judged(v) for v in a["values"]], sd, df,
-                      lower)  # the test on its scale; the figures back in metric units
-    iv = c.interval(cfg.policy.alpha / 2) if c.se else None
-    gain, ref = scale.gain(c.gain, c.mean_ref, lower), scale.units(c.mean_ref)
-    iv = [scale.gain(x, c.mean_ref, lower) for x in iv] if iv else None
-    out.update(improvement=gain, improvement_pct=(gain / abs(ref) * 100) if ref else None,
-               interval=list(iv) if iv else None, p_value=c.p_value, t=_finite(c.t),
-               effect_sigma=_finite(c.effect_sigma))
+    # The one estimate every view shows (figures.py): the test on its scale, the figures in metric units.
+    e = figures.estimate(a["values"], b["values"], sd, df, figures.Spec.from_config(cfg))
+    ref = e["base_mean"]
+    out.update(improvement=e["improvement"], improvement_pct=(e["improvement"] / abs(ref) * 100) if ref else None,
+               interval=e["interval"], p_value=e["p_value"], t=e["t"], effect_sigma=e["effect_sigma"])
     return out
 
 
@@ -171,6 +167,3 @@ def _one_line(out: dict[str, Any], name: str) -> str:
             f"best #{out['best']['id']} {out['best']['mean']:.6g} ({out['best']['runs']} runs): "
             f"improvement {out['improvement']:.6g}{ci}")
 
-
-def _finite(x: Optional[float]) -> Optional[float]:
-    return x if x is not None and math.isfinite(x) else None

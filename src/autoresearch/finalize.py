@@ -28,7 +28,11 @@ Guarantees:
 - Kept changes measured while a protection was off (their row's `unverified`) are said to
   be unverified, in their commit message and in the summary ("N of the kept changes ...").
 - The Markdown summary (for a pull request) is returned and written to
-  `.autoresearch/finalize/<tag>.md` unless another path is given.
+  `.autoresearch/finalize/<tag>.md` unless another path is given. Its headline is the
+  improvement figure of figures.py (`confirm`'s when it ran), as `status` prints it.
+- An improvement that `autoresearch confirm` refuted (its fresh runs' interval includes no
+  improvement) is never claimed: finalize refuses, and with `force` it makes the branch with a
+  summary that says, first, that the improvement was refuted.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional
 
+from . import figures
 from .errors import AutoresearchError
 from .ledger import Experiment, Ledger
 from .policy import resolve
@@ -94,6 +99,11 @@ def finalize(root: Path, tag: str, ledger: Ledger, *, branch: Optional[str] = No
     if ws.git.ok("rev-parse", "--verify", "--quiet", f"refs/heads/{branch}") and not force:
         raise FinalizeError(f"branch {branch} already exists: pass --branch NAME, or --force to replace it")
     meta = _run_meta(ledger, tag)
+    meta["figure"] = fig = figures.improvement(ledger, tag, figures.Spec.from_snapshot(meta["config"]), rows)
+    if fig.refuted and not force:
+        raise FinalizeError(f"`autoresearch confirm` refuted the improvement of #{best.id}: {fig.text()}. No branch "
+                            "was made; pass --force to make it anyway (its summary then says the improvement was "
+                            "refuted), or keep the loop running")
     tmp = Path(tempfile.mkdtemp(prefix="autoresearch-finalize-"))
     wt = tmp / "wt"
     ws.git("worktree", "add", "--detach", str(wt), best.commit)
@@ -191,7 +201,8 @@ def _run_meta(ledger: Ledger, tag: str) -> dict[str, Any]:
     policy_name = resolve(SimpleNamespace(policy=SimpleNamespace(**policy))) if "name" in policy else "?"
     return {"metric": metric.get("name", "metric"), "lower": metric.get("direction", "min") == "min",
             "policy": policy_name, "run": cfg.get("experiment", {}).get("run", ""),
-            "budget_s": cfg.get("experiment", {}).get("budget_s")}
+            "budget_s": cfg.get("experiment", {}).get("budget_s"), "command": metric.get("command") or "",
+            "config": cfg}
 
 
 def _beaten(e: Experiment, rows: list[Experiment]) -> Optional[Experiment]:
@@ -217,18 +228,6 @@ def deltas(e: Experiment, rows: list[Experiment]) -> tuple[Optional[float], Opti
     return d_prev, d_base, pct
 
 
-def evidence_text(ev: dict[str, Any]) -> str:
-    parts = []
-    for k, v in (ev or {}).items():
-        if isinstance(v, (list, tuple)):
-            parts.append(f"{k}={len(v)}")
-        elif isinstance(v, float):
-            parts.append(f"{k}={v:.4g}")
-        elif isinstance(v, (int, str)) and len(str(v)) <= 40:
-            parts.append(f"{k}={v}")
-    return ", ".join(parts)
-
-
 def commit_message(e: Experiment, rows: list[Experiment], meta: dict[str, Any], tag: str) -> str:
     d_prev, d_base, pct = deltas(e, rows)
     prev = _beaten(e, rows)
@@ -238,36 +237,53 @@ def commit_message(e: Experiment, rows: list[Experiment], meta: dict[str, Any], 
         line += f"; {_signed(d_base)}, {pct:+.2f}% vs the baseline)" if d_base is not None and pct is not None else ")"
     body = [e.description.strip() or f"experiment #{e.id}", "", line]
     if e.evidence:
-        body.append(f"evidence ({meta['policy']}): {evidence_text(e.evidence)}")
+        body.append(f"evidence ({meta['policy']}): {figures.evidence_text(e.evidence, _fmt(meta))}")
     if e.unverified:
         body.append(f"unverified: {e.unverified}")
     body.append(f"autoresearch: experiment #{e.id} on autoresearch/{tag}, originally {e.commit}")
     return "\n".join(body) + "\n"
 
 
+def _fmt(meta: dict[str, Any]) -> Any:
+    fig = meta.get("figure")
+    return fig.fmt if fig is not None else figures.Format()
+
+
 def pr_summary(f: Finalized, rows: list[Experiment], meta: dict[str, Any]) -> str:
     name, lower = meta["metric"], meta["lower"]
-    base_m, best_m = f.base.metric, f.best.metric
-    head = f"## autoresearch/{f.tag}: {name} {_num(base_m)} → {_num(best_m)}"
-    if base_m is not None and best_m is not None and base_m:
-        head += f" ({(best_m - base_m) / abs(base_m) * 100:+.2f}%, {'lower' if lower else 'higher'} is better)"
+    fig: Optional[figures.Figure] = meta.get("figure")
+    g = _fmt(meta)
+    if fig is not None and fig.refuted:
+        head = (f"## autoresearch/{f.tag}: no confirmed improvement of {name} — `autoresearch confirm` refuted it "
+                "(finalized with --force)")
+    else:
+        base_m, best_m = (fig.base_mean, fig.best_mean) if fig is not None else (f.base.metric, f.best.metric)
+        head = f"## autoresearch/{f.tag}: {name} {g(base_m)} → {g(best_m)}"
+        if base_m is not None and best_m is not None and base_m:
+            head += f" ({(best_m - base_m) / abs(base_m) * 100:+.2f}%, {'lower' if lower else 'higher'} is better)"
+    if fig is not None:
+        head += f"\n\n{'**Refuted.** ' if fig.refuted else ''}Improvement: {fig.text()}"
     counts: dict[str, int] = {}
     for e in rows:
         counts[e.status] = counts.get(e.status, 0) + 1
     budget = f" under a fixed budget of {meta['budget_s']:g}s each" if meta.get("budget_s") else ""
     tally = ", ".join(f"{k} {v}" for k, v in counts.items())
+    kept = (f"{len(f.commits)} change(s) the loop kept, from {len(rows)} experiments ({tally}),"
+            if fig is not None and fig.refuted else f"{len(f.commits)} improvement(s) from {len(rows)} experiments "
+                                                     f"({tally}),")
     out = [head, "",
-           f"{len(f.commits)} improvement(s) from {len(rows)} experiments ({tally}),"
-           f" measured{budget} and kept by the `{meta['policy']}` policy. One commit per improvement, in the order they"
-           f" were found, on top of the starting point `{f.base.commit[:7]}`.", "",
-           f"| # | change | {name} | Δ vs incumbent | Δ vs baseline | evidence | experiment |",
+           f"{kept} measured{budget} and kept by the `{meta['policy']}` policy. One commit per change, in the order they"
+           f" were found, on top of the starting point `{f.base.commit[:7]}`."
+           + (" The figures below are the loop's runs, which `confirm`'s fresh runs did not bear out."
+              if fig is not None and fig.refuted else ""), "",
+           f"| # | change | {name} | Δ vs incumbent | Δ vs baseline | evidence | commit |",
            "|---:|---|---:|---:|---:|---|---|"]
-    for i, (e, sha) in enumerate(f.commits, 1):
+    for e, sha in f.commits:  # numbered by ledger id, as `results`, `diff N` and the reports number them
         d_prev, d_base, pct = deltas(e, rows)
         vs_base = f"{_signed(d_base)} ({pct:+.2f}%)" if d_base is not None and pct is not None else "-"
         vs_prev = _signed(d_prev) if d_prev is not None else "-"
-        out.append(f"| {i} | {_cell(e.description)} | {_num(e.metric)} | {vs_prev} | {vs_base}"
-                   f" | {_cell(evidence_text(e.evidence)) or '-'} | #{e.id} `{sha[:7]}` |")
+        out.append(f"| {e.id} | {_cell(e.description)} | {_num(e.metric)} | {vs_prev} | {vs_base}"
+                   f" | {_cell(figures.evidence_text(e.evidence, g)) or '-'} | `{sha[:7]}` (was `{e.short}`) |")
     unverified = [e for e, _ in f.commits if e.unverified]
     if unverified:
         why = "; ".join(sorted({e.unverified for e in unverified}))
@@ -280,10 +296,16 @@ def pr_summary(f: Finalized, rows: list[Experiment], meta: dict[str, Any]) -> st
     wall = sum(e.wall_s for e in rows if e.wall_s is not None)
     cost = sum(e.cost_usd or 0.0 for e in rows)
     tokens = sum((e.tokens_in or 0) + (e.tokens_out or 0) for e in rows)
-    out += ["", f"Experiment time {wall / 3600:.2f} h; agent cost ${cost:.2f} ({tokens:,} tokens).",
+    starts = [e.started_at for e in rows if e.started_at]
+    elapsed = max(e.ended_at or e.started_at for e in rows if e.started_at) - min(starts) if starts else 0.0
+    out += ["", f"Elapsed {figures.duration(elapsed)}, of which the experiments' own runs {figures.duration(wall)}; "
+                f"agent cost ${cost:.2f} ({tokens:,} tokens).",
             f"The tip of `{f.branch}` has exactly the tree of the best commit `{f.best.commit[:7]}` "
             f"(autoresearch/{f.tag}, #{f.best.id})."]
-    if meta.get("run"):
+    if meta.get("run") and meta.get("command"):  # the metric comes from the protected evaluation
+        out.append(f"Reproduce: `git checkout {f.branch} && {meta['run']} && {meta['command']}` (the evaluation "
+                   f"command prints `{name}`).")
+    elif meta.get("run"):
         out.append(f"Reproduce: `git checkout {f.branch} && {meta['run']}` (prints `{name}`).")
     return "\n".join(out) + "\n"
 

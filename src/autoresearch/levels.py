@@ -124,18 +124,22 @@ def estimate(experiments: Iterable[Any], runs: dict[int, list[tuple[str, float]]
 
     `experiments`: the tag's Experiment rows in id order. `runs`: experiment id -> its usable
     runs as (commit, metric) in the order taken. Experiments after `judged_id` are ignored;
-    the judged one contributes only its re-measures of other commits, never its own runs.
+    the judged one contributes only its re-measures of other commits, never its own runs, and
+    neither does an earlier experiment of the very same commit (identical code proposed again,
+    loop.same_code): its runs are the judged one's runs now, not evidence about the reference.
     """
     exps = [e for e in experiments if judged_id is None or e.id <= judged_id]
+    judged_commit = next((e.commit for e in exps if e.id == judged_id), None)
     sign = 1.0 if lower else -1.0
     looks: list[tuple[float, float]] = []
-    levels = _replay(exps, runs, sd, sign, default_prior(), judged_id, looks)
+    levels = _replay(exps, runs, sd, sign, default_prior(), judged_id, looks, judged_commit)
     g = fit_prior(looks)
-    return _replay(exps, runs, sd, sign, g, judged_id, None), g
+    return _replay(exps, runs, sd, sign, g, judged_id, None, judged_commit), g
 
 
 def _replay(exps: list[Any], runs: dict[int, list[tuple[str, float]]], sd: float, sign: float, g: list[float],
-            judged_id: Optional[int], looks: Optional[list[tuple[float, float]]]) -> dict[str, Level]:
+            judged_id: Optional[int], looks: Optional[list[tuple[float, float]]],
+            judged_commit: Optional[str] = None) -> dict[str, Level]:
     levels: dict[str, Level] = {}
     noise_var = sd * sd
     for e in exps:
@@ -144,7 +148,7 @@ def _replay(exps: list[Any], runs: dict[int, list[tuple[str, float]]], sd: float
             if commit != e.commit and commit in levels:
                 levels[commit].measured(sign * value, noise_var)
         own = [sign * v for c, v in mine if c == e.commit]
-        if not own or e.id == judged_id:
+        if not own or e.id == judged_id or (judged_commit and e.commit == judged_commit):
             continue
         if e.kind == "baseline" or e.parent not in levels:
             if e.status == "keep":  # a starting point: its runs are all there is to know of it

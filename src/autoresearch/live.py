@@ -28,8 +28,11 @@ def _fmt(v: Optional[float]) -> str:
     return f"{v:.6f}" if v is not None else "-"
 
 
-def best_value(inc: Optional[Experiment]) -> Optional[float]:
-    """The incumbent's value as the policy sees it: the mean of its runs when it has several."""
+def best_value(inc: Optional[Experiment], figure: Any = None) -> Optional[float]:
+    """The best's value: the improvement figure's (figures.py: the mean of all its runs, as `status`
+    shows it) when the loop passed one, else the incumbent's recorded mean."""
+    if figure is not None and figure.best_mean is not None:
+        return figure.best_mean
     if inc is None:
         return None
     mean = (inc.evidence or {}).get("mean")
@@ -52,8 +55,12 @@ class PlainReporter:
             elif kind == "finished":
                 e: Experiment = data["exp"]
                 inc: Optional[Experiment] = data.get("incumbent")
-                print(f"#{e.id:<4} {e.status:<12} {self.metric}={_fmt(e.metric)}  best={_fmt(best_value(inc))}"
-                      f"  {e.description[:70]}" + (f"  [{e.reason[:60]}]" if e.status not in ("keep", "discard") else ""),
+                fig = data.get("figure")
+                known = fig is not None and fig.best_mean is not None  # then one format: the figure's
+                best = fig.fmt(fig.best_mean) if known else _fmt(best_value(inc))
+                value = fig.fmt(e.metric) if known else _fmt(e.metric)
+                print(f"#{e.id:<4} {e.status:<12} {self.metric}={value}  best={best}"
+                      f"  {e.description[:70]}" + (f"  [{e.reason[:80]}]" if e.reason else ""),
                       file=self.stream, flush=True)
         except Exception:  # display must never break the loop
             pass
@@ -73,6 +80,7 @@ class LiveReporter:
         self.phase = "starting"
         self.elapsed = 0.0
         self.best: Optional[Experiment] = None
+        self.figure: Any = None  # figures.Figure: the improvement, as every view shows it
         self.counts: dict[str, int] = {}
         self.t0 = time.monotonic()
         self.progress: Optional[Progress] = None
@@ -110,7 +118,7 @@ class LiveReporter:
             elif kind == "finished":
                 e = data["exp"]
                 self.recent.append(e)
-                self.best = data.get("incumbent")
+                self.best, self.figure = data.get("incumbent"), data.get("figure")
                 self.counts[e.status] = self.counts.get(e.status, 0) + 1
                 self.current, self.phase = None, "between experiments"
                 self.progress, self.evaluating_since = None, None
@@ -135,7 +143,7 @@ class LiveReporter:
         mins = (time.monotonic() - self.t0) / 60
         head = Text.assemble(
             ("autoresearch ", "bold"), (f"{self.tag}  ", "cyan"),
-            (f"best {self.metric} {_fmt(best_value(self.best))}  ", "green"),
+            (f"best {self.metric} {self._best()}  ", "green"),
             ("  ".join(f"{k} {v}" for k, v in sorted(self.counts.items())) + f"   {mins:.1f} min", "dim"),
         )
         if self.current is not None and self.evaluating_since is not None:
@@ -154,13 +162,22 @@ class LiveReporter:
         else:
             now = Text(self.phase, style="yellow")
         table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
-        for col in ("#", "status", self.metric, "description"):
+        for col in ("#", "status", self.metric, "description", "reason"):
             table.add_column(col)
         colors = {"keep": "green", "discard": "white", "crash": "red", "timeout": "red", "violation": "magenta"}
         for e in list(self.recent):
-            table.add_row(str(e.id), Text(e.status, style=colors.get(e.status, "yellow")), _fmt(e.metric),
-                          e.description[:70])
-        return Group(head, now, table)
+            value = self.figure.fmt(e.metric) if self.figure is not None else _fmt(e.metric)
+            table.add_row(str(e.id), Text(e.status, style=colors.get(e.status, "yellow")), value,
+                          e.description[:60], Text((e.reason or "")[:70], style="dim"))
+        improvement = Text(f"improvement: {self.figure.text()}" if self.figure is not None
+                           and self.figure.base_mean is not None else "", style="green")
+        return Group(head, improvement, now, table)
+
+    def _best(self) -> str:
+        fig = self.figure
+        if fig is not None and fig.best_mean is not None:
+            return f"{fig.fmt(fig.best_mean)} ({fig.best_runs} run{'s' if fig.best_runs != 1 else ''})"
+        return _fmt(best_value(self.best))
 
     def close(self) -> None:
         try:

@@ -23,6 +23,7 @@ return normally.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 import time
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from . import clean, engines, guards
+from . import clean, engines, figures, guards
 from . import policy as policies
 from . import tracking
 from .agents.base import Agent, Proposal
@@ -234,11 +235,34 @@ class Loop:
             return self.finish_unrun(exp, "crash", f"git could not commit the change: "
                                                    f"{clean.one_line(e, clean.REASON_CHARS)}", proposal)
         exp.patch = self.ws.diff(parent, exp.commit)
+        twin = self.same_code(exp)  # identical code already measured: these runs add to its runs
         self.ledger.begin(exp)
+        if twin is not None:
+            self.ledger.event(self.tag, "same code", f"#{exp.id} is the same code as #{twin.id} ({twin.status}, tree "
+                              f"equal, same parent): measured as {twin.short} again on seed {exp.seed}; the runs of "
+                              "both count together", exp.id)
         self.log_calls(exp, proposal)
         self.ws.pin(exp.id, exp.commit)
         self.count += 1
         return exp
+
+    def same_code(self, exp: Experiment) -> Optional[Experiment]:
+        """The judged experiment whose commit has exactly `exp`'s tree on the same parent, if any.
+
+        Then `exp` measures that commit again on a seed it has not used, instead of a fresh commit:
+        the policy finds the runs of one commit together (measurements are keyed by commit), so
+        evidence about identical code accumulates instead of being judged from scratch each time
+        the agent proposes it. Keyed on git's tree id: descriptions and whitespace in messages differ.
+        """
+        tree = self.ws.git("rev-parse", f"{exp.commit}^{{tree}}")
+        for e in reversed(self.ledger.experiments(self.tag)):
+            if (e.parent == exp.parent and e.commit and e.status in ("keep", "discard")
+                    and (e.commit == exp.commit or self.ws.git("rev-parse", f"{e.commit}^{{tree}}") == tree)):
+                used = {m["seed"] for m in self.ledger.measurements(commit=e.commit)}
+                exp.commit, exp.seed = e.commit, next(s for s in itertools.count(exp.seed) if s not in used)
+                exp.evidence = {"same_code_as": e.id}
+                return e
+        return None
 
     def log_calls(self, exp: Experiment, proposal: Proposal) -> None:
         """Every LLM call an agent made for this proposal, linked to its experiment row."""
@@ -256,6 +280,7 @@ class Loop:
             tracked=frozenset(self.folder.manifest), sandbox=self.sandbox(),
             history=self.ledger.experiments(self.tag), incumbent=self.ledger.incumbent(self.tag), repair=repair_of,
             running=self.in_flight(),
+            figure=figures.improvement(self.ledger, self.tag, figures.Spec.from_config(self.cfg)),
         )
 
     def commit_message(self, exp: Experiment) -> str:
@@ -299,7 +324,7 @@ class Loop:
             if m.status == "ok":
                 verdict = self.decide(exp)
                 exp.status, exp.reason, exp.evidence = ("keep" if verdict.keep else "discard"), verdict.reason, \
-                    verdict.evidence
+                    {**exp.evidence, **verdict.evidence}  # same_code_as (see same_code) stays with the verdict's
                 guards.enforce(self.cfg, self.ws, exp, self.ledger.incumbent(self.tag), sandbox=self.sandbox(),
                                should_stop=lambda: self.stop_requested is not None,  # only would-be keeps pay
                                on_checks=lambda n: self.report("checks", exp=exp, attempt=n))
@@ -383,7 +408,8 @@ class Loop:
     def after_record(self, exp: Experiment) -> None:
         write_tsv(self.tsv, self.ledger.experiments(self.tag), self.cfg.metric.name)
         self.tracker.record(exp)  # never raises: an MLflow failure becomes a ledger event
-        self.report("finished", exp=exp, incumbent=self.ledger.incumbent(self.tag))
+        figure = figures.improvement(self.ledger, self.tag, figures.Spec.from_config(self.cfg))
+        self.report("finished", exp=exp, incumbent=self.ledger.incumbent(self.tag), figure=figure)
 
     def repair(self, exp: Optional[Experiment]) -> None:
         tries = 0

@@ -1,12 +1,17 @@
 """Reading the results: the summary figures, progress.png and the Markdown report.
 
 Owns three views of a tag's ledger rows (in id order, as `Ledger.experiments(tag)` gives):
-- `summary()`: the numbers `status`, the chart and the report all share, defined once here.
-- `progress_png()`: the original autoresearch's chart. x is the experiment's position in
-  the rows, y the metric; every measured experiment a grey dot (discarded ones faint),
-  kept ones green and labelled, the running best a step line, the baseline a dashed
-  line. Experiments without a metric sit apart, one lane per status under the plot.
-- `report_md()`: a summary, the kept changes with their deltas and evidence, the failures.
+- `summary()`: the numbers `status`, the chart and the report all share; the improvement
+  figure itself is figures.py's (one definition for every view).
+- `progress_png()`: the original autoresearch's chart. x is the experiment's ledger id (the
+  number `results`, `diff N`, `watch` and report.md use), y the metric; every discarded
+  experiment a grey dot, kept ones green and labelled, the running best a step line, the
+  baseline a dashed line. Experiments that were not judged on their number (a crash, a
+  timeout, a violation, checks that failed, an interruption) sit apart, one lane per
+  status under the plot, even when they printed a number: a fast result that failed the
+  tests is a "checks failed", not an outlier.
+- `report_md()`: a summary (the improvement figure, the noise, the times), the kept changes
+  with their deltas and evidence, every experiment with the reason for its verdict, the failures.
 
 Guarantees:
 - Pure views: nothing is read from or written to the ledger; rerunning on the same rows
@@ -29,8 +34,8 @@ Definitions:
   `unverified_note()` is the sentence every view prints about them.
 
 Y-limits: the window is set by the kept values and the baseline, widened to show nearby
-discards; a wild value outside it is drawn as a triangle on the edge, so it cannot squash
-the plot and is not silently dropped.
+discards; a wild discarded value outside it is drawn as a triangle on the edge ("discarded,
+off scale"), so it cannot squash the plot and is not silently dropped.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import threading
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from . import figures
 from .ledger import Experiment
 
 _STATUS_ORDER = ("keep", "discard", "crash", "timeout", "violation", "checks_failed", "interrupted", "running")
@@ -57,26 +63,27 @@ _LABEL_CHARS = 45
 
 
 # -- the figures ------------------------------------------------------------------------
-def summary(rows: Sequence[Experiment], lower_is_better: bool = True) -> dict[str, Any]:
-    """The figures every view shares (see the module docstring for the definitions)."""
+def summary(rows: Sequence[Experiment], lower_is_better: bool = True,
+            figure: Optional[figures.Figure] = None) -> dict[str, Any]:
+    """The figures every view shares (see the module docstring for the definitions).
+
+    baseline_metric, best_metric and improvement are `figure`'s (figures.py, from the ledger's
+    runs); without one they are the same definition on the rows alone (each row's metric once).
+    """
     rows = list(rows)
+    fig = figure or figures.from_runs(rows, {}, None, 0, figures.Spec(lower=lower_is_better))
     counts: dict[str, int] = {}
     for e in rows:
         counts[e.status] = counts.get(e.status, 0) + 1
     counts = dict(sorted(counts.items(), key=lambda kv: _status_rank(kv[0])))
 
-    base = _baseline(rows)
     kept = [e for e in rows if e.status == "keep"]
     best = kept[-1] if kept else None
     judged = [e for e in rows if e.kind != "baseline" and e.status not in ("running", "interrupted")]
     kept_candidates = sum(1 for e in judged if e.status == "keep")
 
-    base_metric = _metric(base) if base else None
-    best_metric = _metric(best) if best else None
-    improvement = pct = None
-    if base_metric is not None and best_metric is not None:
-        improvement = base_metric - best_metric if lower_is_better else best_metric - base_metric
-        pct = improvement / abs(base_metric) * 100 if base_metric != 0 else None
+    base_metric, best_metric, improvement = fig.base_mean, fig.best_mean, fig.improvement
+    pct = improvement / abs(base_metric) * 100 if improvement is not None and base_metric else None
 
     return {
         "n": len(rows),
@@ -91,6 +98,7 @@ def summary(rows: Sequence[Experiment], lower_is_better: bool = True) -> dict[st
         "improvement": improvement,
         "improvement_pct": pct,
         "wall_s_total": sum(e.wall_s for e in rows if e.wall_s is not None and math.isfinite(e.wall_s)),
+        "elapsed_s": _elapsed(rows),
         "cost_usd_total": sum(e.cost_usd or 0.0 for e in rows),
         "tokens_in_total": sum(e.tokens_in or 0 for e in rows),
         "tokens_out_total": sum(e.tokens_out or 0 for e in rows),
@@ -120,9 +128,7 @@ def progress_png(rows: Sequence[Experiment], path: str | os.PathLike, metric_nam
     rows = list(rows)
     path = Path(path)
     s = summary(rows, lower_is_better)
-    done = [(x, e) for x, e in enumerate(rows) if e.status != "running"]
-    scored = [(x, e, _metric(e)) for x, e in done if _metric(e) is not None]
-    unscored = [(x, e) for x, e in done if _metric(e) is None]
+    done, scored, unscored = chart_groups(rows)
     lanes = sorted({e.status for _, e in unscored}, key=_status_rank)
 
     strip_h = 0.32 * len(lanes) + 0.3 if lanes else 0.0
@@ -139,9 +145,10 @@ def progress_png(rows: Sequence[Experiment], path: str | os.PathLike, metric_nam
                  fontsize=14)
     ax.set_ylabel(f"{metric_name} ({'lower' if lower_is_better else 'higher'} is better)", fontsize=12)
     ax.grid(True, alpha=0.2)
-    last_x = max(len(rows) - 1, 0)
-    pad = max(0.6, 0.015 * len(rows))
-    ax.set_xlim(-pad, last_x + pad)
+    xs_all = [_x(e, i) for i, e in enumerate(rows)] or [0]
+    first_x, last_x = min(xs_all), max(xs_all)
+    pad = max(0.6, 0.015 * (last_x - first_x + 1))
+    ax.set_xlim(first_x - pad, last_x + pad)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
     if scored:
@@ -151,13 +158,8 @@ def progress_png(rows: Sequence[Experiment], path: str | os.PathLike, metric_nam
         scale = max(abs(lo), abs(hi))  # number format from what is shown, not from an outlier
         inside = [(x, e, m) for x, e, m in scored if lo <= m <= hi]
         discards = [(x, m) for x, e, m in inside if e.status == "discard"]
-        others = [(x, e, m) for x, e, m in inside if e.status not in ("discard", "keep")]
         if discards:
             ax.scatter(*zip(*discards), c="#b4b4b4", s=16, alpha=0.7, zorder=2, label="discarded")
-        if others:
-            names = ", ".join(sorted({e.status.replace("_", " ") for _, e, _ in others}))
-            ax.scatter([x for x, _, _ in others], [m for _, _, m in others], c="#7f8c8d", s=20,
-                       alpha=0.85, zorder=2, label=f"measured, not kept ({names})")
         if s["baseline_metric"] is not None:
             ax.axhline(s["baseline_metric"], color="#7f8c8d", ls="--", lw=1, alpha=0.6, zorder=1,
                        label=f"baseline ({_fmt(s['baseline_metric'], scale)})")
@@ -172,7 +174,7 @@ def progress_png(rows: Sequence[Experiment], path: str | os.PathLike, metric_nam
         edge = blended_transform_factory(ax.transData, ax.transAxes)  # x in data, y on the axes' edge
         above = [x for x, _, m in scored if m > hi]
         below = [x for x, _, m in scored if m < lo]
-        label = f"off scale ({len(above) + len(below)})"
+        label = f"discarded, off scale ({len(above) + len(below)})"
         for xs_off, y, marker in ((above, 0.985, "^"), (below, 0.015, "v")):
             if xs_off:
                 ax.scatter(xs_off, [y] * len(xs_off), marker=marker, c="#a0a0a0", s=30, transform=edge,
@@ -191,6 +193,8 @@ def progress_png(rows: Sequence[Experiment], path: str | os.PathLike, metric_nam
         for lane, status in enumerate(lanes):
             xs = [x for x, e in unscored if e.status == status]
             marker, colour = _NO_METRIC_STYLE.get(status, ("x", "#7f8c8d"))
+            if status == "discard":  # discarded without a number (e.g. the agent changed nothing)
+                marker, colour = "o", "#b4b4b4"
             strip.scatter(xs, [lane] * len(xs), marker=marker, c=colour, s=36, linewidths=1.6)
         strip.set_yticks(range(len(lanes)))
         strip.set_yticklabels([f"{st.replace('_', ' ')} ({sum(e.status == st for _, e in unscored)})"
@@ -199,10 +203,25 @@ def progress_png(rows: Sequence[Experiment], path: str | os.PathLike, metric_nam
         strip.grid(True, axis="x", alpha=0.2)
         ax.tick_params(labelbottom=False)
         xlabel_ax = strip
-    xlabel_ax.set_xlabel("Experiment #", fontsize=12)
+    xlabel_ax.set_xlabel("Experiment # (the ledger id: `autoresearch diff N`)", fontsize=12)
 
     _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight", pad_inches=0.25))
     return path
+
+
+def chart_groups(rows: Sequence[Experiment]) -> tuple[list, list, list]:
+    """(done, scored, lanes) of the chart: done [(x, row)] every finished row; scored [(x, row, metric)]
+    the points on the scale; lanes [(x, row)] the rest, drawn in one lane per status under the plot.
+
+    x is the ledger id: the number `results`, `diff N`, report.md and `watch` use. Only judged
+    results (keep, discard) with a metric are points; a run that failed (a crash, a violation,
+    checks that failed) sits in its status's lane whatever number it printed, so a fast result
+    that failed the tests reads "checks failed", not "off scale".
+    """
+    done = [(_x(e, i), e) for i, e in enumerate(rows) if e.status != "running"]
+    judged = [(x, e) for x, e in done if _metric(e) is not None and e.status in ("keep", "discard")]
+    ids = {id(e) for _, e in judged}
+    return done, [(x, e, _metric(e)) for x, e in judged], [(x, e) for x, e in done if id(e) not in ids]
 
 
 def _label_kept(ax: Any, kept: list, lower_is_better: bool) -> None:
@@ -214,7 +233,7 @@ def _label_kept(ax: Any, kept: list, lower_is_better: bool) -> None:
         chosen = [k for k in kept if k[0] in keep_x]
     up = lower_is_better  # worse values are above when lower is better
     for x, e, m in chosen:
-        text = " ".join((e.description or "").split()) or e.short or f"#{x}"
+        text = f"#{e.id} " + (" ".join((e.description or "").split()) or e.short or "")
         if len(text) > _LABEL_CHARS:
             text = text[: _LABEL_CHARS - 3] + "..."
         ax.annotate(text, (x, m), textcoords="offset points", xytext=(6, 6 if up else -6), fontsize=8,
@@ -249,14 +268,21 @@ def _running_best(values: list[float], lower_is_better: bool) -> list[float]:
 
 # -- report.md ------------------------------------------------------------------------------
 def report_md(rows: Sequence[Experiment], path: str | os.PathLike, metric_name: str,
-              lower_is_better: bool, tag: str = "") -> Path:
-    """Write the Markdown report to `path` and return it; links progress.png if it is beside it."""
+              lower_is_better: bool, tag: str = "", figure: Optional[figures.Figure] = None,
+              noise: Optional[figures.Noise] = None) -> Path:
+    """Write the Markdown report to `path` and return it; links progress.png if it is beside it.
+
+    `figure` and `noise` come from figures.py (the ledger's runs, or `confirm`'s); without them
+    the rows alone give the figure (each row's metric once, no interval).
+    """
     rows = list(rows)
     path = Path(path)
-    s = summary(rows, lower_is_better)
+    figure = figure or figures.from_runs(rows, {}, None, 0, figures.Spec(metric_name, lower_is_better))
+    s = summary(rows, lower_is_better, figure)
     anchor = [m for e in rows if (m := _metric(e)) is not None and (e.status == "keep" or e.kind == "baseline")]
     scale = max(map(abs, anchor or [m for e in rows if (m := _metric(e)) is not None] or [1.0]))
-    f = lambda v: _fmt(v, scale)  # noqa: E731 - one number format per report
+    # One number format per report: the figure's (to a tenth of the measured noise), else by magnitude.
+    f = figure.fmt if figure.fmt.decimals is not None else (lambda v: _fmt(v, scale))  # noqa: E731
     direction = "lower" if lower_is_better else "higher"
 
     out = [f"# Autoresearch report{': ' + tag if tag else ''}", ""]
@@ -267,23 +293,29 @@ def report_md(rows: Sequence[Experiment], path: str | os.PathLike, metric_name: 
         out.append("| By status | " + " · ".join(f"{k} {v}" for k, v in s["counts"].items()) + " |")
     if s["keep_rate"] is not None:
         out.append(f"| Keep rate | {s['kept']} / {s['judged']} ({s['keep_rate'] * 100:.1f}%) |")
-    if s["baseline_metric"] is not None:
-        out.append(f"| Baseline {metric_name} | {f(s['baseline_metric'])} |")
-    if s["best_metric"] is not None:
-        out.append(f"| Best {metric_name} | {f(s['best_metric'])} (`{(s['best_commit'] or '-')[:7]}`, "
-                   f"id {s['best_id']}) |")
-    if s["improvement"] is not None:
-        pct = f" ({s['improvement_pct']:+.2f}%)" if s["improvement_pct"] is not None else ""
-        out.append(f"| Improvement | {_signed(s['improvement'], f)}{pct}, {direction} is better |")
+    g = figure.fmt
+    if figure.base_mean is not None:
+        out.append(f"| Baseline {metric_name} | {g(figure.base_mean)} ({figures.runs_text(figure.base_runs)}, "
+                   f"#{figure.base_id}) |")
+    if figure.best_mean is not None:
+        out.append(f"| Best {metric_name} | {g(figure.best_mean)} ({figures.runs_text(figure.best_runs)}, "
+                   f"`{(s['best_commit'] or '-')[:7]}`, #{s['best_id']}) |")
+    if figure.base_mean is not None:
+        out.append(f"| Improvement | {_cell(figure.text())} ({direction} is better) |")
+    if noise is not None:
+        out.append(f"| Noise | {_cell(noise.text(g).removeprefix('noise: '))} |")
     if s["unverified"]:
         out.append(f"| **Unverified** | {_cell(unverified_note(s))} |")
-    out.append(f"| Wall time | {_duration(s['wall_s_total'])} |")
+    out.append(f"| Elapsed | {figures.duration(s['elapsed_s'])} (first start to last end) |")
+    out.append(f"| Run time | {figures.duration(s['wall_s_total'])} (the experiments' own runs; agent, "
+               "re-runs and checks not included) |")
     if s["cost_usd_total"] or s["tokens_in_total"] or s["tokens_out_total"]:
         out.append(f"| Agent cost | ${s['cost_usd_total']:.2f} ({s['tokens_in_total']:,} tokens in, "
                    f"{s['tokens_out_total']:,} out) |")
     out.append("")
 
     out += _kept_table(rows, metric_name, f)
+    out += _all_table(rows, metric_name, f)
     out += _failure_list(rows)
     _atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(out).rstrip() + "\n", encoding="utf-8"))
     return path
@@ -291,15 +323,15 @@ def report_md(rows: Sequence[Experiment], path: str | os.PathLike, metric_name: 
 
 def _kept_table(rows: list[Experiment], metric_name: str, f: Any) -> list[str]:
     base = _baseline(rows)
-    table = [(x, e) for x, e in enumerate(rows) if e.status == "keep" or e is base]
+    table = [e for e in rows if e.status == "keep" or e is base]
     if not table:
         return ["## Kept changes", "", "None yet.", ""]
     base_metric = _metric(base) if base else None
     out = ["## Kept changes", "",
-           f"| # | id | commit | {metric_name} | Δ previous | Δ baseline | evidence | description |",
-           "|---:|---:|---|---:|---:|---:|---|---|"]
+           f"| # | commit | {metric_name} | Δ previous | Δ baseline | evidence | description |",
+           "|---:|---|---:|---:|---:|---|---|"]
     prev: Optional[float] = None
-    for x, e in table:
+    for e in table:
         m = _metric(e)
         d_prev = _signed(m - prev, f) if m is not None and prev is not None else "—"
         if m is not None and base_metric is not None and e is not base:
@@ -312,52 +344,57 @@ def _kept_table(rows: list[Experiment], metric_name: str, f: Any) -> list[str]:
             desc += " *(baseline)*"
         if e.unverified:
             desc += " **(unverified)**"
-        out.append(f"| {x} | {e.id} | `{e.short or '-'}` | {f(m) if m is not None else '—'} | {d_prev} | "
-                   f"{d_base} | {_cell(_evidence(e.evidence, f))} | {desc} |")
+        out.append(f"| {e.id} | `{e.short or '-'}` | {f(m) if m is not None else '—'} | {d_prev} | "
+                   f"{d_base} | {_cell(figures.evidence_text(e.evidence, f, limit=120))} | {desc} |")
         prev = m if m is not None else prev
     return out + [""]
 
 
+def _all_table(rows: list[Experiment], metric_name: str, f: Any) -> list[str]:
+    """Every experiment with the reason for its verdict: why a result below the best was discarded."""
+    done = [e for e in rows if e.status != "running"]
+    if not done:
+        return []
+    out = ["## All experiments", "", f"| # | commit | status | {metric_name} | reason | description |",
+           "|---:|---|---|---:|---|---|"]
+    for e in done:
+        m = _metric(e)
+        out.append(f"| {e.id} | `{e.short or '-'}` | {e.status} | {f(m) if m is not None else '—'} | "
+                   f"{_cell(_first_line(e.reason))} | {_cell(e.description)} |")
+    return out + [""]
+
+
 def _failure_list(rows: list[Experiment], limit: int = 10) -> list[str]:
-    failed = [(x, e) for x, e in enumerate(rows) if e.status in _FAILURES]
+    failed = [e for e in rows if e.status in _FAILURES]
     if not failed:
         return []
     out = ["## Failures", ""]
     for status in _FAILURES:
-        group = [(x, e) for x, e in failed if e.status == status]
+        group = [e for e in failed if e.status == status]
         if not group:
             continue
         out.append(f"- **{status}** ({len(group)})")
-        for x, e in group[:limit]:
+        for e in group[:limit]:
             why = _first_line(e.reason) or _last_line(e.log_tail)
-            out.append(f"  - #{x} `{e.short or '-'}` {_cell(e.description)}" + (f" — {_cell(why)}" if why else ""))
+            out.append(f"  - #{e.id} `{e.short or '-'}` {_cell(e.description)}" + (f" — {_cell(why)}" if why else ""))
         if len(group) > limit:
             out.append(f"  - … and {len(group) - limit} more")
     return out + [""]
 
 
-def _evidence(ev: dict[str, Any], f: Any) -> str:
-    """A policy's evidence dict on one line: the known keys first and formatted, then short scalars."""
-    if not isinstance(ev, dict):
-        return ""
-    known = {"runs": lambda v: f"runs={len(v) if isinstance(v, (list, tuple)) else v}",
-             "mean": lambda v: f"mean {f(v)}",
-             "std": (lambda v: f"std {v:.3g} (log)") if str(ev.get("noise", "")).startswith("relative")
-             else (lambda v: f"std {f(v)}"),
-             "p_value": lambda v: f"p={v:.3g}", "effect_sigma": lambda v: f"{v:.2g}σ"}
-    parts = []
-    for key, show in known.items():
-        try:
-            parts += [show(ev[key])] if ev.get(key) is not None else []
-        except (TypeError, ValueError):  # a policy wrote something unexpected: show it raw
-            parts.append(f"{key}={ev[key]}")
-    parts += [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in ev.items()
-              if k not in known and isinstance(v, (int, float, str)) and len(str(v)) <= 40]
-    text = ", ".join(parts)
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
 # -- helpers ----------------------------------------------------------------------------------
+def _elapsed(rows: list[Experiment]) -> float:
+    """Seconds from the first experiment's start to the last one's end (the session's wall clock)."""
+    starts = [e.started_at for e in rows if e.started_at]
+    ends = [e.ended_at or e.started_at for e in rows if e.started_at]
+    return max(ends) - min(starts) if starts else 0.0
+
+
+def _x(e: Experiment, position: int) -> int:
+    """Where an experiment sits on the chart: its ledger id (its position for rows not yet stored)."""
+    return e.id if e.id is not None else position
+
+
 def _metric(e: Experiment) -> Optional[float]:
     m = e.metric
     return float(m) if m is not None and math.isfinite(m) else None
@@ -390,13 +427,6 @@ def _plural(n: int, noun: str) -> str:
 def _signed(v: float, f: Any) -> str:
     text = f(v)
     return text if text.startswith("-") else "+" + text
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}h {m:02d}m" if h else f"{m}m {sec:02d}s" if m else f"{sec}s"
 
 
 def _cell(text: str) -> str:

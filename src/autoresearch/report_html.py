@@ -1,7 +1,8 @@
 """The HTML report: one self-contained file to look at a run in a browser, or to share.
 
-Contents, top to bottom: the summary figures (report.summary(), so they agree with
-`status` and report.md) with the cost and time totals; the progress chart (report.progress_png()
+Contents, top to bottom: the summary figures (report.summary() and figures.py's improvement
+figure, so they agree with `status` and report.md) with the cost and time totals; the progress
+chart (report.progress_png()
 inlined as a base64 PNG); the table of every experiment with status filters; each kept change
 with its delta, evidence and diff; the run's notes (steering edits, pauses, tracking errors).
 Rows made while a protection was off are marked unverified, with a banner above the figures.
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from . import __version__
-from .finalize import evidence_text
+from . import figures
 from .ledger import Experiment
 from .report import progress_png, summary, unverified_note
 
@@ -135,12 +136,17 @@ JS = """
 
 
 def report_html(rows: Sequence[Experiment], path: str | os.PathLike, metric_name: str, lower_is_better: bool,
-                tag: str = "", events: Sequence[dict[str, Any]] = (), project: str = "") -> Path:
-    """Write the self-contained HTML report to `path` and return it."""
+                tag: str = "", events: Sequence[dict[str, Any]] = (), project: str = "",
+                figure: Optional[figures.Figure] = None) -> Path:
+    """Write the self-contained HTML report to `path` and return it.
+
+    `figure`: the improvement figure (figures.py); without one, the rows alone give it."""
     rows, path = list(rows), Path(path)
-    s = summary(rows, lower_is_better)
+    figure = figure or figures.from_runs(rows, {}, None, 0, figures.Spec(metric_name, lower_is_better))
+    s = summary(rows, lower_is_better, figure)
     scale = max([abs(m) for e in rows if (m := _metric(e)) is not None] or [1.0])
-    f = lambda v: _fmt(v, scale)  # noqa: E731 - one number format per report
+    # One number format per report: the figure's (to a tenth of the measured noise), else by magnitude.
+    f = figure.fmt if figure.fmt.decimals is not None else (lambda v: _fmt(v, scale))  # noqa: E731
     title = f"autoresearch · {tag}" if tag else "autoresearch report"
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
@@ -150,7 +156,7 @@ def report_html(rows: Sequence[Experiment], path: str | os.PathLike, metric_name
         f"<p class=sub>{_e(project + ' · ' if project else '')}{_e(metric_name)}, "
         f"{'lower' if lower_is_better else 'higher'} is better · generated {_e(time.strftime('%Y-%m-%d %H:%M'))}</p>",
         f"<p class=unverified id=unverified>{_e(unverified_note(s))}</p>" if s["unverified"] else "",
-        _cards(rows, s, metric_name, f),
+        _cards(rows, s, metric_name, f, figure),
         "<h2>Progress</h2>", _chart(rows, metric_name, lower_is_better, tag),
         "<h2>Experiments</h2>", _table(rows, metric_name, lower_is_better, f),
         "<h2>Kept changes</h2>", _kept(rows, metric_name, f),
@@ -170,7 +176,7 @@ def report_html(rows: Sequence[Experiment], path: str | os.PathLike, metric_name
 
 
 # -- sections ---------------------------------------------------------------------------------------
-def _cards(rows: list[Experiment], s: dict[str, Any], name: str, f: Any) -> str:
+def _cards(rows: list[Experiment], s: dict[str, Any], name: str, f: Any, figure: figures.Figure) -> str:
     started = [e.started_at for e in rows if e.started_at]
     ended = [e.ended_at or e.started_at for e in rows if e.started_at]
     elapsed = (max(ended) - min(started)) if started else 0.0
@@ -181,16 +187,18 @@ def _cards(rows: list[Experiment], s: dict[str, Any], name: str, f: Any) -> str:
     cards = [("Experiments", str(s["n"]), counts)]
     if s["keep_rate"] is not None:
         cards.append(("Kept", f"{s['kept']} / {s['judged']}", f"keep rate {s['keep_rate'] * 100:.0f}%"))
-    if s["baseline_metric"] is not None:
-        cards.append((f"Baseline {name}", f(s["baseline_metric"]), "the unchanged starting point"))
-    if s["best_metric"] is not None:
-        cards.append((f"Best {name}", f(s["best_metric"]), f"#{s['best_id']} · {(s['best_commit'] or '')[:7]}"))
-    if s["improvement"] is not None:
-        pct = f"{s['improvement_pct']:+.2f}%" if s["improvement_pct"] is not None else ""
-        cls = "good" if s["improvement"] > 0 else "bad" if s["improvement"] < 0 else ""
-        cards.append(("Improvement", f"<span class={cls}>{_e(pct or f(s['improvement']))}</span>",
-                      f"{f(s['improvement'])} better"))
-    cards.append(("Experiment time", _duration(s["wall_s_total"]), f"{_duration(elapsed)} elapsed"))
+    g = figure.fmt
+    if figure.base_mean is not None:
+        cards.append((f"Baseline {name}", g(figure.base_mean),
+                      f"the unchanged starting point, {figures.runs_text(figure.base_runs)}"))
+    if figure.best_mean is not None:
+        cards.append((f"Best {name}", g(figure.best_mean), f"#{s['best_id']} · {(s['best_commit'] or '')[:7]}, "
+                                                           f"{figures.runs_text(figure.best_runs)}"))
+    if figure.improvement is not None and figure.base_mean is not None:
+        pct = f"{figure.change_pct:+.2f}%" if figure.change_pct is not None else g.signed(figure.improvement)
+        cls = "bad" if figure.refuted or figure.improvement < 0 else "good" if figure.improvement > 0 else ""
+        cards.append(("Improvement", f"<span class={cls}>{_e(pct)}</span>", figure.text()))
+    cards.append(("Experiment time", figures.duration(s["wall_s_total"]), f"{figures.duration(elapsed)} elapsed"))
     tokens = s["tokens_in_total"] + s["tokens_out_total"]
     cards.append(("Agent cost", f"${s['cost_usd_total']:.2f}", f"{tokens:,} tokens"))
     body = "".join(f"<div class=card><div class=k>{_e(k)}</div><div class=v>{v if v.startswith('<span') else _e(v)}"
@@ -213,21 +221,21 @@ def _table(rows: list[Experiment], name: str, lower: bool, f: Any) -> str:
     head = (f"<div class=filters><button type=button class=chip id=show-all>all</button>{chips}"
             f"<span class=count id=count>showing {len(rows)} of {len(rows)}</span></div>")
     out = [head, f"<table id=experiments data-visible='{len(rows)}'><thead><tr><th class=num>#</th>"
-           f"<th class=num>id</th><th>commit</th><th>status</th><th class=num>{_e(name)}</th>"
+           f"<th>commit</th><th>status</th><th class=num>{_e(name)}</th>"
            "<th class=num>Δ incumbent</th>"
-           "<th class=num>time</th><th class=num>cost</th><th>description</th></tr></thead><tbody>"]
+           "<th class=num>time</th><th class=num>cost</th><th>description and reason</th></tr></thead><tbody>"]
     incumbent: Optional[float] = None
-    for x, e in enumerate(rows):
+    for e in rows:
         m = _metric(e)
         delta = _signed(m - incumbent, f) if m is not None and incumbent is not None and e.kind != "baseline" else ""
-        why = "" if e.status in ("keep", "discard") or not e.reason else f"<div class=why>{_e(_short(e.reason))}</div>"
+        why = f"<div class=why>{_e(_short(e.reason))}</div>" if e.reason else ""
         colour = STATUS_COLOURS.get(e.status, "#5f6368")
         unverified = f"<div class=unverified>unverified: {_e(e.unverified)}</div>" if e.unverified else ""
-        out.append(f"<tr class='{_e(e.status)}' data-status='{_e(e.status)}'><td class=num>{x}</td>"
-                   f"<td class=num>{e.id}</td><td><code>{_e(e.short or '-')}</code></td>"
+        out.append(f"<tr class='{_e(e.status)}' data-status='{_e(e.status)}'><td class=num>{e.id}</td>"
+                   f"<td><code>{_e(e.short or '-')}</code></td>"
                    f"<td><span class=badge style='background:{colour}'>{_e(e.status.replace('_', ' '))}</span></td>"
                    f"<td class=num>{f(m) if m is not None else '–'}</td><td class=num>{delta}</td>"
-                   f"<td class=num>{_duration(e.wall_s) if e.wall_s is not None else '–'}</td>"
+                   f"<td class=num>{figures.duration(e.wall_s) if e.wall_s is not None else '–'}</td>"
                    f"<td class=num>{f'${e.cost_usd:.2f}' if e.cost_usd else ''}</td>"
                    f"<td>{_e(e.description)}{why}{unverified}</td></tr>")
         if e.status == "keep" and m is not None:
@@ -251,7 +259,7 @@ def _kept(rows: list[Experiment], name: str, f: Any) -> str:
         if m is not None and base is not None and _metric(base):
             d = m - _metric(base)
             facts.append(f"Δ baseline <b>{_signed(d, f)}</b> ({d / abs(_metric(base)) * 100:+.2f}%)")
-        ev = evidence_text(e.evidence)
+        ev = figures.evidence_text(e.evidence, f)
         facts.append(f"evidence: {_e(ev) if ev else '–'}")
         facts.append(f"<code>{_e(e.short)}</code>")
         if e.unverified:
@@ -306,10 +314,3 @@ def _signed(v: float, f: Any) -> str:
 def _short(text: str, limit: int = 160) -> str:
     text = " ".join((text or "").split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _duration(seconds: Optional[float]) -> str:
-    seconds = int(round(seconds or 0))
-    h, rem = divmod(seconds, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}h {m:02d}m" if h else f"{m}m {sec:02d}s" if m else f"{sec}s"

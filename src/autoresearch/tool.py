@@ -120,11 +120,15 @@ def experiment(cfg: Config, description: str, tag: Optional[str] = None, reporte
 
 
 def _verdict(loop: Loop, exp: Experiment) -> dict[str, Any]:
+    from . import figures
+
     inc = loop.ledger.incumbent(loop.tag)
+    fig = figures.improvement(loop.ledger, loop.tag, figures.Spec.from_config(loop.cfg))  # as `status` shows it
     return {
         "id": exp.id, "status": exp.status, "metric": exp.metric, "reason": exp.reason, "commit": exp.commit,
         "parent": exp.parent, "description": exp.description, "unverified": exp.unverified,
-        "best_metric": inc.metric if inc else None,
+        "best_metric": fig.best_mean if fig.best_mean is not None else (inc.metric if inc else None),
+        "best_runs": fig.best_runs, "improvement": fig.text(),
         "best_commit": inc.commit if inc else None, "log": exp.log_path,
         "log_tail": "\n".join(exp.log_tail.splitlines()[-20:]) if exp.status == "crash" else "",
     }

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from . import figures
 from .control import paused_since
 from .errors import AutoresearchError
 from .ledger import Experiment, Ledger
@@ -52,6 +53,7 @@ class Snapshot:
     paused_since: Optional[float]
     now: float = field(default_factory=time.time)
     activity: str = ""  # what the experiment running now does: its progress, or evaluating (see activity())
+    figure: Optional[figures.Figure] = None  # the improvement figure, as every view shows it
 
     @property
     def running(self) -> list[Experiment]:
@@ -99,7 +101,8 @@ def snapshot(root: Path, tag: Optional[str] = None) -> Snapshot:
                         budget_s=float(cfg.get("experiment", {}).get("budget_s") or 0),
                         rows=rows, events=ledger.events(tag), session=session,
                         alive=session_alive(session), paused_since=paused_since(root, tag),
-                        activity=activity(Path(root), tag, running[-1].id) if running else "")
+                        activity=activity(Path(root), tag, running[-1].id) if running else "",
+                        figure=figures.improvement(ledger, tag, figures.Spec.from_snapshot(cfg), rows))
     finally:
         ledger.close()
 
@@ -171,18 +174,26 @@ def header(s: Snapshot) -> str:
     start = s.session.get("started_at") if s.session else None
     counts = ", ".join(f"{k} {v}" for k, v in sorted(s.counts().items()))
     up = f", session up {_ago(s.now - start)}" if start and s.alive else ""
-    return (f"autoresearch {s.tag}: best {s.metric} {_fmt(best.metric if best else None)}"
+    fig = s.figure
+    value = (f"{fig.fmt(fig.best_mean)} ({figures.runs_text(fig.best_runs)})" if fig and fig.best_mean is not None
+             else _fmt(best.metric if best else None))
+    return (f"autoresearch {s.tag}: best {s.metric} {value}"
             + (f" (#{best.id} {best.short})" if best else "") + f" | {len(s.rows)} experiments: {counts}{up}")
 
 
+def improvement_line(s: Snapshot) -> str:
+    """The improvement figure (figures.py), word for word as `status` prints it; "" before a start."""
+    return f"improvement: {s.figure.text()}" if s.figure and s.figure.base_mean is not None else ""
+
+
 def row_line(e: Experiment, metric: str) -> str:
-    extra = f"  [{e.reason[:60]}]" if e.status not in ("keep", "discard", "running") and e.reason else ""
+    extra = f"  [{e.reason[:80]}]" if e.status != "running" and e.reason else ""  # why, for every verdict
     return f"#{e.id:<4} {e.status:<13} {metric}={_fmt(e.metric)}  {e.description[:70]}{extra}"
 
 
 def render_text(s: Snapshot) -> str:
     """The snapshot as plain text (what `watch --once --plain` prints)."""
-    lines = [header(s), state_line(s), ""]
+    lines = [header(s)] + [x for x in (improvement_line(s),) if x] + [state_line(s), ""]
     lines += [row_line(e, s.metric) for e in s.rows[-RECENT:]]
     notes = s.events[-NOTES:]
     if notes:
@@ -198,7 +209,8 @@ def render_rich(s: Snapshot):
 
     colours = {"keep": "green", "discard": "white", "crash": "red", "timeout": "red", "violation": "magenta",
                "running": "cyan", "interrupted": "dim"}
-    parts: list[Any] = [Text(header(s), style="bold"), Text(state_line(s), style="yellow" if s.pause_state else "")]
+    parts: list[Any] = [Text(header(s), style="bold"), Text(improvement_line(s), style="green"),
+                        Text(state_line(s), style="yellow" if s.pause_state else "")]
     if s.running and not s.pause_state and s.budget_s:
         e = s.running[-1]
         elapsed = s.now - e.started_at

@@ -124,7 +124,7 @@ class Decisions:
 
     def _conclude(self, st: _Pending, verdict: Verdict, inc: Optional[Experiment]) -> None:
         exp = st.exp
-        origin = {k: v for k, v in (exp.evidence or {}).items() if k in ("rebase_of", "resumed_from")}
+        origin = {k: v for k, v in (exp.evidence or {}).items() if k in ("rebase_of", "resumed_from", "same_code_as")}
         exp.status, exp.reason, exp.evidence = "keep" if verdict.keep else "discard", verdict.reason, \
             {**origin, **(verdict.evidence or {})}
         guards.enforce(self.cfg, self.ws, exp, inc, should_stop=lambda: self.loop.stop_requested is not None,

@@ -62,6 +62,7 @@ class Context:
     notes: Optional[str] = None  # the agent's notebook; None: read from .autoresearch/notes/<tag>.md
     tracked: frozenset = frozenset()  # the proposal folder's files at the start (project paths)
     sandbox: Any = None  # the session's sandbox.Sandbox: process agents run through its wrap_agent()
+    figure: Any = None  # figures.Figure: the improvement of the best over the start, as every view shows it
 
     @property
     def lower_is_better(self) -> bool:
@@ -161,7 +162,12 @@ class Context:
         lines = ["# History", f"{len(done)} experiments: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))]
         base = next((e for e in done if e.kind == "baseline" and e.metric is not None), None)
         inc = self.incumbent
-        if inc is not None and inc.metric is not None:
+        fig = self.figure
+        if inc is not None and fig is not None and fig.best_mean is not None:  # the figure `status` shows
+            lines.append(f"Current best: {fig.fmt(fig.best_mean)} over {fig.best_runs} run(s) "
+                         f"(#{inc.id}: {_short(inc.description, lv['desc'])})")
+            lines.append(f"Improvement: {fig.text()}")
+        elif inc is not None and inc.metric is not None:
             gain = f", {_fmt(inc.metric - base.metric, signed=True)} from the baseline {_fmt(base.metric)}" \
                 if base is not None and base is not inc else ""
             lines.append(f"Current best: {_fmt(inc.metric)} (#{inc.id}: {_short(inc.description, lv['desc'])}){gain}")
