@@ -76,6 +76,7 @@ class Measurement:
     log_tail: str = ""
     pid: Optional[int] = None
     eval_log: str = ""
+    load: dict = field(default_factory=dict)  # the machine's load around the run (procs.ProcResult.load)
 
 
 def experiment_env(cfg: Config, seed: int, extra: Optional[dict[str, str]] = None) -> dict[str, str]:
@@ -159,7 +160,7 @@ def judge(
         mem = metrics.get(cfg.metric.memory) if cfg.metric.memory else None
         m = Measurement("ok", exit_code=res.exit_code, wall_s=res.wall_s, metrics=metrics,
                         peak_mem_mb=mem if mem is not None else (res.peak_rss_mb or None), log_tail=read_tail(log_path),
-                        pid=res.pid)
+                        pid=res.pid, load=res.load())
         real = {decoy: path for path, decoy in rd.decoys.items()}  # report the hidden path, not its decoy
         hits = [real.get(p) or (real[p.parent] / p.name if p.parent in real else p) for p in wire.hits]
         m.status, m.reason = _run_status(cfg, res, hits)

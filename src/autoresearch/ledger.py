@@ -121,6 +121,8 @@ MIGRATIONS: list[str] = [
         kind TEXT, message TEXT, created_at REAL
     );
     """,
+    # 2: the machine's load around each run (procs.ProcResult.load), JSON.
+    "ALTER TABLE measurements ADD COLUMN load TEXT;",
 ]
 
 
@@ -260,12 +262,15 @@ class Ledger:
 
     # -- side tables ------------------------------------------------------------------
     def add_measurement(self, exp_id: int, commit: str, seed: int, metric: Optional[float],
-                        metrics: dict[str, float], wall_s: Optional[float], status: str) -> None:
+                        metrics: dict[str, float], wall_s: Optional[float], status: str,
+                        load: Optional[dict[str, Any]] = None) -> None:
+        """One run; `load` is the machine's load around it (procs.ProcResult.load), when measured."""
         with self._tx() as db:
             db.execute(
-                'INSERT INTO measurements (experiment_id, "commit", seed, metric, metrics, wall_s, status, created_at) '
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (exp_id, commit, seed, metric, json.dumps(metrics), wall_s, status, time.time()),
+                'INSERT INTO measurements (experiment_id, "commit", seed, metric, metrics, wall_s, status, created_at, '
+                "load) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (exp_id, commit, seed, metric, json.dumps(metrics), wall_s, status, time.time(),
+                 json.dumps(load) if load else None),
             )
 
     def measurements(self, commit: Optional[str] = None, tag: Optional[str] = None) -> list[dict[str, Any]]:
@@ -279,7 +284,8 @@ class Ledger:
             args.append(tag)
         with self._lock:
             rows = self._db.execute(q + " ORDER BY m.id", args).fetchall()
-        return [dict(r) | {"metrics": json.loads(r["metrics"] or "{}")} for r in rows]
+        return [dict(r) | {"metrics": json.loads(r["metrics"] or "{}"), "load": json.loads(r["load"] or "{}")}
+                for r in rows]
 
     def log_llm_call(self, *, experiment_id: Optional[int], tag: str, backend: str, model: str, prompt: str,
                      reply: str, tokens_in: int = 0, tokens_out: int = 0, cost_usd: float = 0.0,
