@@ -74,6 +74,10 @@ class Confirm:
     clear_fraction = 0.4  # a one-run keep needs p <= alpha * clear_fraction
     unknown_level = 0.9  # re-measure an incumbent whose level is known less well than ~one run tells
     robust_factor = 2.0  # paired: without its best pair a keep must still reach p <= alpha * robust_factor
+    paired_screen_t = 0.0  # paired look 1 (one pair): below this, discarded
+    paired_futility_t = 0.5  # paired looks 2+: below this, discarded
+    pairs_per_run = 3  # paired: at most max_runs * pairs_per_run pairs
+    paired_keep = 0.5  # paired: each look keeps at p <= alpha * paired_keep (many looks share alpha)
 
     def __init__(self, cfg: Config):
         p = cfg.policy
@@ -194,24 +198,24 @@ class Confirm:
             self._beyond_floor(stats.mean([q.candidate["metric"] for q in done]))
         more = pairing.next_pair(candidate.id, n, fresh[cand], fresh[inc])
         if n == 1:
-            if t < self.screen_t:
+            if t < self.paired_screen_t:
                 return self._final(False, ev, "screen", f"not better than the incumbent run beside it ({sig}; "
-                                   f"confirming needs t >= {self.screen_t:g})", ledger, candidate)
+                                   f"confirming needs t >= {self.paired_screen_t:g})", ledger, candidate)
             return Verdict(False, "confirming side by side", ev, more)
         if too_good and n < 3:
             return Verdict(False, "too good to be true: held for confirmation", ev | {"rule": "held"}, more)
         if self._beyond_floor(stats.mean([q.candidate["metric"] for q in done])):
             return self._final(False, ev, "floor", f"mean {ev['mean']:.6g} is better than metric.floor "
                                f"{self.floor:g}: impossible, check the evaluation", ledger, candidate)
-        if p <= self.alpha:
+        if p <= self.alpha * self.paired_keep:
             rest = sorted(diffs)[:-1]
             _, t2, p2 = pairing.paired_test(rest, sd, df)
             ev["p_without_best_pair"] = p2
             if p2 <= self.alpha * self.robust_factor:
                 return self._final(True, ev, "confirmed", f"confirmed side by side ({sig})", ledger, candidate)
-        if n >= self.max_runs or t < self.futility_t:
-            why = f"after {n} pairs" + (" (policy.max_runs)" if n >= self.max_runs else "")
-            if p <= self.alpha:
+        if n >= self.max_runs * self.pairs_per_run or t < self.paired_futility_t:
+            why = f"after {n} pairs" + (" (policy.max_runs)" if n >= self.max_runs * self.pairs_per_run else "")
+            if p <= self.alpha * self.paired_keep:
                 why += ", resting on one pair"
             return self._final(False, ev, "not confirmed", f"not confirmed {why} ({sig})", ledger, candidate)
         return Verdict(False, "confirming side by side", ev, more)
