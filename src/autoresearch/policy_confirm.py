@@ -77,7 +77,7 @@ class Confirm:
     paired_screen_t = 0.0  # paired look 1 (one pair): below this, discarded
     paired_futility_t = 0.5  # paired looks 2+: below this, discarded
     pairs_per_run = 3  # paired: at most max_runs * pairs_per_run pairs
-    paired_keep = 0.5  # paired: each look keeps at p <= alpha * paired_keep (many looks share alpha)
+    paired_keep = 0.4  # paired: each look keeps at p <= alpha * paired_keep (many looks share alpha)
 
     def __init__(self, cfg: Config):
         p = cfg.policy
@@ -275,6 +275,8 @@ class Confirm:
 
     def _conditions(self, ledger: Ledger, candidate: Experiment, now: list[dict[str, Any]]) -> Optional[dict]:
         """The load when the noise was calibrated (the baseline's runs) beside the load of `now`'s runs."""
+        if not any(m.get("load") for m in now):
+            return None  # no load on record (e.g. a simulated run): nothing to compare
         base = next((e for e in ledger.experiments(candidate.tag) if e.kind == "baseline"), None)
         if base is None:
             return None
