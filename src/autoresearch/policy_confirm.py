@@ -345,9 +345,11 @@ class Confirm:
                candidate: Experiment) -> Verdict:
         ev["rule"] = rule
         if keep and ev.get("std") is not None:
-            ledger.event(candidate.tag, "noise", f"noise sd {ev['std']:.4g}{self.scale.label} "
-                         f"({ev['df']} degrees of freedom, pooled "
-                         f"over the commits measured more than once) when #{candidate.id} was kept", candidate.id)
+            what = ("sd of a paired difference {:.4g}{} ({} degrees of freedom, pooled over the paired decisions "
+                    "and the calibration's back-to-back runs)" if ev.get("paired") else
+                    "noise sd {:.4g}{} ({} degrees of freedom, pooled over the commits measured more than once)")
+            ledger.event(candidate.tag, "noise", what.format(ev["std"], self.scale.label, ev["df"])
+                         + f" when #{candidate.id} was kept", candidate.id)
         return Verdict(keep, reason, ev)
 
     def _beyond_floor(self, value: float) -> bool:
