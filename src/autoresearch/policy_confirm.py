@@ -38,10 +38,11 @@ every commit of the tag measured more than once (stats.compare_to_level):
   by side, interleaved in pairs (pairing.py), by a one-sided t-test on the paired differences
   with their sd pooled over the tag; the incumbent's older runs and level are context only.
   Calibration takes twice `calibration_runs` runs (back to back, they are A/A pairs). Look 1
-  (one pair): discard unless t >= 0.9. Never kept on one pair (a load switching between its
-  two runs makes one difference huge): from two pairs on, keep when p <= alpha and the test
-  without the most favourable pair still gives p <= 2 * alpha; discard when t < 1.4 or after
-  `max_runs` pairs; else one more pair, in a drawn order.
+  (one pair): discard when slower than the incumbent beside it (t < 0). Never kept on one pair
+  (a load switching between its two runs makes one difference huge): from two pairs on, keep
+  when p <= 0.4 * alpha (many looks share the level) and the test without the most favourable
+  pair still gives p <= 2 * alpha; discard when t < 0.5 or after 3 * `max_runs` pairs; else
+  one more pair, in a drawn order. Tuned on benchmarks/drift.py (docs/policy.md).
 - every verdict records the machine's load around its runs (load average, CPU time / wall
   time, from the measurements' `load`) and says when the baseline's noise was calibrated
   under other load than now (evidence `conditions`).
@@ -173,8 +174,9 @@ class Confirm:
         seeds = {c: {m["seed"] for m in by_commit.get(c, [])} for c in (cand, inc)}
         fresh = {c: (c, _fresh(seeds[c], candidate.seed, 1)[0]) for c in (cand, inc)}
         if waiting is not None:  # its partner, right after it
-            return Verdict(False, "re-measuring the incumbent side by side" if waiting["commit"] == cand
-                           else "confirming side by side", more_runs=[fresh[inc if waiting["commit"] == cand else cand]])
+            partner = inc if waiting["commit"] == cand else cand
+            return Verdict(False, "re-measuring the incumbent side by side" if partner == inc
+                           else "confirming side by side", more_runs=[fresh[partner]])
         if not done:
             return Verdict(False, "re-measuring the incumbent side by side", more_runs=[fresh[inc]])
         diffs = [p.diff for p in done]
@@ -190,7 +192,8 @@ class Confirm:
             if mean_d > 0:
                 return self._final(True, ev, "deterministic", f"better by {ev['gain']:.6g} and the metric is "
                                    "deterministic", ledger, candidate)
-            return self._final(False, ev, "deterministic", "not better (the metric is deterministic)", ledger, candidate)
+            return self._final(False, ev, "deterministic", "not better (the metric is deterministic)", ledger,
+                               candidate)
         _, t, p = pairing.paired_test(diffs, sd, df)
         ev |= {"t": _finite(t), "p_value": p}
         sig = f"{_finite(ev['effect_sigma']) or 0:+.2f}σ, p={p:.3g}, {n} pair{'s' if n > 1 else ''} side by side"
@@ -209,7 +212,7 @@ class Confirm:
                                f"{self.floor:g}: impossible, check the evaluation", ledger, candidate)
         if p <= self.alpha * self.paired_keep:
             rest = sorted(diffs)[:-1]
-            _, t2, p2 = pairing.paired_test(rest, sd, df)
+            _, _, p2 = pairing.paired_test(rest, sd, df)
             ev["p_without_best_pair"] = p2
             if p2 <= self.alpha * self.robust_factor:
                 return self._final(True, ev, "confirmed", f"confirmed side by side ({sig})", ledger, candidate)
@@ -247,7 +250,8 @@ class Confirm:
         mean_d, ref = stats.mean([p.diff for p in done]), stats.mean(i_vals)
         earlier = [m for m in _runs(by_commit, incumbent.commit)[0] if m["experiment_id"] != candidate.id]
         ev: dict[str, Any] = {
-            "test": PAIRED_TEST + self.scale.label, "paired": True, "runs": len(done), "mean": units(stats.mean(c_vals)),
+            "test": PAIRED_TEST + self.scale.label, "paired": True, "runs": len(done),
+            "mean": units(stats.mean(c_vals)),
             "seeds": [p.candidate["seed"] for p in done], "incumbent_runs": len(done),
             "incumbent_seeds": [p.incumbent["seed"] for p in done], "incumbent_mean": units(ref),
             "gain": self.scale.gain(mean_d, ref, self.lower), "std": sd, "df": df, "alpha": self.alpha,
