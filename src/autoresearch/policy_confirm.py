@@ -77,7 +77,8 @@ class Confirm:
     robust_factor = 2.0  # paired: without its best pair a keep must still reach p <= alpha * robust_factor
     paired_screen_t = 0.0  # paired look 1 (one pair): below this, discarded
     paired_futility_t = 0.5  # paired looks 2+: below this, discarded
-    pairs_per_run = 3  # paired: at most max_runs * pairs_per_run pairs
+    pairs_per_run = 3  # paired: at most max_runs * pairs_per_run pairs...
+    max_pairs = 18  # ...and never more than this: the loop asks a policy at most 20 times per decision
     paired_keep = 0.4  # paired: each look keeps at p <= alpha * paired_keep (many looks share alpha)
 
     def __init__(self, cfg: Config):
@@ -216,8 +217,9 @@ class Confirm:
             ev["p_without_best_pair"] = p2
             if p2 <= self.alpha * self.robust_factor:
                 return self._final(True, ev, "confirmed", f"confirmed side by side ({sig})", ledger, candidate)
-        if n >= self.max_runs * self.pairs_per_run or t < self.paired_futility_t:
-            why = f"after {n} pairs" + (" (policy.max_runs)" if n >= self.max_runs * self.pairs_per_run else "")
+        most = min(self.max_pairs, self.max_runs * self.pairs_per_run)
+        if n >= most or t < self.paired_futility_t:
+            why = f"after {n} pairs" + (f" (at most {most}: 3 x policy.max_runs)" if n >= most else "")
             if p <= self.alpha * self.paired_keep:
                 why += ", resting on one pair"
             return self._final(False, ev, "not confirmed", f"not confirmed {why} ({sig})", ledger, candidate)
