@@ -299,7 +299,7 @@ def test_relative_noise_judges_a_fast_program_by_its_own_jitter_not_the_slow_one
 to be true, which would hold it for two more runs)."""
     verdicts = {}
     for noise in ("absolute", "relative"):
-        b = Book(tmp_path / noise)
+        b = Book(tmp_path / noise, paired="never")  # the unpaired test on the log scale (paired: tests below)
         b.cfg.metric.noise = noise
         b.policy = make(b.cfg)
         base = b.baseline(values=(60.0, 66.0, 54.0))
@@ -322,7 +322,7 @@ to be true, which would hold it for two more runs)."""
 def test_relative_noise_when_higher_is_better_is_the_mirror_image(tmp_path):
     """Throughput (higher is better): 100 items/s jittering by 10, then 1500 by 75; 1500 -> 2400 is kept,
     and the evidence reads in items/s."""
-    b = Book(tmp_path)
+    b = Book(tmp_path, paired="never")
     b.cfg.metric.noise, b.cfg.metric.direction = "relative", "max"
     b.policy = make(b.cfg)
     base = b.baseline(values=(100.0, 110.0, 90.0))
@@ -371,7 +371,7 @@ def test_confirm_summary_of_a_deterministic_metric_is_a_verdict_not_a_missing_es
 
 
 def test_relative_noise_needs_a_positive_metric(tmp_path):
-    b = Book(tmp_path)
+    b = Book(tmp_path, paired="never")
     b.cfg.metric.noise = "relative"
     b.policy = make(b.cfg)
     base = b.baseline(values=(1.0, 1.1, 0.9))

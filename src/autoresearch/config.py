@@ -111,6 +111,7 @@ class PolicyConfig:  # see policy.py, policy_confirm.py and docs/policy.md
     calibration_runs: int = 3
     max_runs: int = 4
     too_good_sigma: float = 8.0
+    paired: str = "auto"  # confirm: judge against the incumbent re-run side by side (auto: for relative noise)
 
 
 @dataclass
@@ -157,6 +158,7 @@ CHOICES = {
     ("metric", "direction"): ("min", "max"),
     ("metric", "noise"): ("absolute", "relative"),
     ("policy", "name"): ("auto", "greedy", "threshold", "confirm"),
+    ("policy", "paired"): ("auto", "always", "never"),
     ("experiment", "sandbox"): ("auto", "bwrap", "none"),
 }
 

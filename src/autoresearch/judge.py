@@ -97,6 +97,7 @@ class Measurement:
     eval_log: str = ""
     artifact_sha256: str = ""  # the run's artefact folder as the evaluation got it (metric.command only)
     log_bytes: int = 0  # what the run wrote to its log, the part the cap dropped included
+    load: dict = field(default_factory=dict)  # the machine's load around the run (procs.ProcResult.load)
 
 
 def experiment_env(cfg: Config, seed: int, extra: Optional[dict[str, str]] = None) -> dict[str, str]:
@@ -184,7 +185,7 @@ def judge(
         mem = metrics.get(cfg.metric.memory) if cfg.metric.memory else None
         m = Measurement("ok", exit_code=res.exit_code, wall_s=res.wall_s, metrics=metrics,
                         peak_mem_mb=mem if mem is not None else (res.peak_rss_mb or None), log_tail=read_tail(log_path),
-                        pid=res.pid, log_bytes=res.log_bytes)
+                        pid=res.pid, log_bytes=res.log_bytes, load=res.load())
         real = {decoy: path for path, decoy in rd.decoys.items()}  # report the hidden path, not its decoy
         hits = [real.get(p) or (real[p.parent] / p.name if p.parent in real else p) for p in wire.hits]
         m.status, m.reason = _run_status(cfg, res, hits)

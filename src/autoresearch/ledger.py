@@ -156,6 +156,8 @@ MIGRATIONS: list[Any] = [
     """
     ALTER TABLE experiments ADD COLUMN unverified TEXT;
     """,
+    # 4: the machine's load around each run (procs.ProcResult.load), JSON.
+    "ALTER TABLE measurements ADD COLUMN load TEXT;",
 ]
 
 GENESIS = "0" * 64  # the digest before the first seal
@@ -412,12 +414,15 @@ class Ledger:
 
     # -- side tables ------------------------------------------------------------------
     def add_measurement(self, exp_id: int, commit: str, seed: int, metric: Optional[float],
-                        metrics: dict[str, float], wall_s: Optional[float], status: str) -> None:
+                        metrics: dict[str, float], wall_s: Optional[float], status: str,
+                        load: Optional[dict[str, Any]] = None) -> None:
+        """One run; `load` is the machine's load around it (procs.ProcResult.load), when measured."""
         with self._tx() as db:
             cur = db.execute(
-                'INSERT INTO measurements (experiment_id, "commit", seed, metric, metrics, wall_s, status, created_at) '
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (exp_id, commit, seed, _encode("metric", metric), json.dumps(metrics), wall_s, status, time.time()),
+                'INSERT INTO measurements (experiment_id, "commit", seed, metric, metrics, wall_s, status, created_at, '
+                "load) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (exp_id, commit, seed, _encode("metric", metric), json.dumps(metrics), wall_s, status, time.time(),
+                 json.dumps(load) if load else None),
             )
             _seal_measurement(db, int(cur.lastrowid))
             if (own := self._owner(exp_id)) is not None:
@@ -438,7 +443,8 @@ class Ledger:
                         if not commit or r["commit"] == commit]
             else:
                 rows = self._db.execute(q + " ORDER BY m.id", args).fetchall()
-        return [dict(r) | {"metrics": json.loads(r["metrics"] or "{}")} for r in rows]
+        return [dict(r) | {"metrics": json.loads(r["metrics"] or "{}"), "load": json.loads(r["load"] or "{}")}
+                for r in rows]
 
     def log_llm_call(self, *, experiment_id: Optional[int], tag: str, backend: str, model: str, prompt: str,
                      reply: str, tokens_in: int = 0, tokens_out: int = 0, cost_usd: float = 0.0,

@@ -365,7 +365,7 @@ class Loop:
                   parent=exp.parent if primary and exp.kind != "baseline" else None)
         if tampered := state.check():  # without bwrap a run could reach the ledger or the branch
             m.status, m.reason, m.metric = "violation", f"the run touched the harness's state: {'; '.join(tampered)}", None
-        self.ledger.add_measurement(exp.id, commit, seed, m.metric, m.metrics, m.wall_s, m.status)
+        self.ledger.add_measurement(exp.id, commit, seed, m.metric, m.metrics, m.wall_s, m.status, load=m.load)
         return m
 
     def sandbox(self) -> Sandbox:

@@ -33,11 +33,25 @@ every commit of the tag measured more than once (stats.compare_to_level):
 - metric.noise = "relative" (timings: the spread grows with the value): all of the above on
   log(metric), so a 2 ms program is not judged with the noise of the 60 ms one it replaced;
   the evidence is given back in metric units (geometric means) and `std` is on the log scale.
+- paired decisions (policy.paired; "auto": with relative noise, i.e. timings, whose noise is
+  the machine's load and drifts): the candidate is judged against the incumbent re-run side
+  by side, interleaved in pairs (pairing.py), by a one-sided t-test on the paired differences
+  with their sd pooled over the tag; the incumbent's older runs and level are context only.
+  Calibration takes twice `calibration_runs` runs (back to back, they are A/A pairs). Look 1
+  (one pair): discard when slower than the incumbent beside it (t < 0). Never kept on one pair
+  (a load switching between its two runs makes one difference huge): from two pairs on, keep
+  when p <= 0.4 * alpha (many looks share the level) and the test without the most favourable
+  pair still gives p <= 2 * alpha; discard when t < 0.5 or after 3 * `max_runs` pairs; else
+  one more pair, in a drawn order. Tuned on benchmarks/drift.py (docs/policy.md).
+- every verdict records the machine's load around its runs (load average, CPU time / wall
+  time, from the measurements' `load`) and says when the baseline's noise was calibrated
+  under other load than now (evidence `conditions`).
 
 The thresholds were chosen on the benchmark (null changes kept <= 5%, extra runs <= 30%,
 then the most 2-sd gains kept); docs/policy.md has the figures and what was tried.
 Not covered: noise that changes with the change itself (see stats.py), drift of the
-machine over time, and metrics whose noise is not roughly symmetric.
+machine over time in unpaired decisions (metric.noise = "absolute" unless policy.paired =
+"always"), and metrics whose noise is not roughly symmetric.
 """
 
 from __future__ import annotations
@@ -45,7 +59,7 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-from . import levels, stats
+from . import levels, pairing, stats
 from .config import Config
 from .ledger import Experiment, Ledger
 from .policy import Verdict, seed_only_change
@@ -60,14 +74,22 @@ class Confirm:
     futility_t = 1.4  # looks 2+: below this the confirmation runs took too much of the gain away
     clear_fraction = 0.4  # a one-run keep needs p <= alpha * clear_fraction
     unknown_level = 0.9  # re-measure an incumbent whose level is known less well than ~one run tells
+    robust_factor = 2.0  # paired: without its best pair a keep must still reach p <= alpha * robust_factor
+    paired_screen_t = 0.0  # paired look 1 (one pair): below this, discarded
+    paired_futility_t = 0.5  # paired looks 2+: below this, discarded
+    pairs_per_run = 3  # paired: at most max_runs * pairs_per_run pairs...
+    max_pairs = 18  # ...and never more than this: the loop asks a policy at most 20 times per decision
+    paired_keep = 0.4  # paired: each look keeps at p <= alpha * paired_keep (many looks share alpha)
 
     def __init__(self, cfg: Config):
         p = cfg.policy
         self.lower = cfg.lower_is_better()
         self.alpha, self.max_runs, self.too_good = p.alpha, max(2, p.max_runs), p.too_good_sigma
-        self.calibration_runs = max(1, p.calibration_runs)
         self.floor = cfg.metric.floor
         self.scale = stats.Scale.of(cfg.metric.noise)
+        self.paired = pairing.enabled(p.paired, self.scale.relative)
+        # paired: back-to-back calibration runs are the first A/A pairs of the difference's noise
+        self.calibration_runs = max(1, p.calibration_runs) * (2 if self.paired and p.calibration_runs >= 2 else 1)
 
     # -- the decision --------------------------------------------------------------------------
     def decide(self, candidate: Experiment, incumbent: Optional[Experiment], ledger: Ledger) -> Verdict:
@@ -84,6 +106,8 @@ class Confirm:
             return Verdict(False, f"a confirmation run (seed {f['seed']}) ended `{f['status']}`: not reproducible"
                            + (f" ({NOT_POSITIVE})" if f["status"] == "not_positive" else ""),
                            {"test": TEST, "runs": len(mine), "seeds": [m["seed"] for m in mine], "rule": "failed rerun"})
+        if self.paired:
+            return self._decide_paired(candidate, incumbent, ledger, by_commit)
         ref, _ = _runs(by_commit, incumbent.commit)
         sd, df = _pooled(by_commit)
         level = self._level(ledger, candidate, incumbent, by_commit, sd)
@@ -100,6 +124,8 @@ class Confirm:
             c = stats.compare_to_level(values, level.mean if self.lower else -level.mean, level.var, len(ref),
                                        sd, df, self.lower)
         ev = self._evidence(c, mine, ref, level)
+        if cond := self._conditions(ledger, candidate, mine):
+            ev["conditions"] = cond
         n = len(mine)
         if c.t is None:
             return Verdict(False, "no measure of the noise (no commit was run twice): discarded; set "
@@ -133,6 +159,135 @@ class Confirm:
             why = f"after {n} runs" + (" (policy.max_runs)" if n >= self.max_runs else "")
             return self._final(False, ev, "not confirmed", f"not confirmed {why} ({_sig(c)})", ledger, candidate)
         return Verdict(False, "confirming on fresh seeds", ev, self._more(candidate, mine))
+
+    # -- paired: against the incumbent re-run side by side (pairing.py) ---------------------------
+    def _decide_paired(self, candidate: Experiment, incumbent: Experiment, ledger: Ledger,
+                       by_commit: dict[str, list[dict[str, Any]]]) -> Verdict:
+        cand, inc = candidate.commit, incumbent.commit
+        here = sorted((m for ms in by_commit.values() for m in ms if m["experiment_id"] == candidate.id
+                       and m["commit"] in (cand, inc)), key=lambda m: m["id"])
+        bad = [m for m in here if m["commit"] == inc and not _usable(m) and m["status"] != "interrupted"]
+        if bad:
+            return Verdict(False, f"the incumbent's side-by-side run (seed {bad[0]['seed']}) ended "
+                                  f"`{bad[0]['status']}`: nothing to pair with, discarded",
+                           {"test": PAIRED_TEST + self.scale.label, "paired": True, "rule": "failed rerun"})
+        done, waiting = pairing.pairs([m for m in here if _usable(m)], cand, inc, self.lower)
+        seeds = {c: {m["seed"] for m in by_commit.get(c, [])} for c in (cand, inc)}
+        fresh = {c: (c, _fresh(seeds[c], candidate.seed, 1)[0]) for c in (cand, inc)}
+        if waiting is not None:  # its partner, right after it
+            partner = inc if waiting["commit"] == cand else cand
+            return Verdict(False, "re-measuring the incumbent side by side" if partner == inc
+                           else "confirming side by side", more_runs=[fresh[partner]])
+        if not done:
+            return Verdict(False, "re-measuring the incumbent side by side", more_runs=[fresh[inc]])
+        diffs = [p.diff for p in done]
+        sd, df = self._pair_noise(ledger, candidate.tag, by_commit)
+        run_sd, _ = _pooled(by_commit)
+        ev = self._paired_evidence(done, sd, df, ledger, candidate, incumbent, by_commit)
+        if sd is None:
+            return Verdict(False, "no measure of the noise of a paired difference: discarded; set "
+                                  "policy.calibration_runs >= 2", ev | {"rule": "no noise estimate"})
+        n, mean_d = len(done), stats.mean(diffs)
+        if sd == 0 and not run_sd:
+            ev["test"] = "deterministic (measured noise is 0)"
+            if mean_d > 0:
+                return self._final(True, ev, "deterministic", f"better by {ev['gain']:.6g} and the metric is "
+                                   "deterministic", ledger, candidate)
+            return self._final(False, ev, "deterministic", "not better (the metric is deterministic)", ledger,
+                               candidate)
+        _, t, p = pairing.paired_test(diffs, sd, df)
+        ev |= {"t": _finite(t), "p_value": p}
+        sig = f"{_finite(ev['effect_sigma']) or 0:+.2f}σ, p={p:.3g}, {n} pair{'s' if n > 1 else ''} side by side"
+        too_good = (ev["effect_sigma"] is not None and ev["effect_sigma"] > self.too_good) or \
+            self._beyond_floor(stats.mean([q.candidate["metric"] for q in done]))
+        more = pairing.next_pair(candidate.id, n, fresh[cand], fresh[inc])
+        if n == 1:
+            if t < self.paired_screen_t:
+                return self._final(False, ev, "screen", f"not better than the incumbent run beside it ({sig}; "
+                                   f"confirming needs t >= {self.paired_screen_t:g})", ledger, candidate)
+            return Verdict(False, "confirming side by side", ev, more)
+        if too_good and n < 3:
+            return Verdict(False, "too good to be true: held for confirmation", ev | {"rule": "held"}, more)
+        if self._beyond_floor(stats.mean([q.candidate["metric"] for q in done])):
+            return self._final(False, ev, "floor", f"mean {ev['mean']:.6g} is better than metric.floor "
+                               f"{self.floor:g}: impossible, check the evaluation", ledger, candidate)
+        if p <= self.alpha * self.paired_keep:
+            rest = sorted(diffs)[:-1]
+            _, _, p2 = pairing.paired_test(rest, sd, df)
+            ev["p_without_best_pair"] = p2
+            if p2 <= self.alpha * self.robust_factor:
+                return self._final(True, ev, "confirmed", f"confirmed side by side ({sig})", ledger, candidate)
+        most = min(self.max_pairs, self.max_runs * self.pairs_per_run)
+        if n >= most or t < self.paired_futility_t:
+            why = f"after {n} pairs" + (f" (at most {most}: 3 x policy.max_runs)" if n >= most else "")
+            if p <= self.alpha * self.paired_keep:
+                why += ", resting on one pair"
+            return self._final(False, ev, "not confirmed", f"not confirmed {why} ({sig})", ledger, candidate)
+        return Verdict(False, "confirming side by side", ev, more)
+
+    def _pair_noise(self, ledger: Ledger, tag: str, by_commit: dict[str, list[dict[str, Any]]]
+                    ) -> tuple[Optional[float], int]:
+        """The sd of one paired difference, pooled over the tag's paired decisions and its calibrations."""
+        by_exp: dict[int, list[dict[str, Any]]] = {}
+        for ms in by_commit.values():
+            for m in ms:
+                if _usable(m):
+                    by_exp.setdefault(m["experiment_id"], []).append(m)
+        decisions, calibration = [], []
+        for e in ledger.experiments(tag):
+            runs = sorted(by_exp.get(e.id or -1, []), key=lambda m: m["id"])
+            if e.kind == "baseline":
+                calibration.append([m["metric"] for m in runs if m["commit"] == e.commit])
+                continue
+            other = next((m["commit"] for m in runs if m["commit"] != e.commit), None)
+            if other:
+                decisions.append([p.diff for p in pairing.pairs(runs, e.commit, other, self.lower)[0]])
+        return pairing.pair_noise(decisions, calibration)
+
+    def _paired_evidence(self, done: list[pairing.Pair], sd: Optional[float], df: int, ledger: Ledger,
+                         candidate: Experiment, incumbent: Experiment,
+                         by_commit: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+        units = self.scale.units
+        c_vals, i_vals = [p.candidate["metric"] for p in done], [p.incumbent["metric"] for p in done]
+        mean_d, ref = stats.mean([p.diff for p in done]), stats.mean(i_vals)
+        earlier = [m for m in _runs(by_commit, incumbent.commit)[0] if m["experiment_id"] != candidate.id]
+        ev: dict[str, Any] = {
+            "test": PAIRED_TEST + self.scale.label, "paired": True, "runs": len(done),
+            "mean": units(stats.mean(c_vals)),
+            "seeds": [p.candidate["seed"] for p in done], "incumbent_runs": len(done),
+            "incumbent_seeds": [p.incumbent["seed"] for p in done], "incumbent_mean": units(ref),
+            "gain": self.scale.gain(mean_d, ref, self.lower), "std": sd, "df": df, "alpha": self.alpha,
+            "effect_sigma": _finite(mean_d / (sd / math.sqrt(2))) if sd else None,
+            "pairs": [{"first": p.first, "candidate": units(p.candidate["metric"]),
+                       "incumbent": units(p.incumbent["metric"]), "seeds": [p.candidate["seed"], p.incumbent["seed"]],
+                       "cpu_per_wall": [(p.candidate.get("load") or {}).get("cpu_per_wall"),
+                                        (p.incumbent.get("load") or {}).get("cpu_per_wall")]} for p in done],
+            # context, not the reference: the incumbent's runs taken at other times
+            "incumbent_earlier_runs": len(earlier),
+            "incumbent_earlier_mean": units(stats.mean([m["metric"] for m in earlier])) if earlier else None,
+        }
+        if self.scale.relative:
+            ev["noise"] = stats.Scale.NOTE + "; std: of one paired difference"
+        if sd:
+            half = stats.t_ppf(1 - self.alpha, df) * sd / math.sqrt(len(done))
+            ev["interval"] = [self.scale.gain(mean_d - half, ref, self.lower), self.scale.gain(mean_d + half, ref,
+                                                                                                self.lower)]
+            ev["confidence"] = 1 - 2 * self.alpha
+        if load := pairing.load_summary([p.candidate for p in done] + [p.incumbent for p in done]):
+            ev["load"] = load
+        if cond := self._conditions(ledger, candidate, [p.candidate for p in done] + [p.incumbent for p in done]):
+            ev["conditions"] = cond
+        return ev
+
+    def _conditions(self, ledger: Ledger, candidate: Experiment, now: list[dict[str, Any]]) -> Optional[dict]:
+        """The load when the noise was calibrated (the baseline's runs) beside the load of `now`'s runs."""
+        if not any(m.get("load") for m in now):
+            return None  # no load on record (e.g. a simulated run): nothing to compare
+        base = next((e for e in ledger.experiments(candidate.tag) if e.kind == "baseline"), None)
+        if base is None:
+            return None
+        calib = [m for m in ledger.measurements(tag=candidate.tag) if m["experiment_id"] == base.id]
+        return pairing.conditions(calib, now)
 
     # -- pieces --------------------------------------------------------------------------------
     def _calibrate(self, baseline: Experiment, ledger: Ledger) -> Verdict:
@@ -196,9 +351,11 @@ class Confirm:
                candidate: Experiment) -> Verdict:
         ev["rule"] = rule
         if keep and ev.get("std") is not None:
-            ledger.event(candidate.tag, "noise", f"noise sd {ev['std']:.4g}{self.scale.label} "
-                         f"({ev['df']} degrees of freedom, pooled "
-                         f"over the commits measured more than once) when #{candidate.id} was kept", candidate.id)
+            what = ("sd of a paired difference {:.4g}{} ({} degrees of freedom, pooled over the paired decisions "
+                    "and the calibration's back-to-back runs)" if ev.get("paired") else
+                    "noise sd {:.4g}{} ({} degrees of freedom, pooled over the commits measured more than once)")
+            ledger.event(candidate.tag, "noise", what.format(ev["std"], self.scale.label, ev["df"])
+                         + f" when #{candidate.id} was kept", candidate.id)
         return Verdict(keep, reason, ev)
 
     def _beyond_floor(self, value: float) -> bool:
@@ -235,6 +392,11 @@ class Confirm:
 
 # -- helpers ----------------------------------------------------------------------------------------
 NOT_POSITIVE = 'metric.noise = "relative" needs a positive metric'
+PAIRED_TEST = "paired t (one-sided) against the incumbent re-run side by side"
+
+
+def _usable(m: dict[str, Any]) -> bool:
+    return m["status"] == "ok" and m["metric"] is not None and math.isfinite(m["metric"])
 
 
 def pooled_noise(ledger: Ledger, tag: str, scale: stats.Scale = stats.Scale()) -> tuple[Optional[float], int]:

@@ -17,6 +17,11 @@ Guarantees:
   raced, and the disk never holds much more than the cap); once the tree is dead the file is
   rewritten as head + note + tail. `ProcResult.log_bytes` is what the tree wrote in all. The
   end of the output, where metrics are printed, always survives.
+- The machine's load around the run: the 1-minute load average before and after, and the
+  CPU time (user + system) the kernel accounts to the tree, read from wait4's rusage of
+  the main process (it includes every descendant that was waited for, as a shell waits
+  for its command). CPU time well below the wall time of a single-threaded run means it
+  waited for a CPU: the machine was busy (see pairing.py, which reports it).
 
 Not covered: processes that scrub their own environment *and* leave the process group;
 memory on the GPU (the experiment reports its own, e.g. peak_vram_mb); a process that
@@ -33,7 +38,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 MARKER_VAR = "AUTORESEARCH_MARKER"
 LOG_MAX_BYTES = 32 << 20  # experiment.log_max_mb's default: 16 MiB of head, 16 MiB of tail
@@ -49,6 +54,17 @@ class ProcResult:
     peak_rss_mb: float
     pid: int
     log_bytes: int = 0  # everything the tree wrote to its log, the dropped middle included
+    cpu_s: Optional[float] = None  # user + system CPU time of the tree (waited-for descendants), None if unknown
+    loadavg: tuple[float, float] = (0.0, 0.0)  # the 1-minute load average before and after the run
+
+    def load(self) -> dict[str, Any]:
+        """The machine's load around the run, as stored with its measurement (ledger `load`)."""
+        out: dict[str, Any] = {"loadavg_before": round(self.loadavg[0], 2), "loadavg_after": round(self.loadavg[1], 2),
+                               "cpus": os.cpu_count() or 1, "wall_s": round(self.wall_s, 4)}
+        if self.cpu_s is not None:
+            out["cpu_s"] = round(self.cpu_s, 4)
+            out["cpu_per_wall"] = round(self.cpu_s / self.wall_s, 3) if self.wall_s > 0 else None
+        return out
 
 
 def run_tree(
@@ -71,6 +87,7 @@ def run_tree(
     env[MARKER_VAR] = marker
     log_path.parent.mkdir(parents=True, exist_ok=True)
     argv = (wrap or []) + ["/bin/sh", "-c", cmd]
+    load_before = _loadavg()
     start = time.monotonic()
     with open(log_path, "ab", buffering=0) as log:
         cap = LogCap(log_path, log.tell(), log_max_bytes)
@@ -82,14 +99,13 @@ def run_tree(
     pgid = proc.pid
     peak = 0.0
     timed_out = interrupted = False
+    usage = None
     tick = 0.02  # short first waits so fast commands cost little; then back off
     try:
         while True:
-            try:
-                proc.wait(timeout=tick)
+            usage = _wait_usage(proc, tick)
+            if proc.returncode is not None:
                 break
-            except subprocess.TimeoutExpired:
-                pass
             tick = 0.02 if cap.check() else min(tick * 2, 0.25)  # a flood is checked often: the disk is finite
             elapsed = time.monotonic() - start
             peak = max(peak, group_rss_mb(pgid))
@@ -107,8 +123,10 @@ def run_tree(
         written = cap.finish()  # the tree is dead: nobody appends while the file is rewritten
     wall = time.monotonic() - start
     code = proc.returncode
+    cpu = usage.ru_utime + usage.ru_stime if usage is not None and not (timed_out or interrupted) else None
     return ProcResult(exit_code=code, wall_s=wall, timed_out=timed_out, interrupted=interrupted,
-                      peak_rss_mb=peak, pid=proc.pid, log_bytes=written)
+                      peak_rss_mb=peak, pid=proc.pid, log_bytes=written, cpu_s=cpu,
+                      loadavg=(load_before, _loadavg()))
 
 
 class LogCap:
@@ -187,6 +205,38 @@ def _punch_hole(fd: int, offset: int, length: int) -> bool:
         return libc.fallocate(fd, 0x01 | 0x02, offset, length) == 0  # FALLOC_FL_KEEP_SIZE | PUNCH_HOLE
     except (OSError, AttributeError):  # pragma: no cover - not glibc
         return False
+
+
+
+
+def _wait_usage(proc: subprocess.Popen, timeout: float):
+    """Wait up to `timeout` for `proc` to exit, reaping it with wait4 to keep its rusage.
+
+    Returns the rusage once it exited (proc.returncode set), else None. Polls with short
+    sleeps, as Popen.wait(timeout) does, so a fast command costs little.
+    """
+    deadline, nap = time.monotonic() + timeout, 0.0005
+    while True:
+        try:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere: the exit code is known, the usage is not
+            proc.wait()
+            return None
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return usage
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        time.sleep(min(nap, left))
+        nap = min(nap * 2, 0.05)
+
+
+def _loadavg() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # pragma: no cover - no /proc/loadavg
+        return 0.0
 
 
 def kill_tree(pgid: int, marker: str, grace_s: float, proc: Optional[subprocess.Popen] = None) -> None:

@@ -226,7 +226,8 @@ class Scheduler(Decisions):
             if "eval_log" in res.extra:
                 m.eval_log = str(log.with_name(log.name[:-4] + ".eval.log"))
                 Path(m.eval_log).write_text(res.extra["eval_log"], encoding="utf-8")
-        self.ledger.add_measurement(exp.id, job.commit, job.seed, m.metric, m.metrics, m.wall_s, m.status)
+        self.ledger.add_measurement(exp.id, job.commit, job.seed, m.metric, m.metrics, m.wall_s, m.status,
+                                   load=m.load)
         st.runs.append({"purpose": job.purpose, "commit": job.commit, "seed": job.seed, "status": m.status,
                         "metric": m.metric, "worker": res.worker, "hardware": res.hardware, "wall_s": m.wall_s,
                         "start": res.started_at, "end": res.ended_at, "attempt": job.attempt,
