@@ -248,3 +248,20 @@ def test_a_200_mb_log_keeps_its_head_and_tail_within_the_cap(tmp_path, monkeypat
 def test_a_log_under_the_cap_is_left_as_it_is(tmp_path):
     res, _ = run("echo hello; echo 'score: 1'", tmp_path, log_max_bytes=1 << 20)
     assert (tmp_path / "run.log").read_text() == "hello\nscore: 1\n" and res.log_bytes == len("hello\nscore: 1\n")
+
+
+def test_cpu_time_is_the_trees_or_none_when_it_cannot_be_known(tmp_path):
+    """Unwrapped, the CPU time of a busy tree is read from wait4's rusage; wrapped in bubblewrap the launcher's
+    rusage reads ~0 (the tree is not handed up), so no figure is given rather than a false one."""
+    import shutil
+
+    busy = f"{sys.executable} -c 'import time; t = time.process_time(); exec(\"while time.process_time() - t < 0.3: pass\")'"
+    res = run_tree(busy, cwd=tmp_path, env=dict(os.environ), log_path=tmp_path / "a.log", timeout_s=30, grace_s=1,
+                   marker=f"test-cpu:{uuid.uuid4().hex}")
+    assert res.exit_code == 0 and res.cpu_s is not None and res.cpu_s >= 0.25, res
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed")
+    wrap = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-pid", "--die-with-parent"]
+    res = run_tree(busy, cwd=tmp_path, env=dict(os.environ), log_path=tmp_path / "b.log", timeout_s=30, grace_s=1,
+                   marker=f"test-cpu:{uuid.uuid4().hex}", wrap=wrap)
+    assert res.exit_code == 0 and res.cpu_s is None, res

@@ -123,7 +123,9 @@ def run_tree(
         written = cap.finish()  # the tree is dead: nobody appends while the file is rewritten
     wall = time.monotonic() - start
     code = proc.returncode
-    cpu = usage.ru_utime + usage.ru_stime if usage is not None and not (timed_out or interrupted) else None
+    # A wrapped tree (bubblewrap) is not waited for by its launcher's parent in a way that hands its CPU time
+    # up (the rusage reads ~0): no figure rather than a false one.
+    cpu = usage.ru_utime + usage.ru_stime if usage is not None and not (timed_out or interrupted or wrap) else None
     return ProcResult(exit_code=code, wall_s=wall, timed_out=timed_out, interrupted=interrupted,
                       peak_rss_mb=peak, pid=proc.pid, log_bytes=written, cpu_s=cpu,
                       loadavg=(load_before, _loadavg()))
