@@ -1,0 +1,248 @@
+"""The swarm end to end: a local bare repository as the hub, participants as separate `autoresearch run`
+processes in separate clones of one tiny project (tests/conftest.py: lower `score` is better, X = 1 is
+the optimum, prepare.py is the protected evaluator's constant).
+
+- alice finds a real improvement (X = 1.0: 4.5 -> 0.5) and publishes it;
+- bob and carol (same hardware class) run at the same moment and adopt it after re-measuring it, within
+  their first experiments; both push concurrently and the hub loses none of their records;
+- dave declares another hardware class: he never adopts or ranks their numbers;
+- malicious namespaces: a fake metric for the unchanged start, a commit editing the protected
+  evaluator, a copy of alice's records, a record that is not JSON, a lie on a real but useless change
+  (refuted by re-measurement, never adopted again), and a rewritten history: none is kept anywhere,
+  each refused with its reason, and `swarm status` shows the reputation;
+- a participant SIGKILLed in the middle of a push leaves the hub at its previous state; restarted, it
+  publishes exactly its ledger and its ledger is consistent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_consistent, cli, cli_popen, git, kill_group, ledger_of, make_project, rows_of, wait_until
+
+CLASS = "cpu-test"
+IMPROVE = "sed -i 's/^X = .*/X = 1.0/' train.py && echo 'X = 1.0' > \"$AUTORESEARCH_DESCRIPTION_FILE\""
+IDLE = "echo \"# idle $(date +%s%N)\" >> train.py && echo 'a comment' > \"$AUTORESEARCH_DESCRIPTION_FILE\""
+
+
+def join(tmp: Path, origin: Path, hub: Path, name: str, hardware: str = CLASS) -> Path:
+    root = tmp / name
+    git(tmp, "clone", "-q", str(origin), str(root))
+    r = cli("swarm", "init", str(hub), "--name", name, "--sync", "0", "--hardware", hardware, cwd=root)
+    assert r.returncode == 0, r.stderr
+    return root
+
+
+def run(root: Path, agent_command: str, n: int, log: Path) -> subprocess.Popen:
+    return cli_popen("run", "--tag", "t", "--agent", "command", "--agent-command", agent_command,
+                     "--max-experiments", str(n), "--no-live", cwd=root, log=log)
+
+
+def hub_refs(hub: Path) -> dict[str, str]:
+    out = git(hub, "for-each-ref", "--format=%(refname) %(objectname)", "refs/autoresearch-swarm/")
+    return dict(line.split()[::-1][::-1] for line in out.splitlines()) if out else {}
+
+
+def hub_records(hub: Path, name: str) -> dict[int, dict]:
+    tip = hub_refs(hub).get(f"refs/autoresearch-swarm/{name}/log")
+    if not tip:
+        return {}
+    out = {}
+    for fname in git(hub, "ls-tree", "--name-only", tip).splitlines():
+        if fname.startswith("r-"):
+            data = json.loads(git(hub, "cat-file", "blob", f"{tip}:{fname}"))
+            out[data["id"]] = data
+    return out
+
+
+def forge(tmp: Path, origin: Path, hub: Path, name: str, records, files: dict | None = None,
+          raw: str | None = None) -> str:
+    """Publish `name`'s namespace by hand (what a malicious participant can push to a plain bare hub):
+    a log whose first record is alice's task, then `records` (dicts, or a function of the best commit
+    returning them; `raw` text adds one unparsed record); best -> a commit changing `files` on the start
+    (the start itself when `files` is None). Returns the best commit."""
+    work = tmp / f"forge-{name}"
+    if not work.exists():
+        git(tmp, "clone", "-q", str(origin), str(work))
+    git(work, "reset", "-q", "--hard", "origin/main")
+    start = git(work, "rev-parse", "HEAD")
+    commit = start
+    if files:
+        for rel, text in files.items():
+            (work / rel).write_text(text)
+        git(work, "commit", "-qam", f"{name}'s change")
+        commit = git(work, "rev-parse", "HEAD")
+    git(work, "fetch", "-q", str(hub), "refs/autoresearch-swarm/alice/log:refs/alice-log")
+    task = git(work, "cat-file", "blob", "refs/alice-log:task.json")
+    records = records(commit) if callable(records) else records
+    entries, tip = [], None
+    blobs = [("task.json", task)] + [(f"r-{r['id']:06d}.json", json.dumps(r)) for r in records]
+    if raw is not None:
+        blobs.append(("r-000002.json", raw))
+    for fname, text in blobs:
+        oid = subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=work, input=text, text=True,
+                             capture_output=True).stdout.strip()
+        entries.append(f"100644 blob {oid}\t{fname}")
+        tree = subprocess.run(["git", "mktree"], cwd=work, input="\n".join(entries) + "\n", text=True,
+                              capture_output=True).stdout.strip()
+        tip = git(work, "commit-tree", tree, *(["-p", tip] if tip else []), "-m", fname)
+    git(work, "push", "-q", "-f", str(hub), f"{tip}:refs/autoresearch-swarm/{name}/log",
+        f"{commit}:refs/autoresearch-swarm/{name}/best/{CLASS}")
+    return commit
+
+
+def record(name: str, i: int, commit: str, metric: float, start: str, **kw) -> dict:
+    return {"v": 1, "participant": name, "id": i, "commit": commit, "parent": start, "description": f"{name} idea {i}",
+            "status": "keep", "kind": "candidate", "metric": metric, "evidence": {}, "hardware": CLASS,
+            "agent": "x", "cost_usd": 0.0, "at": time.time(), "origin": "", **kw}
+
+
+def notes_of(root: Path) -> list[dict]:
+    led = ledger_of(root)
+    try:
+        return led.swarm_notes("t")
+    finally:
+        led.close()
+
+
+@pytest.fixture
+def swarm(tmp_path: Path):
+    origin = make_project(tmp_path / "origin")
+    hub = tmp_path / "hub.git"
+    git(tmp_path, "init", "-q", "--bare", str(hub))
+    return tmp_path, origin, hub
+
+
+def test_improvement_spreads_and_poison_is_refused(swarm):
+    tmp, origin, hub = swarm
+    start = git(origin, "rev-parse", "HEAD")
+    alice = join(tmp, origin, hub, "alice")
+    p = run(alice, IMPROVE, 1, tmp / "alice.log")
+    assert p.wait(timeout=120) == 0, (tmp / "alice.log").read_text()
+    kept = [e for e in rows_of(alice, "t") if e.status == "keep" and e.kind != "baseline"]
+    assert [e.metric for e in kept] == [0.5]
+    assert set(hub_records(hub, "alice")) == {e.id for e in rows_of(alice, "t")}  # every row published
+    origin_id = f"alice#{kept[0].id}"
+
+    # poison, each in its own namespace so each reason shows
+    forge(tmp, origin, hub, "mallory-fake", [record("mallory-fake", 1, start, 0.01, start)])
+    forge(tmp, origin, hub, "mallory-evil", lambda c: [record("mallory-evil", 1, c, -99.5, start)],
+          files={"prepare.py": "OFFSET = -100.0\n"})
+    copied = [dict(r) for r in hub_records(hub, "alice").values()]  # alice's records, as they are
+    forge(tmp, origin, hub, "mallory-copy", copied, files={"train.py": (origin / "train.py").read_text()
+                                                           .replace("X = 3.0", "X = 1.0")})
+    forge(tmp, origin, hub, "mallory-junk", [record("mallory-junk", 1, start, 0.3, start, status="discard")],
+          raw="{not json")
+    useless = (origin / "train.py").read_text().replace("Y = 2", "Y = 5")  # changes nothing measurable
+    forge(tmp, origin, hub, "mallory-liar", lambda c: [record("mallory-liar", 1, c, 0.1, start)],
+          files={"train.py": useless})
+
+    bob, carol = join(tmp, origin, hub, "bob"), join(tmp, origin, hub, "carol")
+    dave = join(tmp, origin, hub, "dave", hardware="other-class")
+    procs = {n: run(r, IDLE, 3, tmp / f"{n}.log") for n, r in (("bob", bob), ("carol", carol), ("dave", dave))}
+    for n, proc in procs.items():
+        assert proc.wait(timeout=150) == 0, (tmp / f"{n}.log").read_text()
+
+    for root in (bob, carol):
+        rows = assert_consistent(root, "t")
+        adopted = [e for e in rows if e.agent == "swarm" and e.status == "keep"]
+        assert len(adopted) == 1 and adopted[0].evidence["origin"] == origin_id, [(e.description, e.status) for e in rows]
+        assert adopted[0].description.startswith(f"adopt {origin_id}: ") and adopted[0].metric == 0.5
+        assert adopted[0].id <= rows[0].id + 2  # within its first two experiments after the baseline
+        assert "X = 1.0" in git(root, "show", "autoresearch/t:train.py")
+        # nothing of the poison is kept; the one claim worth measuring was measured and refuted
+        for e in rows:
+            assert not (e.status == "keep" and str(e.evidence.get("origin", "")).startswith("mallory")), e
+        notes = notes_of(root)
+        why = {n["peer"]: (n["status"], n["reason"]) for n in notes if n["peer"].startswith("mallory")}
+        assert why["mallory-fake"][0] == "refused" and "unchanged start" in why["mallory-fake"][1]
+        assert why["mallory-evil"][0] == "banned" and "prepare.py" in why["mallory-evil"][1]
+        assert why["mallory-copy"][0] == "refused" and "copy of another participant" in why["mallory-copy"][1]
+        assert why["mallory-junk"][0] == "refused" and "not JSON" in why["mallory-junk"][1]
+        assert why["mallory-liar"][0] == "refuted" and "claimed 0.1" in why["mallory-liar"][1]
+        liars = [e for e in rows if e.evidence.get("origin") == "mallory-liar#1"]
+        assert len(liars) == 1 and liars[0].status == "discard"  # measured once, never adopted again
+        assert [n["status"] for n in notes if n["peer"] == "alice"] == ["held"]
+        # the hub has every row of this participant (bob and carol pushed at the same moment)
+        assert set(hub_records(hub, root.name)) == {e.id for e in rows}
+        assert hub_refs(hub)[f"refs/autoresearch-swarm/{root.name}/best/{CLASS}"] == \
+            git(root, "rev-parse", "autoresearch/t")
+
+    # another hardware class: never adopts, and nobody adopts its numbers
+    dave_rows = assert_consistent(dave, "t")
+    assert not [e for e in dave_rows if e.agent == "swarm"]
+    assert not [n for n in notes_of(dave) if n["status"] in ("held", "refuted")]
+    assert {r["hardware"] for r in hub_records(hub, "dave").values()} == {"other-class"}
+
+    r = cli("swarm", "status", "--json", cwd=bob)
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)
+    parts = {p["name"]: p for p in st["participants"]}
+    assert parts["alice"]["reputation"]["held"] == 1
+    assert parts["mallory-liar"]["reputation"]["refuted"] == 1 and parts["mallory-evil"]["reputation"]["banned"] == 1
+    assert set(st["frontier"]) == {CLASS, "other-class"}
+    assert all(b["participant"] != "mallory-liar" for b in st["frontier"][CLASS])  # refused peers not ranked
+    assert [b["participant"] for b in st["frontier"]["other-class"]] == ["dave"]
+    spread = {s["idea"]: sorted(a["adopted_by"] for a in s["adopted"]) for s in st["spread"]}
+    assert spread == {origin_id: ["bob", "carol"]}
+    text = cli("swarm", "status", cwd=bob).stdout
+    assert "mallory-evil" in text and "prepare.py" in text and f"idea {origin_id}: adopted by bob, carol" in text
+
+
+def test_rewritten_history_is_refused(swarm):
+    tmp, origin, hub = swarm
+    start = git(origin, "rev-parse", "HEAD")
+    alice = join(tmp, origin, hub, "alice")
+    assert run(alice, IDLE, 1, tmp / "alice.log").wait(timeout=120) == 0
+    useless = (origin / "train.py").read_text().replace("Y = 2", "Y = 7")
+    forge(tmp, origin, hub, "eve", lambda c: [record("eve", 1, c, 4.5, start)],
+          files={"train.py": useless})
+    bob = join(tmp, origin, hub, "bob")
+    assert run(bob, IDLE, 1, tmp / "bob.log").wait(timeout=120) == 0
+    assert not [n for n in notes_of(bob) if n["peer"] == "eve"]  # a well-formed log: accepted as seen
+    # eve rewrites her published record (its 4.5 becomes 0.1): the chain seen is gone
+    commit = forge(tmp, origin, hub, "eve", lambda c: [record("eve", 1, c, 0.1, start)], files={"train.py": useless})
+    assert run(bob, IDLE, 1, tmp / "bob.log").wait(timeout=120) == 0
+    why = [n["reason"] for n in notes_of(bob) if n["peer"] == "eve"]
+    assert len(why) == 1 and "rewritten" in why[0], why
+    assert not [e for e in rows_of(bob, "t") if e.evidence.get("origin", "").startswith("eve")]
+    assert commit  # the forged best exists on the hub, and was never used
+
+
+def test_sigkill_mid_push_leaves_hub_and_ledger_consistent(swarm):
+    tmp, origin, hub = swarm
+    hooks = hub / "hooks"
+    flag, inside = tmp / "slow", tmp / "in-push"
+    (hooks / "pre-receive").write_text(f"#!/bin/sh\nif [ -e {flag} ]; then touch {inside}; sleep 30; fi\ncat >/dev/null\n")
+    (hooks / "pre-receive").chmod(0o755)
+    erin = join(tmp, origin, hub, "erin")
+    assert run(erin, IMPROVE, 1, tmp / "erin.log").wait(timeout=120) == 0
+    before = hub_refs(hub)
+    flag.touch()
+    proc = run(erin, IDLE, 3, tmp / "erin.log")
+    try:
+        wait_until(inside.exists, timeout=90, what="erin's push to reach the hub")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        kill_group(proc)
+    assert hub_refs(hub) == before  # the push that was cut never moved a ref
+    assert subprocess.run(["git", "fsck", "--no-dangling"], cwd=hub, capture_output=True).returncode == 0
+    flag.unlink()
+    assert run(erin, IDLE, 1, tmp / "erin.log").wait(timeout=120) == 0  # restarted: resumes, then publishes
+    rows = assert_consistent(erin, "t")
+    published = hub_records(hub, "erin")
+    assert set(published) == {e.id for e in rows}
+    assert {i: r["status"] for i, r in published.items()} == {e.id: e.status for e in rows}
+    led = ledger_of(erin)
+    try:
+        assert led.verify("t") == []
+    finally:
+        led.close()
