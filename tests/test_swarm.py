@@ -63,11 +63,11 @@ def hub_records(hub: Path, name: str) -> dict[int, dict]:
 
 
 def forge(tmp: Path, origin: Path, hub: Path, name: str, records, files: dict | None = None,
-          raw: str | None = None) -> str:
+          raw: str | None = None, best: str = "") -> str:
     """Publish `name`'s namespace by hand (what a malicious participant can push to a plain bare hub):
     a log whose first record is alice's task, then `records` (dicts, or a function of the best commit
     returning them; `raw` text adds one unparsed record); best -> a commit changing `files` on the start
-    (the start itself when `files` is None). Returns the best commit."""
+    (the start itself when `files` is None), or the hub's ref `best`. Returns the best commit."""
     work = tmp / f"forge-{name}"
     if not work.exists():
         git(tmp, "clone", "-q", str(origin), str(work))
@@ -79,7 +79,10 @@ def forge(tmp: Path, origin: Path, hub: Path, name: str, records, files: dict | 
             (work / rel).write_text(text)
         git(work, "commit", "-qam", f"{name}'s change")
         commit = git(work, "rev-parse", "HEAD")
-    git(work, "fetch", "-q", str(hub), "refs/autoresearch-swarm/alice/log:refs/alice-log")
+    git(work, "fetch", "-q", str(hub), "+refs/autoresearch-swarm/alice/log:refs/alice-log")
+    if best:
+        git(work, "fetch", "-q", str(hub), f"+{best}:refs/copied-best")
+        commit = git(work, "rev-parse", "refs/copied-best")
     task = git(work, "cat-file", "blob", "refs/alice-log:task.json")
     records = records(commit) if callable(records) else records
     entries, tip = [], None
@@ -135,9 +138,8 @@ def test_improvement_spreads_and_poison_is_refused(swarm):
     forge(tmp, origin, hub, "mallory-fake", [record("mallory-fake", 1, start, 0.01, start)])
     forge(tmp, origin, hub, "mallory-evil", lambda c: [record("mallory-evil", 1, c, -99.5, start)],
           files={"prepare.py": "OFFSET = -100.0\n"})
-    copied = [dict(r) for r in hub_records(hub, "alice").values()]  # alice's records, as they are
-    forge(tmp, origin, hub, "mallory-copy", copied, files={"train.py": (origin / "train.py").read_text()
-                                                           .replace("X = 3.0", "X = 1.0")})
+    copied = [dict(r) for r in hub_records(hub, "alice").values()]  # alice's records and best, as they are
+    forge(tmp, origin, hub, "mallory-copy", copied, best=f"refs/autoresearch-swarm/alice/best/{CLASS}")
     forge(tmp, origin, hub, "mallory-junk", [record("mallory-junk", 1, start, 0.3, start, status="discard")],
           raw="{not json")
     useless = (origin / "train.py").read_text().replace("Y = 2", "Y = 5")  # changes nothing measurable
@@ -246,3 +248,105 @@ def test_sigkill_mid_push_leaves_hub_and_ledger_consistent(swarm):
         assert led.verify("t") == []
     finally:
         led.close()
+
+
+TWO_AXES = '''\
+"""Two independent knobs, far apart so that changes to each merge cleanly."""
+from prepare import OFFSET
+
+X = 3.0
+# ---
+# ---
+# ---
+# ---
+Z = 3.0
+print("aux: 7")
+print(f"score: {(X - 1.0) ** 2 + (Z - 1.0) ** 2 + 0.5 + OFFSET:.6f}")
+'''
+
+
+def test_a_peers_change_is_also_merged_onto_the_local_best(tmp_path):
+    origin = make_project(tmp_path / "origin", files={"train.py": TWO_AXES})
+    hub = tmp_path / "hub.git"
+    git(tmp_path, "init", "-q", "--bare", str(hub))
+    bob = tmp_path / "bob"
+    git(tmp_path, "clone", "-q", str(origin), str(bob))
+    z2 = "sed -i 's/^Z = .*/Z = 2.0/' train.py && echo 'Z = 2.0' > \"$AUTORESEARCH_DESCRIPTION_FILE\""
+    assert run(bob, z2, 1, tmp_path / "bob.log").wait(timeout=120) == 0  # alone: 8.5 -> 5.5
+    alice = join(tmp_path, origin, hub, "alice")
+    assert run(alice, IMPROVE, 1, tmp_path / "alice.log").wait(timeout=120) == 0  # 8.5 -> 4.5 (X = 1)
+    assert cli("swarm", "init", str(hub), "--name", "bob", "--sync", "0", "--hardware", CLASS, cwd=bob).returncode == 0
+    assert run(bob, IDLE, 3, tmp_path / "bob.log").wait(timeout=120) == 0
+    rows = assert_consistent(bob, "t")
+    swarm_rows = [(e.description.split(":")[0], e.status, e.metric) for e in rows if e.agent == "swarm"]
+    # alice's code as it is (4.5 beats bob's 5.5), then her change on bob's own best: both axes, 1.5
+    assert swarm_rows == [("adopt alice#2", "keep", 4.5), ("merge alice#2", "keep", 1.5)], swarm_rows
+    tip = git(bob, "show", "autoresearch/t:train.py")
+    assert "X = 1.0" in tip and "Z = 2.0" in tip
+    assert [n["status"] for n in notes_of(bob) if n["peer"] == "alice"] == ["held"]
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_control_a_copy_of_anothers_records(swarm, monkeypatch, verify):
+    """mallory republishes alice's records and best as hers (alice has left the hub). With the checks,
+    mallory is refused and nothing of hers is used; the control without them credits her: bob keeps
+    alice's change as `mallory-copy#2` and mallory's reputation says `held`."""
+    from autoresearch import swarm as swarm_mod
+    from autoresearch.loop import Limits, Loop
+
+    from conftest import ScriptedAgent, load_cfg
+
+    tmp, origin, hub = swarm
+    alice = join(tmp, origin, hub, "alice")
+    assert run(alice, IMPROVE, 1, tmp / "alice.log").wait(timeout=120) == 0
+    copied = [dict(r) for r in hub_records(hub, "alice").values()]
+    forge(tmp, origin, hub, "mallory-copy", copied, best=f"refs/autoresearch-swarm/alice/best/{CLASS}")
+    for ref in hub_refs(hub):
+        if "/alice/" in ref:
+            git(hub, "update-ref", "-d", ref)
+    bob = join(tmp, origin, hub, "bob")
+    monkeypatch.setattr(swarm_mod, "VERIFY", verify)
+    Loop(load_cfg(bob), "t", ScriptedAgent(), limits=Limits(max_experiments=2)).run()
+    rows = assert_consistent(bob, "t")
+    stolen = [e for e in rows if e.evidence.get("origin", "").startswith("mallory-copy") and e.status == "keep"]
+    notes = [(n["status"], n["reason"]) for n in notes_of(bob) if n["peer"] == "mallory-copy"]
+    if verify:
+        assert not stolen and len(notes) == 1 and notes[0][0] == "refused" and "copy of another" in notes[0][1]
+    else:
+        assert len(stolen) == 1 and [s for s, _ in notes] == ["held"]
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_control_a_claim_that_edits_the_evaluator(swarm, monkeypatch, verify):
+    """mallory's best edits the protected prepare.py (OFFSET = -100: every score 100 better). With the
+    checks it is refused before anything runs and mallory is banned; the control without them runs her
+    code here, where only the judge's second line (protected files hashed around the run) stops it."""
+    from autoresearch import swarm as swarm_mod
+    from autoresearch.loop import Limits, Loop
+
+    from conftest import ScriptedAgent, load_cfg
+
+    tmp, origin, hub = swarm
+    start = git(origin, "rev-parse", "HEAD")
+    alice = join(tmp, origin, hub, "alice")
+    assert run(alice, IDLE, 1, tmp / "alice.log").wait(timeout=120) == 0
+    forge(tmp, origin, hub, "mallory-evil", lambda c: [record("mallory-evil", 1, c, -99.5, start)],
+          files={"prepare.py": "OFFSET = -100.0\n"})
+    bob = join(tmp, origin, hub, "bob")
+    monkeypatch.setattr(swarm_mod, "VERIFY", verify)
+    agent = ScriptedAgent()
+    Loop(load_cfg(bob), "t", agent, limits=Limits(max_experiments=2)).run()
+    # ideas travel: what alice tried and failed is in bob's researcher's context (mallory's is not)
+    ctx = agent.contexts[0]
+    assert "Failed elsewhere" in ctx.swarm and "alice#2: a comment (discard" in ctx.swarm
+    assert ctx.swarm in ctx.render()
+    assert ("mallory" not in ctx.swarm) == verify  # a banned peer's ideas are not shown either
+    rows = assert_consistent(bob, "t")
+    evil = [e for e in rows if e.evidence.get("origin", "").startswith("mallory-evil")]
+    assert not [e for e in evil if e.status == "keep"]
+    assert "OFFSET = 0.0" in git(bob, "show", "autoresearch/t:prepare.py")
+    if verify:
+        assert not evil
+        assert [n["status"] for n in notes_of(bob) if n["peer"] == "mallory-evil"] == ["banned"]
+    else:
+        assert [e.status for e in evil] == ["violation"], [(e.status, e.reason) for e in evil]
