@@ -47,7 +47,7 @@ def run(root: Path, agent_command: str, n: int, log: Path) -> subprocess.Popen:
 
 def hub_refs(hub: Path) -> dict[str, str]:
     out = git(hub, "for-each-ref", "--format=%(refname) %(objectname)", "refs/autoresearch-swarm/")
-    return dict(line.split()[::-1][::-1] for line in out.splitlines()) if out else {}
+    return dict(line.split() for line in out.splitlines()) if out else {}
 
 
 def hub_records(hub: Path, name: str) -> dict[int, dict]:
@@ -155,7 +155,8 @@ def test_improvement_spreads_and_poison_is_refused(swarm):
     for root in (bob, carol):
         rows = assert_consistent(root, "t")
         adopted = [e for e in rows if e.agent == "swarm" and e.status == "keep"]
-        assert len(adopted) == 1 and adopted[0].evidence["origin"] == origin_id, [(e.description, e.status) for e in rows]
+        assert len(adopted) == 1 and adopted[0].evidence["origin"] == origin_id, \
+            [(e.description, e.status) for e in rows]
         assert adopted[0].description.startswith(f"adopt {origin_id}: ") and adopted[0].metric == 0.5
         assert adopted[0].id <= rows[0].id + 2  # within its first two experiments after the baseline
         assert "X = 1.0" in git(root, "show", "autoresearch/t:train.py")
@@ -222,7 +223,8 @@ def test_sigkill_mid_push_leaves_hub_and_ledger_consistent(swarm):
     tmp, origin, hub = swarm
     hooks = hub / "hooks"
     flag, inside = tmp / "slow", tmp / "in-push"
-    (hooks / "pre-receive").write_text(f"#!/bin/sh\nif [ -e {flag} ]; then touch {inside}; sleep 30; fi\ncat >/dev/null\n")
+    (hooks / "pre-receive").write_text(f"#!/bin/sh\nif [ -e {flag} ]; then touch {inside}; sleep 30; fi\n"
+                                       "cat >/dev/null\n")
     (hooks / "pre-receive").chmod(0o755)
     erin = join(tmp, origin, hub, "erin")
     assert run(erin, IMPROVE, 1, tmp / "erin.log").wait(timeout=120) == 0
@@ -350,3 +352,34 @@ def test_control_a_claim_that_edits_the_evaluator(swarm, monkeypatch, verify):
         assert [n["status"] for n in notes_of(bob) if n["peer"] == "mallory-evil"] == ["banned"]
     else:
         assert [e.status for e in evil] == ["violation"], [(e.status, e.reason) for e in evil]
+
+
+def test_a_record_edited_in_place_is_refused(swarm):
+    """A later commit of a peer's log that changes an earlier record (here: its claim 4.5 -> 0.1) while
+    adding a new one is not an append: the peer is refused and nothing of it is used."""
+    tmp, origin, hub = swarm
+    start = git(origin, "rev-parse", "HEAD")
+    alice = join(tmp, origin, hub, "alice")
+    assert run(alice, IDLE, 1, tmp / "alice.log").wait(timeout=120) == 0
+    useless = (origin / "train.py").read_text().replace("Y = 2", "Y = 9")
+    best = forge(tmp, origin, hub, "eve", lambda c: [record("eve", 1, c, 4.5, start)], files={"train.py": useless})
+    work = tmp / "forge-eve"
+    git(work, "fetch", "-q", str(hub), "+refs/autoresearch-swarm/eve/log:refs/eve-log")
+    tip = git(work, "rev-parse", "refs/eve-log")
+
+    def blob(text: str) -> str:
+        return subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=work, input=text, text=True,
+                              capture_output=True).stdout.strip()
+
+    entries = [line for line in git(work, "ls-tree", tip).splitlines() if "r-000001" not in line]
+    entries += [f"100644 blob {blob(json.dumps(record('eve', 1, best, 0.1, start)))}\tr-000001.json",
+                f"100644 blob {blob(json.dumps(record('eve', 2, best, 0.1, start)))}\tr-000002.json"]
+    tree = subprocess.run(["git", "mktree"], cwd=work, input="\n".join(entries) + "\n", text=True,
+                          capture_output=True).stdout.strip()
+    edited = git(work, "commit-tree", tree, "-p", tip, "-m", "r-000002.json")
+    git(work, "push", "-q", "-f", str(hub), f"{edited}:refs/autoresearch-swarm/eve/log")
+    bob = join(tmp, origin, hub, "bob")
+    assert run(bob, IDLE, 1, tmp / "bob.log").wait(timeout=120) == 0
+    why = [(n["status"], n["reason"]) for n in notes_of(bob) if n["peer"] == "eve"]
+    assert len(why) == 1 and why[0][0] == "refused" and "does not add exactly one record" in why[0][1], why
+    assert not [e for e in rows_of(bob, "t") if e.agent == "swarm"]

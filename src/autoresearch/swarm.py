@@ -68,6 +68,7 @@ RECORD_FIELDS = {"participant": str, "id": int, "commit": (str, type(None)), "pa
                  "description": str, "status": str, "kind": str, "hardware": str}
 PUSH_TRIES = 5
 VERIFY = True  # tests switch this off for the controls of the checks on a peer's records and claims
+MAX_RECORD_BYTES = 64 * 1024  # a record is a few hundred bytes; a huge one is refused unread
 HINTS_CHARS = 2500  # the swarm's section of the researchers' context
 
 
@@ -166,12 +167,13 @@ class Swarm:
         self.hardware = settings.hardware or self.cfg.engine.hardware or machine()
         self.last_sync = float("-inf")
         self.pending: deque[tuple[str, dict[str, Any]]] = deque()  # (kind, claim) candidates to make
-        self.peers: dict[str, Peer] = {}
+        self.peers: dict[str, Peer] = {}  # the peers read at the last sync that passed every check
+        self.cache: dict[str, Peer] = {}  # each peer's chain as last read (read_peer continues from it)
         self.warned: set[str] = set()
 
     # -- the git side ------------------------------------------------------------------
-    def git(self, *args: str, check: bool = True, input: Optional[str] = None) -> str:
-        return self.ws.git(*args, check=check, input=input)
+    def git(self, *args: str, check: bool = True, input: Optional[str] = None, strip: bool = True) -> str:
+        return self.ws.git(*args, check=check, input=input, strip=strip)
 
     def fetch(self) -> None:
         r = run_git(["fetch", "--quiet", "--no-tags", "--prune", self.s.hub, f"+{NS}/*:{SEEN}/*"], self.ws.top,
@@ -221,7 +223,8 @@ class Swarm:
         logref, bestref = f"{NS}/{self.s.name}/log", f"{NS}/{self.s.name}/best/{class_ref(self.hardware)}"
         for attempt in range(PUSH_TRIES):
             seen = self.seen()
-            old_log, old_best = seen.get(f"{self.s.name}/log"), seen.get(f"{self.s.name}/best/{class_ref(self.hardware)}")
+            old_log = seen.get(f"{self.s.name}/log")
+            old_best = seen.get(f"{self.s.name}/best/{class_ref(self.hardware)}")
             have = set(self.git("ls-tree", "--name-only", old_log).splitlines()) if old_log else set()
             tip = old_log
             if "task.json" not in have:
@@ -253,51 +256,63 @@ class Swarm:
 
     # -- reading peers ---------------------------------------------------------------------
     def read_peer(self, name: str, refs: dict[str, str]) -> Peer:
-        """Peer `name`'s log and bests, checked; raises Refused naming the first problem."""
+        """Peer `name`'s log and bests, checked; raises Refused naming the first problem.
+
+        The chain is read with one `git log --raw` (each commit's added file) and one `cat-file --batch`;
+        a log that extends the one read before is read from there on only (its older part is checked)."""
         tip = refs.get(f"{name}/log")
         if not tip:
             raise Refused("no log")
-        chain = self.git("rev-list", "--reverse", "--parents", tip).splitlines()
-        records: list[dict[str, Any]] = []
-        task: Optional[dict[str, Any]] = None
-        prev_files: set[str] = set()
-        for i, line in enumerate(chain):
-            commit, *parents = line.split()
-            if len(parents) != (0 if i == 0 else 1):
-                raise Refused(f"log commit {commit[:7]} has {len(parents)} parents: not an append-only chain")
-            files = {}
-            for entry in self.git("ls-tree", commit).splitlines():
-                meta, _, fname = entry.partition("\t")
-                files[fname] = meta.split()[2]
-            added = set(files) - prev_files
-            if len(added) != 1 or not prev_files <= set(files):
-                raise Refused(f"log commit {commit[:7]} does not add exactly one record (adds {len(added)}, "
-                              f"drops {len(prev_files - set(files))})")
-            fname = added.pop()
-            raw = self.ws.blobs([files[fname]])[files[fname]]
-            try:
-                data = json.loads(raw)
-            except ValueError:
-                raise Refused(f"record {fname} is not JSON")
-            if i == 0:
-                if fname != "task.json" or not isinstance(data, dict) or not isinstance(data.get("start"), str):
-                    raise Refused(f"the log does not start with a task record (found {fname})")
-                task = data
-            else:
-                problem = bad_record(fname, data, name) if VERIFY else ""
-                if problem:
-                    raise Refused(problem)
-                records.append(data)
-            prev_files = set(files)
-        ids = [r["id"] for r in records]
-        if len(ids) != len(set(ids)):
-            raise Refused("two records with the same id")
         seen_tip = self.ledger.swarm_seen(self.tag, name)
         if VERIFY and seen_tip and seen_tip != tip and not self.ws.git.ok("merge-base", "--is-ancestor", seen_tip, tip):
             raise Refused(f"its log was rewritten: the record chain seen before ({seen_tip[:7]}) is no longer in it")
         best = {ref.split("/best/", 1)[1]: sha for ref, sha in refs.items() if ref.startswith(f"{name}/best/")}
-        assert task is not None
-        return Peer(name, tip, task, records, best)
+        known = self.cache.get(name)
+        if known is not None and known.tip == tip:
+            return Peer(name, tip, known.task, known.records, best)
+        extends = known is not None and self.ws.git.ok("merge-base", "--is-ancestor", known.tip, tip)
+        task: Optional[dict[str, Any]] = known.task if extends else None
+        records: list[dict[str, Any]] = list(known.records) if extends else []
+        span = f"{known.tip}..{tip}" if extends else tip
+        out = self.git("log", "--reverse", "--root", "--raw", "--no-abbrev", "--no-renames", "--format=%x01%H %P",
+                       span, strip=False)
+        steps = []
+        for chunk in out.split("\x01")[1:]:
+            head, *raw = [line for line in chunk.splitlines() if line.strip()]
+            commit, *parents = head.split()
+            if len(parents) != (0 if task is None and not steps else 1):
+                raise Refused(f"log commit {commit[:7]} has {len(parents)} parents: not an append-only chain")
+            if len(raw) != 1 or not raw[0].startswith(":") or raw[0].split("\t")[0].split()[-1] != "A":
+                raise Refused(f"log commit {commit[:7]} does not add exactly one record (changes: {len(raw)})")
+            meta, _, fname = raw[0].partition("\t")
+            steps.append((commit, fname, meta.split()[3]))
+        sizes = self.git("cat-file", "--batch-check=%(objectname) %(objectsize)",
+                         input="".join(f"{oid}\n" for _, _, oid in steps)).splitlines() if steps else []
+        if any(int(line.split()[1]) > MAX_RECORD_BYTES for line in sizes):
+            raise Refused(f"a record is larger than {MAX_RECORD_BYTES} bytes")
+        blobs = self.ws.blobs([oid for _, _, oid in steps])
+        for commit, fname, oid in steps:
+            try:
+                data = json.loads(blobs[oid])
+            except ValueError:
+                raise Refused(f"record {fname} is not JSON")
+            if task is None:
+                if fname != "task.json" or not isinstance(data, dict) or not isinstance(data.get("start"), str):
+                    raise Refused(f"the log does not start with a task record (found {fname})")
+                task = data
+                continue
+            problem = bad_record(fname, data, name) if VERIFY else ""
+            if problem:
+                raise Refused(problem)
+            records.append(data)
+        ids = [r["id"] for r in records]
+        if len(ids) != len(set(ids)):
+            raise Refused("two records with the same id")
+        if task is None:
+            raise Refused("the log has no task record")
+        peer = Peer(name, tip, task, records, best)
+        self.cache[name] = peer
+        return peer
 
     def sync(self) -> None:
         """Fetch, publish what is missing, and read every peer (queueing the claims worth measuring)."""
@@ -341,7 +356,8 @@ class Swarm:
         claim = next((r for r in reversed(peer.records) if r["commit"] == commit and r["status"] == "keep"), None)
         if claim is None:
             return self.refuse(peer.name, commit, f"{peer.name}'s best {commit[:7]} has no kept record claiming it")
-        if class_ref(claim["hardware"]) != class_ref(self.hardware) or not isinstance(claim.get("metric"), (int, float)):
+        if class_ref(claim["hardware"]) != class_ref(self.hardware) or \
+                not isinstance(claim.get("metric"), (int, float)):
             return self.refuse(peer.name, commit, f"{peer.name}'s best {commit[:7]} is claimed on another class "
                                                   f"({claim['hardware']!r}) or without a metric")
         if not policies.better(claim["metric"], inc.metric, self.cfg.lower_is_better()):
@@ -433,8 +449,8 @@ class Swarm:
         except NothingChanged:
             return None  # the local best has this code already
         exp.patch = self.ws.diff(inc.commit, exp.commit)
-        exp.evidence = {"origin": item["origin"], "swarm": {"kind": kind, "peer": item["peer"], "commit": item["commit"],
-                                                           "claim": item["claim"]}}
+        exp.evidence = {"origin": item["origin"],
+                        "swarm": {"kind": kind, "peer": item["peer"], "commit": item["commit"], "claim": item["claim"]}}
         self.ledger.begin(exp)
         self.ws.pin(exp.id, exp.commit)
         loop.count += 1
@@ -564,7 +580,8 @@ def _lower(root: Path) -> bool:
 
 
 def render(st: dict[str, Any]) -> str:
-    lines = [f"swarm at {st['hub']} (you are {st['name']}){'' if st['fetched'] else ' [hub unreachable: as last seen]'}"]
+    stale = "" if st["fetched"] else " [hub unreachable: as last seen]"
+    lines = [f"swarm at {st['hub']} (you are {st['name']}){stale}"]
     for p in st["participants"]:
         rep = ", ".join(f"{k} {v}" for k, v in p["reputation"].items() if v) or "no claims judged here"
         lines.append(f"  {p['name']}{' (you)' if p['me'] else ''}: {p['records']} records; reputation: {rep}")
