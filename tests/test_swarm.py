@@ -383,3 +383,60 @@ def test_a_record_edited_in_place_is_refused(swarm):
     why = [(n["status"], n["reason"]) for n in notes_of(bob) if n["peer"] == "eve"]
     assert len(why) == 1 and why[0][0] == "refused" and "does not add exactly one record" in why[0][1], why
     assert not [e for e in rows_of(bob, "t") if e.agent == "swarm"]
+
+
+def test_a_peer_on_another_task_is_ignored_with_a_warning(swarm):
+    """frank starts from another commit (his program differs): his real improvement is never adopted."""
+    tmp, origin, hub = swarm
+    other = tmp / "other-origin"
+    git(tmp, "clone", "-q", str(origin), str(other))
+    (other / "program.md").write_text("# Another program\n")
+    git(other, "commit", "-qam", "another task")
+    frank = join(tmp, other, hub, "frank")
+    assert run(frank, IMPROVE, 1, tmp / "frank.log").wait(timeout=120) == 0
+    assert [e.metric for e in rows_of(frank, "t") if e.status == "keep"] == [4.5, 0.5]
+    bob = join(tmp, origin, hub, "bob")
+    assert run(bob, IDLE, 2, tmp / "bob.log").wait(timeout=120) == 0
+    assert not [e for e in rows_of(bob, "t") if e.agent == "swarm"]
+    notes = [(n["status"], n["reason"]) for n in notes_of(bob) if n["peer"] == "frank"]
+    assert len(notes) == 1 and notes[0][0] == "ignored" and "another task" in notes[0][1]
+    assert "frank runs another task" in (tmp / "bob.log").read_text()
+
+
+def test_a_push_that_loses_a_race_is_retried_and_loses_nothing(swarm, monkeypatch):
+    """Another writer moves bob's log on the hub between bob's fetch and his push: the push's lease fails,
+    bob fetches again and pushes on top, so both the other writer's record and all of bob's are there."""
+    from autoresearch import swarm as swarm_mod
+    from autoresearch.loop import Limits, Loop
+
+    from conftest import ScriptedAgent, load_cfg
+
+    tmp, origin, hub = swarm
+    bob = join(tmp, origin, hub, "bob")
+    assert run(bob, IDLE, 1, tmp / "bob.log").wait(timeout=120) == 0
+    work = tmp / "racer"
+    git(tmp, "clone", "-q", str(origin), str(work))
+    start = git(origin, "rev-parse", "HEAD")
+    raced, real_fetch, fetches = [], swarm_mod.Swarm.fetch, []
+
+    def racing_fetch(self) -> None:
+        real_fetch(self)
+        fetches.append(1)
+        if not raced:  # right after bob's first fetch: another writer appends to bob/log
+            raced.append(1)
+            git(work, "fetch", "-q", str(hub), "+refs/autoresearch-swarm/bob/log:refs/bob-log")
+            tip = git(work, "rev-parse", "refs/bob-log")
+            extra = json.dumps(record("bob", 99, start, 4.5, start, status="discard"))
+            oid = subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=work, capture_output=True, text=True,
+                                 input=extra).stdout.strip()
+            entries = git(work, "ls-tree", tip).splitlines() + [f"100644 blob {oid}\tr-000099.json"]
+            tree = subprocess.run(["git", "mktree"], cwd=work, input="\n".join(entries) + "\n", text=True,
+                                  capture_output=True).stdout.strip()
+            git(work, "push", "-q", str(hub), f"{git(work, 'commit-tree', tree, '-p', tip, '-m', 'r')}:"
+                                              "refs/autoresearch-swarm/bob/log")
+
+    monkeypatch.setattr(swarm_mod.Swarm, "fetch", racing_fetch)
+    Loop(load_cfg(bob), "t", ScriptedAgent(), limits=Limits(max_experiments=1)).run()
+    rows = assert_consistent(bob, "t")
+    assert raced and len(fetches) >= 2  # the lost race made bob fetch again
+    assert set(hub_records(hub, "bob")) == {e.id for e in rows} | {99}
