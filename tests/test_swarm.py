@@ -440,3 +440,19 @@ def test_a_push_that_loses_a_race_is_retried_and_loses_nothing(swarm, monkeypatc
     rows = assert_consistent(bob, "t")
     assert raced and len(fetches) >= 2  # the lost race made bob fetch again
     assert set(hub_records(hub, "bob")) == {e.id for e in rows} | {99}
+
+
+def test_init_refuses_a_name_already_on_the_hub_and_a_hub_that_is_not_there(swarm):
+    tmp, origin, hub = swarm
+    alice = join(tmp, origin, hub, "alice")
+    assert run(alice, IDLE, 1, tmp / "alice.log").wait(timeout=120) == 0
+    other = tmp / "other"
+    git(tmp, "clone", "-q", str(origin), str(other))
+    r = cli("swarm", "init", str(hub), "--name", "alice", cwd=other)
+    assert r.returncode == 1 and "alice already publishes" in r.stderr and "--rejoin" in r.stderr
+    assert not (other / ".autoresearch" / "swarm.toml").exists()
+    assert cli("swarm", "init", str(hub), "--name", "alice", "--rejoin", cwd=other).returncode == 0
+    r = cli("swarm", "init", str(tmp / "nowhere.git"), cwd=other)
+    assert r.returncode == 1 and "does not answer as a git remote" in r.stderr and "git init --bare" in r.stderr
+    r = cli("swarm", "init", "../hub.git", "--name", "zed", cwd=other)  # a relative path is stored absolute
+    assert r.returncode == 0 and str(hub) in (other / ".autoresearch" / "swarm.toml").read_text()

@@ -45,7 +45,7 @@ def _swarm(args) -> int:
     if args.action == "init":
         if not args.hub:
             raise AutoresearchError("swarm init needs the hub: `autoresearch swarm init <git URL or path>`")
-        s = swarm.init(root, args.hub, args.name, args.sync, args.hardware)
+        s = swarm.init(root, args.hub, args.name, args.sync, args.hardware, rejoin=args.rejoin)
         print(f"joined the swarm at {s.hub} as {s.name} (settings: {root / swarm.SETTINGS}); `autoresearch run` "
               "now shares its results and adopts the others' after measuring them here")
         return 0
@@ -159,6 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--name", default="", help="init: this participant's name on the hub (default: user@host)")
     sp.add_argument("--sync", type=float, default=60.0, help="init: seconds between syncs (default 60)")
     sp.add_argument("--hardware", default="", help="init: the hardware class (default: engine.hardware or the machine)")
+    sp.add_argument("--rejoin", action="store_true", help="init: continue a name that already publishes on the hub")
     sp.add_argument("--tag")
     sp.add_argument("--json", action="store_true")
 

@@ -90,9 +90,14 @@ def class_ref(hardware: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", hardware or "unknown").strip(".") or "unknown"
 
 
-def init(root: Path, hub: str, name: str = "", sync_s: float = 60.0, hardware: str = "") -> Settings:
-    """Write `.autoresearch/swarm.toml` (join or create a swarm at `hub`); the hub must answer `ls-remote`."""
+def init(root: Path, hub: str, name: str = "", sync_s: float = 60.0, hardware: str = "",
+         rejoin: bool = False) -> Settings:
+    """Write `.autoresearch/swarm.toml` (join or create a swarm at `hub`); the hub must answer `ls-remote`.
+    A name that already publishes there is refused unless `rejoin` (this checkout continues it): two
+    checkouts writing one namespace would each take the other's records for its own."""
     name = name or default_name()
+    if Path(root, hub).exists():  # a local path: absolute, so git finds it from any folder
+        hub = str(Path(root, hub).resolve())
     if not NAME_RE.match(name):
         raise ConfigError(f"swarm name {name!r}: use letters, digits, '.', '_', '@', '-' (at most 64)")
     r = run_git(["ls-remote", hub, f"{NS}/*"], Path(root), capture_output=True, text=True)
@@ -100,13 +105,14 @@ def init(root: Path, hub: str, name: str = "", sync_s: float = 60.0, hardware: s
         raise AutoresearchError(f"the hub {hub!r} does not answer as a git remote: {r.stderr.strip()}; create it "
                                 f"first, e.g. `git init --bare {hub}` or an empty GitHub repository")
     taken = {line.split("\t")[1].split("/")[2] for line in r.stdout.splitlines() if "\t" in line}
+    if name in taken and not rejoin:
+        raise ConfigError(f"{name} already publishes on the hub {hub}: choose another --name, or pass --rejoin if "
+                          f"this checkout continues {name}'s run")
     path = Path(root) / SETTINGS
     path.parent.mkdir(parents=True, exist_ok=True)
     s = Settings(hub, name, sync_s, hardware)
     path.write_text(f"hub = {json.dumps(hub)}\nname = {json.dumps(name)}\nsync_s = {sync_s:g}\n"
                     + (f"hardware = {json.dumps(hardware)}\n" if hardware else ""), encoding="utf-8")
-    if name in taken:
-        print(f"note: {name} already publishes on this hub: this checkout continues as {name}")
     return s
 
 
