@@ -456,3 +456,22 @@ def test_init_refuses_a_name_already_on_the_hub_and_a_hub_that_is_not_there(swar
     assert r.returncode == 1 and "does not answer as a git remote" in r.stderr and "git init --bare" in r.stderr
     r = cli("swarm", "init", "../hub.git", "--name", "zed", cwd=other)  # a relative path is stored absolute
     assert r.returncode == 0 and str(hub) in (other / ".autoresearch" / "swarm.toml").read_text()
+
+
+def test_an_unreachable_hub_is_noted_and_the_research_goes_on(swarm):
+    import shutil
+
+    tmp, origin, hub = swarm
+    bob = join(tmp, origin, hub, "bob")
+    shutil.rmtree(hub)
+    assert run(bob, IMPROVE, 1, tmp / "bob.log").wait(timeout=120) == 0
+    rows = assert_consistent(bob, "t")
+    assert [e.metric for e in rows if e.status == "keep"] == [4.5, 0.5]
+    led = ledger_of(bob)
+    try:
+        events = [e["message"] for e in led.events("t") if e["kind"] == "swarm"]
+    finally:
+        led.close()
+    assert any("the hub could not be reached" in m for m in events), events
+    r = cli("swarm", "status", cwd=bob)
+    assert r.returncode == 0 and "hub unreachable" in r.stdout
