@@ -475,3 +475,24 @@ def test_an_unreachable_hub_is_noted_and_the_research_goes_on(swarm):
     assert any("the hub could not be reached" in m for m in events), events
     r = cli("swarm", "status", cwd=bob)
     assert r.returncode == 0 and "hub unreachable" in r.stdout
+
+
+def test_a_claim_with_a_symlink_is_refused(swarm):
+    """An editable path turned into a symlink (to the protected evaluator) is not a plain file: banned."""
+    tmp, origin, hub = swarm
+    start = git(origin, "rev-parse", "HEAD")
+    alice = join(tmp, origin, hub, "alice")
+    assert run(alice, IDLE, 1, tmp / "alice.log").wait(timeout=120) == 0
+    work = tmp / "forge-eve"
+    git(tmp, "clone", "-q", str(origin), str(work))
+    (work / "train.py").unlink()
+    (work / "train.py").symlink_to("prepare.py")
+    git(work, "commit", "-qam", "a link")
+    link = git(work, "rev-parse", "HEAD")
+    forge(tmp, origin, hub, "eve", [record("eve", 1, link, 0.1, start)], best="")
+    git(work, "push", "-q", "-f", str(hub), f"{link}:refs/autoresearch-swarm/eve/best/{CLASS}")
+    bob = join(tmp, origin, hub, "bob")
+    assert run(bob, IDLE, 1, tmp / "bob.log").wait(timeout=120) == 0
+    why = [(n["status"], n["reason"]) for n in notes_of(bob) if n["peer"] == "eve"]
+    assert len(why) == 1 and why[0][0] == "banned" and "not plain files: train.py" in why[0][1], why
+    assert not [e for e in rows_of(bob, "t") if e.agent == "swarm"]

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from . import clean
 from . import policy as policies
 from .errors import AutoresearchError, ConfigError
+from .proposal import PROGRAM
 from .workspace import GitError, NothingChanged, RebaseConflict, run_git
 
 if TYPE_CHECKING:
@@ -380,10 +381,14 @@ class Swarm:
         if not changed:
             return self.refuse(peer.name, commit, f"{origin} claims {self.cfg.metric.name} {claim['metric']:g} for "
                                                   f"the unchanged start {start[:7]}: a claim with no change")
-        bad = [p for p in changed if self.cfg.is_protected(p) or not self.cfg.is_editable(p)]
+        # the rules a proposal obeys (proposal.py): editable, not protected, not program.md, plain files only
+        modes = {p: m for m, _, p in self.ws.tree_entries(commit) if p in changed}
+        bad = [p for p in changed if self.cfg.is_protected(p) or not self.cfg.is_editable(p) or p == PROGRAM
+               or modes.get(p, "100644") not in ("100644", "100755")]
         if bad:
-            return self.refuse(peer.name, commit, f"{origin} ({commit[:7]}) changes files outside the editable set "
-                                                  f"or protected: {', '.join(bad[:5])}: peer refused", ban=True)
+            return self.refuse(peer.name, commit, f"{origin} ({commit[:7]}) changes files outside the editable set, "
+                                                  f"protected, or not plain files: {', '.join(bad[:5])}: peer refused",
+                               ban=True)
         self.queue(peer, commit, origin, claim, changed, inc.commit, start)
 
     def queue(self, peer: Peer, commit: str, origin: str, claim: dict[str, Any], changed: list[str], inc: str,
