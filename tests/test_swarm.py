@@ -197,6 +197,10 @@ def test_improvement_spreads_and_poison_is_refused(swarm):
     assert spread == {origin_id: ["bob", "carol"]}
     text = cli("swarm", "status", cwd=bob).stdout
     assert "mallory-evil" in text and "prepare.py" in text and f"idea {origin_id}: adopted by bob, carol" in text
+    assert cli("report", "--html", cwd=bob).returncode == 0  # the HTML report's swarm view
+    page = (bob / "report.html").read_text()
+    view = page[page.index("<h2>The swarm</h2>"):]
+    assert origin_id in view and "mallory-evil" in view and "banned 1" in view and "refuted 1" in view
 
 
 def test_rewritten_history_is_refused(swarm):
