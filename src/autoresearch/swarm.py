@@ -29,13 +29,20 @@ What it owns:
   Other hardware classes are hints in the researchers' context, never ranked or adopted.
 - Reputation, in the ledger (table `swarm`, Ledger.swarm_note): per peer and commit, `held`
   (re-measured and kept), `refuted` (re-measured, not kept: never adopted again), `refused` (a
-  record or claim that fails a check, with its reason), `ignored` (another task).
+  record or claim that fails a check, with its reason), `banned` (a claim touching what a proposal
+  may not: the peer is skipped from then on), `ignored` (another task).
+- Seeing it: `hints()` is the researchers' context section (kept and failed elsewhere, other
+  classes as hints; bounded); `status()` / `render()` are `autoresearch swarm status [--json]`
+  (participants, each one's best per class and when, the frontier per class without refused or
+  refuted claims, reputation, who adopted which idea); report_html shows the ledger's side.
 
 Not covered: a hub that lets anyone write any ref (a plain bare repository) cannot stop a participant
 from writing into another's namespace; what it can do there is caught only as a rewritten history
 (against the tip seen before) or as records that fail the checks, and in any case a claim is only
 kept after local measurement. Hints from other classes are shown as claimed, not verified. The
-concurrent scheduler publishes its records but does not adopt (sequential loop only).
+concurrent scheduler publishes its records but does not adopt (sequential loop only). Nothing in
+flight is published (only finished rows). A peer can make the local repository fetch large objects:
+there is no quota.
 """
 
 from __future__ import annotations
@@ -207,7 +214,8 @@ class Swarm:
     def record(self, e: "Experiment") -> dict[str, Any]:
         ev = {k: v for k, v in (e.evidence or {}).items() if len(json.dumps(v, default=str)) < 400}
         return {"v": 1, "participant": self.s.name, "id": e.id, "commit": e.commit, "parent": e.parent,
-                "description": e.description, "status": e.status, "kind": e.kind, "metric": e.metric,
+                "description": e.description, "status": e.status, "reason": clean.one_line(e.reason, 300),
+                "kind": e.kind, "metric": e.metric,
                 "evidence": json.loads(json.dumps(ev, default=str)), "hardware": self.hardware, "agent": e.agent,
                 "cost_usd": e.cost_usd, "at": e.ended_at, "origin": (e.evidence or {}).get("origin", "")}
 
