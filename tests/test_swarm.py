@@ -500,3 +500,18 @@ def test_a_claim_with_a_symlink_is_refused(swarm):
     why = [(n["status"], n["reason"]) for n in notes_of(bob) if n["peer"] == "eve"]
     assert len(why) == 1 and why[0][0] == "banned" and "not plain files: train.py" in why[0][1], why
     assert not [e for e in rows_of(bob, "t") if e.agent == "swarm"]
+
+
+def test_the_concurrent_scheduler_publishes_but_does_not_adopt(swarm):
+    """With several workers the rows are published as they are recorded; adopting is the sequential
+    loop's (documented): alice's improvement is not taken by a concurrent participant."""
+    tmp, origin, hub = swarm
+    alice = join(tmp, origin, hub, "alice")
+    assert run(alice, IMPROVE, 1, tmp / "alice.log").wait(timeout=120) == 0
+    bob = join(tmp, origin, hub, "bob")
+    p = cli_popen("run", "--tag", "t", "--agent", "command", "--agent-command", IDLE, "--max-experiments", "3",
+                  "--workers", "2", "--no-live", cwd=bob, log=tmp / "bob.log")
+    assert p.wait(timeout=120) == 0, (tmp / "bob.log").read_text()
+    rows = rows_of(bob, "t")
+    assert not [e for e in rows if e.agent == "swarm"]
+    assert set(hub_records(hub, "bob")) == {e.id for e in rows if e.status != "running"}
