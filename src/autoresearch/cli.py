@@ -38,6 +38,26 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
 
 
+def _swarm(args) -> int:
+    from . import swarm
+
+    root = _root(args)
+    if args.action == "init":
+        if not args.hub:
+            raise AutoresearchError("swarm init needs the hub: `autoresearch swarm init <git URL or path>`")
+        s = swarm.init(root, args.hub, args.name, args.sync, args.hardware, rejoin=args.rejoin)
+        print(f"joined the swarm at {s.hub} as {s.name} (settings: {root / swarm.SETTINGS}); `autoresearch run` "
+              "now shares its results and adopts the others' after measuring them here")
+        return 0
+    ledger = _ledger(root)
+    st = swarm.status(root, _tag(ledger, args.tag), ledger)
+    if args.json:
+        _print_json(st)
+    else:
+        print(swarm.render(st))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="autoresearch", description="A research loop owned by the harness.")
     p.add_argument("--version", action="version", version=f"autoresearch {__version__}")
@@ -130,6 +150,17 @@ def _parser() -> argparse.ArgumentParser:
                                   "a confidence interval")
     sp.add_argument("--tag")
     sp.add_argument("--runs", type=int, default=5, help="fresh runs of each (default: 5)")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("swarm", _swarm, "init: join (or start) a swarm whose hub is a git remote; status: participants, "
+                              "bests per hardware class, frontier, reputation, how ideas spread")
+    sp.add_argument("action", choices=("init", "status"))
+    sp.add_argument("hub", nargs="?", help="init: a git URL or path (e.g. a bare repository, git@github.com:o/r.git)")
+    sp.add_argument("--name", default="", help="init: this participant's name on the hub (default: user@host)")
+    sp.add_argument("--sync", type=float, default=60.0, help="init: seconds between syncs (default 60)")
+    sp.add_argument("--hardware", default="", help="init: the hardware class (default: engine.hardware or the machine)")
+    sp.add_argument("--rejoin", action="store_true", help="init: continue a name that already publishes on the hub")
+    sp.add_argument("--tag")
     sp.add_argument("--json", action="store_true")
 
     sp = cmd("launch", _launch, "write (and with --up run) a SkyPilot task: the loop on N GPU nodes with Ray")

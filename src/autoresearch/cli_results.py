@@ -202,7 +202,7 @@ def _report(args) -> int:
         rows = ledger.experiments(tag)
         fig = figures.improvement(ledger, tag, figures.Spec.from_config(cfg), rows)
         print(report_html(rows, (out or root) / "report.html", cfg.metric.name, cfg.lower_is_better(), tag=tag,
-                          events=ledger.events(tag), project=root.name, figure=fig))
+                          events=ledger.events(tag), project=root.name, figure=fig, swarm=ledger.swarm_notes(tag)))
         return 0
     for p in _write_report(root, cfg, tag, out):
         print(p)

@@ -158,6 +158,15 @@ MIGRATIONS: list[Any] = [
     """,
     # 4: the machine's load around each run (procs.ProcResult.load), JSON.
     "ALTER TABLE measurements ADD COLUMN load TEXT;",
+    # 5: the swarm (swarm.py): what this participant concluded about each peer's claims, and the last
+    # record chain of each peer it accepted (a later chain must contain it: append-only).
+    """
+    CREATE TABLE swarm (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, tag TEXT NOT NULL, peer TEXT NOT NULL, status TEXT NOT NULL,
+        reason TEXT, "commit" TEXT, claim REAL, experiment_id INTEGER, created_at REAL
+    );
+    CREATE TABLE swarm_seen (tag TEXT NOT NULL, peer TEXT NOT NULL, tip TEXT NOT NULL, PRIMARY KEY (tag, peer));
+    """,
 ]
 
 GENESIS = "0" * 64  # the digest before the first seal
@@ -471,6 +480,36 @@ class Ledger:
                 "INSERT INTO events (tag, experiment_id, kind, message, created_at) VALUES (?,?,?,?,?)",
                 (tag, experiment_id, kind, message, time.time()),
             )
+
+    # -- the swarm (swarm.py) ------------------------------------------------------------------
+    def swarm_note(self, tag: str, peer: str, status: str, reason: str, *, commit: str = "",
+                   claim: Optional[float] = None, experiment_id: Optional[int] = None) -> None:
+        """Record a verdict on a peer's claim or records: held | refuted | refused | banned | ignored."""
+        with self._tx() as db:
+            db.execute('INSERT INTO swarm (tag, peer, status, reason, "commit", claim, experiment_id, created_at) '
+                       "VALUES (?,?,?,?,?,?,?,?)", (tag, peer, status, one_line(reason, 600), commit, claim,
+                                                    experiment_id, time.time()))
+
+    def swarm_notes(self, tag: str, peer: Optional[str] = None, commit: Optional[str] = None) -> list[dict[str, Any]]:
+        """The verdicts on peers of `tag` (optionally one peer's, about one commit), oldest first."""
+        sql, args = "SELECT * FROM swarm WHERE tag = ?", [tag]
+        if peer is not None:
+            sql, args = sql + " AND peer = ?", args + [peer]
+        if commit is not None:
+            sql, args = sql + ' AND "commit" = ?', args + [commit]
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY id", args).fetchall()
+        return [dict(r) for r in rows]
+
+    def swarm_seen(self, tag: str, peer: str, tip: Optional[str] = None) -> Optional[str]:
+        """The last record chain of `peer` accepted on `tag`; with `tip`, remember that one instead."""
+        if tip is not None:
+            with self._tx() as db:
+                db.execute("INSERT OR REPLACE INTO swarm_seen (tag, peer, tip) VALUES (?,?,?)", (tag, peer, tip))
+            return tip
+        with self._lock:
+            row = self._db.execute("SELECT tip FROM swarm_seen WHERE tag = ? AND peer = ?", (tag, peer)).fetchone()
+        return row["tip"] if row else None
 
     def events(self, tag: str) -> list[dict[str, Any]]:
         with self._lock:

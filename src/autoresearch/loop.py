@@ -94,6 +94,9 @@ class Loop:
         self.in_flight: Callable[[], list[str]] = list  # descriptions of experiments running (the scheduler's)
         self.guard_lock = threading.RLock()  # one put-back at a time (the proposer's and the scheduler's)
         self.window: Optional[list[str]] = None  # while an agent proposes: what other checks found, charged to it
+        from . import swarm
+
+        self.swarm = swarm.attach(self)  # .autoresearch/swarm.toml: share a frontier over a git hub (swarm.py)
 
     # -- the loop ----------------------------------------------------------------------
     def run(self) -> Outcome:
@@ -177,6 +180,10 @@ class Loop:
     # -- propose and check --------------------------------------------------------------
     def propose(self, repair_of: Optional[Experiment] = None) -> Optional[Experiment]:
         """Ask the agent for a change; return a committed, `running` experiment or a finished row."""
+        if repair_of is None and self.swarm is not None and not self.concurrent:
+            adopted = self.swarm.next_candidate()  # a peer's claim, to be measured here before it can be kept
+            if adopted is not None:
+                return adopted
         parent = self.ws.expected_tip()  # where the harness set the branch, whoever moved it since
         start = repair_of.commit if repair_of else parent
         wt = self.folder.prepare(start)  # a plain folder: no way into the repository (proposal.py)
@@ -281,6 +288,7 @@ class Loop:
             history=self.ledger.experiments(self.tag), incumbent=self.ledger.incumbent(self.tag), repair=repair_of,
             running=self.in_flight(),
             figure=figures.improvement(self.ledger, self.tag, figures.Spec.from_config(self.cfg)),
+            swarm=self.swarm.hints() if self.swarm is not None else "",
         )
 
     def commit_message(self, exp: Experiment) -> str:
@@ -408,6 +416,8 @@ class Loop:
     def after_record(self, exp: Experiment) -> None:
         write_tsv(self.tsv, self.ledger.experiments(self.tag), self.cfg.metric.name)
         self.tracker.record(exp)  # never raises: an MLflow failure becomes a ledger event
+        if self.swarm is not None:
+            self.swarm.recorded(exp)  # reputation of a re-measured claim; publish to the hub (best effort)
         figure = figures.improvement(self.ledger, self.tag, figures.Spec.from_config(self.cfg))
         self.report("finished", exp=exp, incumbent=self.ledger.incumbent(self.tag), figure=figure)
 

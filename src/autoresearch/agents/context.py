@@ -63,6 +63,7 @@ class Context:
     tracked: frozenset = frozenset()  # the proposal folder's files at the start (project paths)
     sandbox: Any = None  # the session's sandbox.Sandbox: process agents run through its wrap_agent()
     figure: Any = None  # figures.Figure: the improvement of the best over the start, as every view shows it
+    swarm: str = ""  # what other participants kept and failed (swarm.Swarm.hints: bounded there)
 
     @property
     def lower_is_better(self) -> bool:
@@ -143,6 +144,8 @@ class Context:
         if self.running:
             parts.append("# Running now (do not propose these again)\n"
                          + "\n".join(f"- {_short(d, lv['desc'])}" for d in self.running[-20:]) + "\n")
+        if self.swarm:
+            parts.append(self.swarm[: max(600, budget // 8)] + "\n")
         if self.ideas.strip():
             parts.append("# Ideas from the human (ideas.md)\n" + _cap_tail(self.ideas.strip(), lv["ideas"]) + "\n")
         notes = self.notebook().strip()
