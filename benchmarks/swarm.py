@@ -15,28 +15,30 @@ The decisions come from the production code, as in benchmarks/noise_gate.py: eve
 has its own real Ledger (SQLite in a temporary folder) and the real `confirm` policy
 (policy.make) decides every keep, asking for the extra runs it wants; only the run is simulated.
 
-The swarm. After every keep a participant publishes its best: the commit, the ideas it holds
-(what git knows: which changes it carries) and its claimed metric (the mean of the runs that got
-it kept). Every `--sync` of its own experiments a participant reads the others' published bests;
-a best that claims to beat its incumbent and holds a change it lacks becomes a candidate, run
-in place of a proposal and judged by the local policy against the local incumbent:
-- where the local incumbent holds changes the peer's best lacks, first the peer's change cherry-
-  picked onto the local best (`union`), and if that is discarded, the peer's commit as it is
-  (`plain`); otherwise the peer's commit as it is;
-- a (commit, mode) is re-measured once: a refuted claim is never tried again;
-- reputation: per peer, claims that held (kept here) and that were refuted (its commit as it is,
-  discarded here); a peer whose refuted claims exceed its held ones by more than
-  `--refutes-allowed` is no longer re-measured (its claims stay hints).
-The re-measures are experiments: they come out of the participant's share of the budget.
+The swarm, as src/autoresearch/swarm.py builds it. After every keep a participant publishes its best:
+the commit, the changes it holds (what git knows) and its record's metric (the kept experiment's
+first run). When nothing is queued and a sync is due (every `--sync` of its own experiments) it reads
+the others' bests; each one whose metric beats the local incumbent's is queued once (Swarm.consider):
+`adopt` (the peer's code on the local best) and, when the local best has changes of its own,
+`merge` (the peer's change cherry-picked onto the local best). Each queued item that changes the
+local code is run in place of a proposal, judged by the local policy against the local incumbent,
+out of the participant's own share of the budget. Reputation (Swarm.recorded): per peer, `adopt`s
+that held (kept here) and that were refuted (discarded here); a refuted claim is never re-measured.
+`--refutes-allowed N` adds a gate swarm.py does not have (a proposal): a peer whose refuted claims
+exceed N plus twice its held ones is no longer re-measured, its claims stay hints.
 
-The malicious participant (`--malicious`, on P = 4 + 1): it runs nothing and, every round,
-publishes a new commit that is the start with a harmful change (true level `--sabotage` sds
-worse than the start) and claims a metric `--claim-margin` sds better than the best honest
-claim on the hub. Every honest peer re-measures it (while its reputation lets it) and its
-policy refutes it. Reported: claims re-measured, adopted (the goal: none), and what the
-re-measures cost the honest four (experiments, and the true level reached against the honest
-swarm of four on the same draws). With `--refutes-allowed -1` (`inf`) the row without reputation
-gating: the cost of re-measure alone when a peer floods the hub.
+`--variant proposed` measures three changes to swarm.py's logic: claims queued best first; at its
+turn a queued claim is dropped when the local best has moved and now holds it or beats it; no
+`merge` when the local best's changes are all in the peer's commit (it would be the same code as the
+`adopt`). Combine with `--refutes-allowed 3` for the gate.
+
+The malicious participant (on P = 4 + 1): it runs nothing and, every round, publishes a new
+commit that is the start with a harmful change (true level `--sabotage` sds worse than the start)
+under a metric `--claim-margin` sds better than the best honest claim on the hub. Every honest peer
+re-measures it and its policy refutes it. Reported without a gate (as swarm.py is built) and with
+the gate `--gate`: claims re-measured, adopted (the goal: none), and what the re-measures cost the
+honest four (share of their experiments; true level reached against the honest swarm of four on
+the same draws).
 
 Printed for each P: the re-measure cost (share of experiments), claims held/refuted, (a) the
 median number of a peer's own experiments between a winner's publication (a kept own idea that
@@ -44,10 +46,12 @@ truly improves) and the moment the peer's incumbent holds it, with the share of 
 (winner, peer) pairs adopted by the end; (b) the swarm's best true level against the best of
 P isolated runs at the same total experiments (positive = the swarm is better, in noise sds);
 and the fraction of the total budget the swarm needed to reach the best isolated run's final
-level. Goal: the swarm of 4 gets there in at most half the total experiments (median over
-tasks). The last line is one JSON object with the figures.
+level, next to the same fraction for one participant given the whole budget (a sequential run
+builds on every result at once, which a swarm approaches at best; the swarm's advantage over it is
+wall-clock time, P experiments at once). Goal: the swarm of 4 gets there in at most half the total
+experiments (median over tasks). The last line is one JSON object with the figures.
 
-    python benchmarks/swarm.py                    # the reported figures (about 5 minutes on 2 cores)
+    python benchmarks/swarm.py                    # the reported figures (about 4 minutes on 2 cores)
     python benchmarks/swarm.py --reps 2 --total 96 --participants 1,2,4
 """
 
@@ -62,6 +66,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -120,7 +125,7 @@ class Participant:
     """One machine: its own ledger, the real policy, its own noise; publishes and adopts through the hub."""
 
     def __init__(self, world: World, root: Path, index: int, rep_seed: int, p_null: float, sync: int,
-                 refutes_allowed: float):
+                 refutes_allowed: float, proposed: bool = False):
         self.world, self.index, self.rep_seed = world, index, rep_seed
         self.name = f"p{index}"
         root.mkdir(parents=True)
@@ -128,14 +133,15 @@ class Participant:
                           metric=MetricConfig(name="score", direction="min"), policy=PolicyConfig(name="confirm"))
         self.ledger = Ledger(root / "ledger.db")
         self.policy = policies.make(self.cfg)
-        self.p_null, self.sync, self.refutes_allowed = p_null, sync, refutes_allowed
+        self.p_null, self.sync, self.refutes_allowed, self.proposed = p_null, sync, refutes_allowed, proposed
         self.rng = random.Random(f"proposer:{rep_seed}:{index}")
         self.ideas: dict[str, frozenset] = {START: frozenset()}
         self.done = 0
         self.runs = 0
         self.adopt_experiments = self.adopt_runs = 0
         self.fake_experiments = self.fake_runs = self.fake_kept = 0
-        self.tried: set[tuple[str, str]] = set()
+        self.queue: deque[tuple[str, Claim, frozenset]] = deque()  # (adopt | merge, claim, local ideas then)
+        self.judged: set[tuple[str, str]] = set()  # (peer, commit) re-measured as `adopt`: never again
         self.reputation: dict[str, list[int]] = {}  # peer -> [held, refuted]
         self.trajectory: list[float] = []  # the incumbent's true level after each own experiment
         self.run_counts: list[int] = []  # runs taken so far, after each own experiment
@@ -182,22 +188,43 @@ class Participant:
         self.world.hub[self.name] = Claim(self.name, exp.commit, claimed(exp), self.ideas[exp.commit])
 
     def gated(self, peer: str) -> bool:
+        """The proposed gate (not in swarm.py as built; --gate): a peer whose refuted claims exceed
+        `refutes_allowed` plus twice its held ones is no longer re-measured."""
         held, refuted = self.reputation.get(peer, [0, 0])
         return refuted > self.refutes_allowed + 2 * held
 
-    def candidate(self) -> Optional[tuple[Claim, str]]:
-        """The best published claim that beats the local incumbent and brings a change it lacks."""
+    def sync_hub(self) -> None:
+        """swarm.Swarm.sync/consider: queue each peer's best that claims to beat the local incumbent, once.
+
+        As built: peers in name order; `adopt` (the peer's code on the local best), then, when the local
+        best has changes of its own, `merge` (the peer's change cherry-picked onto the local best as it is
+        now); a claim judged (held or refuted) or queued is never queued again."""
         inc, mine = self.incumbent()
-        mine_claim, best = claimed(inc), None
-        for peer, c in self.world.hub.items():
-            if peer == self.name or self.gated(peer) or c.ideas <= mine or not c.claim < mine_claim:
+        order = sorted(self.world.hub, key=lambda p: self.world.hub[p].claim if self.proposed else p)
+        for peer in order:
+            c = self.world.hub[peer]
+            if peer == self.name or self.gated(peer) or not c.claim < inc.metric:
                 continue
-            mode = "plain" if mine <= c.ideas or (c.commit, "union") in self.tried else "union"
-            if (c.commit, mode) in self.tried:
+            if (peer, c.commit) in self.judged or any(q[1].commit == c.commit for q in self.queue):
                 continue
-            if best is None or c.claim < best[0].claim:
-                best = (c, mode)
-        return best
+            self.queue.append(("adopt", c, mine))
+            if inc.commit != START and not (self.proposed and mine <= c.ideas):
+                self.queue.append(("merge", c, mine))
+
+    def next_candidate(self) -> Optional[tuple[str, Claim, frozenset]]:
+        """swarm.Swarm.next_candidate: sync when nothing is queued and a sync is due; the next item that
+        changes something, or None (then the researcher proposes)."""
+        if not self.queue and self.sync and self.done % self.sync == 0:
+            self.sync_hub()
+        inc, mine = self.incumbent()
+        while self.queue:
+            kind, c, base = self.queue.popleft()
+            ideas = c.ideas if kind == "adopt" else base | c.ideas
+            if self.proposed and (c.ideas <= mine or (kind == "adopt" and not c.claim < inc.metric)):
+                continue  # proposed: the local best moved since the claim was queued and holds it, or beats it
+            if ideas != mine:  # NothingChanged: the local best has this code already
+                return kind, c, ideas
+        return None
 
     def step(self) -> None:
         if self.done == 0:
@@ -205,7 +232,7 @@ class Participant:
             assert exp.status == "keep", exp.reason
             self.publish(exp)
         else:
-            pick = self.candidate() if self.sync and self.done % self.sync == 0 else None
+            pick = self.next_candidate()
             if pick:
                 self.adopt(*pick)
             else:
@@ -227,36 +254,31 @@ class Participant:
         else:
             idea = self.rng.choice(fresh)
         ideas = mine | {idea}
-        commit = hashlib.sha1(f"{self.rep_seed}:{self.name}:{self.done}".encode()).hexdigest()
-        exp = self.experiment(commit, ideas, f"proposal {idea}")
+        exp = self.experiment(self.new_commit(), ideas, f"proposal {idea}")
         if exp.status == "keep":
             self.publish(exp)
             if self.world.level(ideas) < self.world.level(mine):
                 self.world.winners.append(Winner(self.name, ideas, {p.name: p.done + (p is self)
                                                                     for p in self.world.participants}))
 
-    def adopt(self, c: Claim, mode: str) -> None:
-        inc, mine = self.incumbent()
-        if mode == "plain":
-            commit, ideas = c.commit, c.ideas
-        else:  # the peer's change cherry-picked onto the local best: a new commit
-            commit = hashlib.sha1(f"{self.rep_seed}:{self.name}:{self.done}:pick".encode()).hexdigest()
-            ideas = mine | c.ideas
-        self.tried.add((c.commit, mode))
+    def new_commit(self) -> str:
+        return hashlib.sha1(f"{self.rep_seed}:{self.name}:{self.done}".encode()).hexdigest()
+
+    def adopt(self, kind: str, c: Claim, ideas: frozenset) -> None:
+        """A peer's claim as a local candidate (a new commit on the local best), judged by the local policy."""
         runs0 = self.runs
-        exp = self.experiment(commit, ideas, f"adopt {c.peer}:{c.commit[:7]} ({mode})")
+        exp = self.experiment(self.new_commit(), ideas, f"{kind} {c.peer}:{c.commit[:7]}")
         self.adopt_experiments += 1
         self.adopt_runs += self.runs - runs0
         if c.fake:
             self.fake_experiments += 1
             self.fake_runs += self.runs - runs0
-        rep = self.reputation.setdefault(c.peer, [0, 0])
+            self.fake_kept += exp.status == "keep"
+        if kind == "adopt":  # Swarm.recorded: the reputation counts the peer's own code, measured here
+            self.judged.add((c.peer, c.commit))
+            self.reputation.setdefault(c.peer, [0, 0])[0 if exp.status == "keep" else 1] += 1
         if exp.status == "keep":
-            rep[0] += 1
-            self.fake_kept += c.fake
             self.publish(exp)
-        elif mode == "plain":
-            rep[1] += 1  # the peer's own commit, measured here, did not hold up
 
 
 class Malicious:
@@ -276,17 +298,16 @@ class Malicious:
 
 
 def claimed(exp: Experiment) -> float:
-    """The metric a record claims: the mean of the runs that got it kept (the first run without one)."""
-    mean = (exp.evidence or {}).get("mean")
-    return mean if mean is not None else exp.metric
+    """The metric a record claims, as swarm.py publishes and compares it: the experiment's own first run."""
+    return exp.metric
 
 
 # -- one task ---------------------------------------------------------------------------------------
 def run_swarm(tmp: Path, label: str, args: argparse.Namespace, rep_seed: int, p: int, sync: int,
               refutes_allowed: float, malicious: bool = False) -> dict[str, Any]:
     world = World(rep_seed, args.pool, args.effect_mean, args.sabotage)
-    honest = [Participant(world, tmp / label / f"p{i}", i, rep_seed, args.p_null, sync, refutes_allowed)
-              for i in range(p)]
+    honest = [Participant(world, tmp / label / f"p{i}", i, rep_seed, args.p_null, sync, refutes_allowed,
+                          args.variant == "proposed") for i in range(p)]
     world.participants = honest
     mallory = Malicious(world, args.claim_margin) if malicious else None
     each = args.total // p
@@ -345,7 +366,7 @@ def reach(curve: list[float], target: float) -> Optional[int]:
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     ps = sorted(args.participants)
     per: dict[int, dict[str, list]] = {p: {} for p in ps}
-    mal: dict[str, dict[str, list]] = {"gated": {}, "ungated": {}}
+    mal: dict[str, dict[str, list]] = {"no_gate": {}, "gate": {}}
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="swarm-bench-") as tmpdir:
         for r in range(args.reps):
@@ -360,9 +381,11 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 iso_best = min(iso[i][0][args.total // p - 1] for i in range(p))
                 t_iso = reach(s["curve"], iso_best)
                 t_single = reach(s["curve"], iso[0][0][-1]) if len(iso[0][0]) >= args.total else None
+                t_ideal = reach(iso[0][0][: args.total], iso_best)  # one run with the whole budget: the bound
                 row = {"gain": iso_best - s["best"], "swarm_best": s["best"], "isolated_best": iso_best,
                        "reach_fraction": t_iso / args.total if t_iso else None,
                        "reach_single_fraction": t_single / args.total if t_single else None,
+                       "ideal_reach_fraction": t_ideal / args.total if t_ideal else None,
                        "adopt_share": s["adopt_experiments"] / s["experiments"],
                        "runs_per_experiment": s["runs"] / s["experiments"],
                        "latencies": s["latencies"], "pairs": s["pairs"], "adopted_pairs": s["adopted_pairs"],
@@ -370,7 +393,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 for k, v in row.items():
                     per[p].setdefault(k, []).append(v)
             if args.malicious and 4 in ps:
-                for key, gate in (("gated", args.refutes_allowed), ("ungated", INF)):
+                for key, gate in (("no_gate", INF), ("gate", args.gate)):
                     m = run_swarm(tmp, f"mal-{key}", args, rep_seed, 4, args.sync, gate, malicious=True)
                     row = {"fake_published": m["fake_published"], "fake_experiments": m["fake_experiments"],
                            "fake_runs": m["fake_runs"], "fake_adopted": m["fake_adopted"],
@@ -412,6 +435,8 @@ def summarize(res: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             "gain_over_isolated_se": _r(statistics.stdev(gains) / math.sqrt(len(gains))) if len(gains) > 1 else None,
             "reach_fraction_median": _r(statistics.median(reach_f)),
             "reach_within_half_share": _r(sum(x <= 0.5 for x in reach_f) / len(reach_f)),
+            "ideal_reach_fraction_median": _r(statistics.median(
+                [x if x is not None else INF for x in d["ideal_reach_fraction"]])),
             "reach_single_run_fraction_median": _r(statistics.median(
                 [x if x is not None else INF for x in d["reach_single_fraction"]])),
         }
@@ -432,6 +457,7 @@ def summarize(res: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                      "met": goal is not None and goal <= 0.5},
             "setup": {"total": args.total, "reps": args.reps, "pool": args.pool, "effect_mean": args.effect_mean,
                       "p_null": args.p_null, "sync": args.sync, "refutes_allowed": _r(args.refutes_allowed),
+                      "gate": args.gate, "variant": args.variant,
                       "sabotage": args.sabotage, "claim_margin": args.claim_margin, "seed": args.seed,
                       "policy": "confirm", "seconds": res["seconds"]}}
 
@@ -455,11 +481,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--effect-mean", type=float, default=1.0, help="mean true effect of an idea, noise sds (default 1)")
     ap.add_argument("--p-null", type=float, default=0.7, help="probability a proposal is a null change (default 0.7)")
     ap.add_argument("--sync", type=int, default=1, help="read the hub every this many own experiments (default 1)")
-    ap.add_argument("--refutes-allowed", type=float, default=3,
-                    help="refuted claims beyond held ones before a peer is no longer re-measured (-1: never gate)")
+    ap.add_argument("--refutes-allowed", type=float, default=-1,
+                    help="gate every swarm: refuted claims allowed beyond twice the held ones (-1: no gate, as built)")
+    ap.add_argument("--gate", type=float, default=3,
+                    help="the gate of the malicious variant's second row, the proposal (default 3)")
     ap.add_argument("--no-malicious", dest="malicious", action="store_false", help="skip the malicious variant")
     ap.add_argument("--sabotage", type=float, default=1.0, help="how much worse the fake commit truly is (sds)")
     ap.add_argument("--claim-margin", type=float, default=1.0, help="how much better than the best the fake claims")
+    ap.add_argument("--variant", choices=("as_built", "proposed"), default="as_built",
+                    help="the adoption logic: swarm.py's (default), or the proposed changes (see the docstring)")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args(argv)
     if args.refutes_allowed < 0:
@@ -472,7 +502,7 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"planted ideas (effects exponential, mean {args.effect_mean:g} sd), null proposals p={args.p_null:g}, "
           f"noise sd 1; policy confirm; hub read every {args.sync} experiment(s)")
     print(f"{'P':>2} {'each':>5} {'re-measure':>10} {'held/refuted':>12} {'latency med/p90':>16} {'adopted':>8} "
-          f"{'swarm best':>10} {'isolated':>9} {'gain (sd)':>13} {'reach':>6} {'<=1/2':>6}")
+          f"{'swarm best':>10} {'isolated':>9} {'gain (sd)':>13} {'reach':>6} {'<=1/2':>6} {'1 run':>6}")
     for p, r in res["per_participants"].items():
         lat = (f"{r['median_adoption_latency']:g}/{r['adoption_latency_p90']:g}"
                if r["median_adoption_latency"] is not None else "-")
@@ -480,11 +510,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         gain = f"{r['gain_over_isolated']:+.2f}" + (f" ± {r['gain_over_isolated_se']:.2f}"
                                                     if r["gain_over_isolated_se"] is not None else "")
         reach_f = f"{r['reach_fraction_median']:.2f}" if r["reach_fraction_median"] is not None else "never"
+        ideal = f"{r['ideal_reach_fraction_median']:.2f}" if r["ideal_reach_fraction_median"] is not None else "never"
         print(f"{p:>2} {r['experiments_each']:>5} {r['remeasure_share'] * 100:>9.1f}% "
               f"{r['claims_held']:>5}/{r['claims_refuted']:<6} {lat:>16} {adopted:>8} {r['swarm_best_true']:>10.2f} "
-              f"{r['isolated_best_true']:>9.2f} {gain:>13} {reach_f:>6} {r['reach_within_half_share'] * 100:>5.0f}%")
+              f"{r['isolated_best_true']:>9.2f} {gain:>13} {reach_f:>6} {r['reach_within_half_share'] * 100:>5.0f}% "
+              f"{ideal:>6}")
     print("latency: a peer's own experiments from a winner's publication until its incumbent holds it; "
-          "reach: fraction of the total budget the swarm needed to reach the best isolated run's final true level")
+          "reach: fraction of the total budget the swarm needed to reach the best isolated run's final true level "
+          "(median over tasks; <=1/2: share of tasks within half); 1 run: the same for one participant with the "
+          "whole budget (what a swarm approaches at best; that run takes P times the wall-clock)")
     if res["malicious"]:
         for key, m in res["malicious"].items():
             print(f"malicious ({key}, 4 honest + 1): {m['fake_claims_published']} fake claims published, "
