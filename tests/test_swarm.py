@@ -515,3 +515,22 @@ def test_the_concurrent_scheduler_publishes_but_does_not_adopt(swarm):
     rows = rows_of(bob, "t")
     assert not [e for e in rows if e.agent == "swarm"]
     assert set(hub_records(hub, "bob")) == {e.id for e in rows if e.status != "running"}
+
+
+def test_a_peer_flooding_false_claims_is_no_longer_re_measured(tmp_path):
+    """Each false claim costs a re-measure; past REFUTES_ALLOWED + 2 x held refuted claims a peer is not heard."""
+    from autoresearch.ledger import Ledger
+    from autoresearch.swarm import REFUTES_ALLOWED, over_refuted
+
+    led = Ledger(tmp_path / "ledger.db")
+    try:
+        for i in range(REFUTES_ALLOWED):
+            led.swarm_note("t", "mallory", "refuted", f"claim {i} refuted", commit=f"{i:040d}")
+        assert not over_refuted(led.swarm_notes("t", peer="mallory")), "a few refuted claims are noise, not a ban"
+        led.swarm_note("t", "mallory", "refuted", "one more", commit="f" * 40)
+        assert over_refuted(led.swarm_notes("t", peer="mallory"))
+        led.swarm_note("t", "mallory", "held", "a real one", commit="e" * 40)
+        assert not over_refuted(led.swarm_notes("t", peer="mallory")), "claims that held buy trust back"
+        assert not over_refuted(led.swarm_notes("t", peer="alice"))
+    finally:
+        led.close()
