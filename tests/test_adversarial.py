@@ -1393,3 +1393,56 @@ def test_gpt_a_module_planted_by_the_run_never_reaches_the_evaluation(gpt, monke
     else:
         assert exp.status == "discard" and exp.metric > 0, (exp.status, exp.reason, exp.metric)
     assert_consistent(gpt, "plant")
+
+
+# --- review r10 ---
+
+REDIRECT_GIT = '''\
+"""Training, warm-started: the run points its worktree's `.git` file at a repository of its own whose
+work tree is elsewhere, so the harness's reset and clean before the next run happen there."""
+import os
+from pathlib import Path
+
+NAME = "{name}"
+epochs = 1
+if Path("model.txt").exists():
+    epochs += int(Path("model.txt").read_text())
+Path("model.txt").write_text(str(epochs))
+Path(os.environ["AUTORESEARCH_CHECKPOINT"]).write_text(str(epochs))
+dot = Path(".git")
+if dot.is_file():
+    common = Path(dot.read_text().split(":", 1)[1].strip()).parent.parent
+    fake = Path(".fake").resolve()
+    (fake / "objects" / "info").mkdir(parents=True, exist_ok=True)
+    (fake / "refs" / "heads").mkdir(parents=True, exist_ok=True)
+    (fake / "objects" / "info" / "alternates").write_text(str(common / "objects") + "\\n")
+    (fake / "HEAD").write_text("ref: refs/heads/main\\n")
+    (fake / "config").write_text("[core]\\n\\trepositoryformatversion = 0\\n\\tbare = false\\n"
+                                 f"\\tworktree = {{fake / 'junk'}}\\n")
+    (fake / "junk").mkdir(exist_ok=True)
+    dot.write_text(f"gitdir: {{fake}}\\n")
+'''
+
+
+@pytest.mark.parametrize("sandbox", ["auto", "none"])
+@pytest.mark.parametrize("repoint", [True, False], ids=["repointed", "control: .git file trusted"])
+def test_r10_a_run_redirecting_its_worktrees_git_file_cannot_warm_start(tmp_path, monkeypatch, sandbox, repoint):
+    """The run rewrites its worktree's `.git` file (writable: it is in the worktree) to point at a git
+    directory it made, with `core.worktree` elsewhere and the real objects as alternates. The harness's
+    `reset --hard` + `clean -ffdx` before the next run then work on that other folder: model.txt stays
+    and the second run continues the first's training (two budgets judged as one), kept."""
+    monkeypatch.setattr(workspace_mod, "REPOINT_WORKTREES", repoint)
+    root = _warm_project(tmp_path / "redir")
+    cfg = load(root, {"policy": {"name": "threshold", "margin": 0.1}, "agent": {"repair_attempts": 0},
+                      "experiment": {"sandbox": sandbox}})
+    steps = [Hack(f"redirect .git {n}", lambda c, wt, n=n: (wt / "train.py").write_text(REDIRECT_GIT.format(name=n)),
+                  "", "") for n in ("b", "c")]
+    Loop(cfg, "redir", ScriptedAgent(steps), limits=Limits(max_experiments=2)).run()
+    rows = rows_of(root, "redir")
+    assert [e.metric for e in rows[:2]] == [0.5, 0.5], [(e.status, e.reason, e.metric) for e in rows]
+    seen = [(e.status, e.reason, e.metric) for e in rows]
+    if repoint:
+        assert [e.status for e in rows] == ["keep", "discard", "discard"] and rows[2].metric == 0.5, seen
+    else:
+        assert [e.status for e in rows] == ["keep", "discard", "keep"] and rows[2].metric < 0.34, seen
+    assert_consistent(root, "redir")

@@ -73,6 +73,7 @@ _SAFE_CONFIG = (
     "color.ui=never", "gc.auto=0", "maintenance.auto=false",
     "core.alternateRefsCommand=",  # `launch --pull` fetches: no program for an alternate's refs (runs `sh -c ''`)
 )
+REPOINT_WORKTREES = True  # tests switch this off for the control of the redirected `.git` file
 _DIFFERS = ("diff", "show", "log", "format-patch")  # commands that make diffs: no external diff, no textconv
 # What a repository's own config may name as a program, per driver; each found is switched off.
 _DRIVER_OFF = {"filter": ("clean=", "smudge=", "process=", "required=false"),
@@ -291,8 +292,10 @@ class Workspace:
         """A detached worktree of this tag, clean and at `at` (default: tip); returns the project folder in it."""
         path = self.trees / name
         sha = at or self.tip()
-        if (path / ".git").exists():
+        if (path / ".git").exists() or (path / ".git").is_symlink():
             try:
+                if REPOINT_WORKTREES:
+                    self._repoint(path)
                 self._reset_top(path, sha)
                 return path / self.prefix if self.prefix else path
             except GitError:  # a stale index.lock or a half-made checkout left by a killed harness
@@ -303,6 +306,31 @@ class Workspace:
         self.git("worktree", "prune")
         self.git("worktree", "add", "--force", "--detach", str(path), sha)
         return path / self.prefix if self.prefix else path
+
+    def _repoint(self, path: Path) -> None:
+        """Write worktree `path`'s `.git` file afresh, naming its own entry in the repository's git directory.
+
+        A run can write everything in its worktree, that file included: pointed at a git directory of
+        the run's making (its `core.worktree` elsewhere, the real objects as alternates), the reset and
+        clean below would happen in another folder and leave the run's files (a model to warm-start
+        from, code that was never committed) for the next run. The entry is found from the repository's
+        side (`worktrees/*/gitdir`, out of every run's reach); none found is a GitError (rebuilt)."""
+        common = Path(self.git("rev-parse", "--git-common-dir"))
+        common = common if common.is_absolute() else (self.top / common).resolve()
+        dot = path / ".git"
+        for admin in sorted((common / "worktrees").glob("*")):
+            try:
+                named = Path((admin / "gitdir").read_text().strip())
+            except OSError:
+                continue
+            if named.name == ".git" and named.parent.resolve() == path.resolve():  # never through a planted link
+                if dot.is_dir() and not dot.is_symlink():
+                    shutil.rmtree(dot)
+                else:
+                    dot.unlink(missing_ok=True)
+                dot.write_text(f"gitdir: {admin}\n")
+                return
+        raise GitError(f"{path} is not a worktree of this repository any more")
 
     def evaluation_worktree(self, wt: Path, sha: str) -> Path:
         """A fresh checkout of `sha` beside run worktree `wt` (named `<name>-eval`), for the evaluation:
