@@ -1446,3 +1446,44 @@ def test_r10_a_run_redirecting_its_worktrees_git_file_cannot_warm_start(tmp_path
     else:
         assert [e.status for e in rows] == ["keep", "discard", "keep"] and rows[2].metric < 0.34, seen
     assert_consistent(root, "redir")
+
+
+@pytest.mark.skipif(not BWRAP, reason="bubblewrap is not usable here")
+@pytest.mark.parametrize("workers", [1, 2], ids=["sequential", "concurrent"])
+@pytest.mark.parametrize("hide", [True, False], ids=["hidden from agents", "control: agents see it"])
+def test_r10_a_command_agent_cannot_read_the_hidden_validation_data(tmp_path, monkeypatch, hide, workers):
+    """`experiment.hidden` is replaced by a decoy for runs, but the agent saw the machine read-only and
+    with it the validation data (the GPT template's held-out plays live in site-packages): an agent
+    that copies it into train.py trains on the validation set. Sequentially the tripwire notices the
+    open (a violation); in concurrent mode it is not armed for agents (runs and evaluations open the
+    data meanwhile), and the copy got in. Confined, the agent cannot open it in either mode."""
+    import shutil
+    import uuid
+
+    from autoresearch import agents
+    from autoresearch import sandbox as sandbox_mod
+    from conftest import make_project
+
+    monkeypatch.setattr(sandbox_mod, "HIDE_FROM_AGENTS", hide)
+    outside = Path("/var/tmp") / f"r10-hidden-{uuid.uuid4().hex}"  # neither /tmp nor HOME: readable by default
+    outside.mkdir()
+    try:
+        val = outside / "val.txt"
+        val.write_text("the validation line 42\n")
+        root = make_project(tmp_path / "p")
+        script = (f'cat {val} | sed "s/^/# /" >> train.py 2>/dev/null\n'
+                  f'sed -i "s/^Y = 2/Y = 3/" train.py\necho "read it"\n')
+        cfg = load(root, {"agent": _command_agent(root, script), "experiment": {"hidden": [str(val)]},
+                          "engine": {"workers": workers}})
+        Loop(cfg, "h", agents.create("command", cfg), limits=Limits(max_experiments=1)).run()
+        rows = rows_of(root, "h")
+        seen = [(e.status, e.reason) for e in rows]
+        assert len(rows) == 2, seen
+        if not hide and workers == 1:
+            assert rows[1].status == "violation" and "opened hidden data" in rows[1].reason, seen
+        else:
+            committed = git(root, "show", f"{rows[1].commit}:train.py")
+            assert ("validation line 42" in committed) == (not hide), committed[-200:]
+        assert val.read_text() == "the validation line 42\n"
+    finally:
+        shutil.rmtree(outside, ignore_errors=True)

@@ -59,6 +59,7 @@ from .workspace import run_git
 INSTALL_HINT = "apt-get install bubblewrap"
 RUN_DIR_PREFIX = "autoresearch-run-"  # + the harness's pid: leftovers of a dead harness are found
 DROP_CAPS = True  # tests switch this off for the control of the unmount attack
+HIDE_FROM_AGENTS = True  # tests switch this off for the control of an agent reading experiment.hidden
 GPU_DEVICES = ("/dev/nvidia*", "/dev/nvidia-caps", "/dev/dri", "/dev/kfd")
 
 
@@ -182,6 +183,7 @@ class Sandbox:
         self.git_dir = git_dir
         self.network = network
         self.setup_done = False
+        self.hidden: list[str] = []  # experiment.hidden: also kept from process agents (wrap_agent)
         self.data_prints: Optional[dict] = None  # fingerprints of hidden and data files at the first run
 
     @classmethod
@@ -190,13 +192,15 @@ class Sandbox:
         want = cfg.experiment.sandbox
         git_dir = _git_common_dir(ws.top)
         if want == "none":
-            return cls("none", "experiment.sandbox = \"none\"", cfg.root, git_dir, cfg.experiment.network)
-        ok, why = probe()
-        if not ok:
+            box = cls("none", "experiment.sandbox = \"none\"", cfg.root, git_dir, cfg.experiment.network)
+        elif not (found := probe())[0]:
             if want == "bwrap":
                 check_config(want)  # raises the ConfigError with the fix
-            return cls("none", why, cfg.root, git_dir, cfg.experiment.network)
-        return cls("bwrap", "", cfg.root, git_dir, cfg.experiment.network)
+            box = cls("none", found[1], cfg.root, git_dir, cfg.experiment.network)
+        else:
+            box = cls("bwrap", "", cfg.root, git_dir, cfg.experiment.network)
+        box.hidden = list(cfg.experiment.hidden)
+        return box
 
     @property
     def off(self) -> list[str]:
@@ -293,7 +297,9 @@ class Sandbox:
         description files), a private /tmp and a private, empty, writable HOME holding only
         `home_files` (the backend's login, read-only). The repository's top folder and the
         project root are empty, read-only tmpfs: the user's checkout, `.git`, the ledger, the secret, the
-        logs and the other worktrees are not there. Toolchains installed under HOME (the
+        logs and the other worktrees are not there; nor is `experiment.hidden` (the validation data: a
+        file cannot be opened, a folder is empty; the tripwire watches agents only in sequential
+        mode). Toolchains installed under HOME (the
         interpreter, folders on PATH, `readable`) are bound back read-only, `writable` (folders
         the user named for the agent's own state) read-write; none of them can show the hidden
         repository again (its tmpfs is mounted after them). Its own PID, IPC
@@ -318,6 +324,12 @@ class Sandbox:
         for p in writable:
             if p.is_dir() and not p.is_symlink():
                 a += ["--bind", str(p), str(p)]
+        if HIDE_FROM_AGENTS:  # the validation data: an agent that read it could write it into train.py
+            for p in resolve_paths(self.hidden, self.root, os.environ):
+                if p.is_dir():
+                    a += ["--tmpfs", str(p), "--remount-ro", str(p)]
+                else:  # a device node on a nodev mount: any open fails (EACCES)
+                    a += ["--ro-bind", os.devnull, str(p)]
         hidden = [_repo_top(self.root), self.root] + ([self.git_dir] if self.git_dir else [])
         for p in dict.fromkeys(hidden):  # after the tools: nothing bound back can show them again
             a += ["--tmpfs", str(p)]
