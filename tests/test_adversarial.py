@@ -1487,3 +1487,33 @@ def test_r10_a_command_agent_cannot_read_the_hidden_validation_data(tmp_path, mo
         assert val.read_text() == "the validation line 42\n"
     finally:
         shutil.rmtree(outside, ignore_errors=True)
+
+
+@pytest.mark.skipif(not BWRAP, reason="bubblewrap is not usable here")
+@pytest.mark.parametrize("refuse", [True, False], ids=["links refused", "control: links followed"])
+def test_r10_a_command_agent_cannot_widen_its_state_folder_with_a_link(tmp_path, monkeypatch, refuse):
+    """The command names its script and a memory file in a folder under /tmp: that folder is writable,
+    for the agent's state. In one proposal the agent replaces the memory file by a link to a folder
+    outside (here `precious`, standing for site-packages or ~/.ssh); the next proposal's sandbox was
+    built by following it, so the outside folder was bound writable and the agent planted a file there."""
+    from autoresearch import agents
+    from autoresearch.agents import command as command_mod
+    from conftest import make_project
+
+    monkeypatch.setattr(command_mod, "REFUSE_LINKS", refuse)
+    root = make_project(tmp_path / "p")
+    st, precious = tmp_path / "st", tmp_path / "precious"
+    st.mkdir()
+    precious.mkdir()
+    (st / "memory").write_text("notes\n")
+    (st / "agent.sh").write_text(
+        'n=$(cat "$(dirname "$0")/count" 2>/dev/null || echo 3); echo $((n + 1)) > "$(dirname "$0")/count"\n'
+        'if [ -L "$1" ]; then echo "import os" > "$1/planted.py"; else rm -f "$1"; '
+        f'ln -s {precious} "$1"; fi\n'
+        'sed -i "s/^Y = .*/Y = $n/" train.py\necho "Y = $n"\n')
+    cfg = load(root, {"agent": {"name": "command", "command": f"sh {st}/agent.sh {st}/memory",
+                                "repair_attempts": 0}})
+    Loop(cfg, "w", agents.create("command", cfg), limits=Limits(max_experiments=2)).run()
+    rows = rows_of(root, "w")
+    assert len(rows) == 3 and (st / "memory").is_symlink(), [(e.status, e.reason) for e in rows]
+    assert (precious / "planted.py").exists() == (not refuse)
