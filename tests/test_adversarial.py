@@ -1517,3 +1517,34 @@ def test_r10_a_command_agent_cannot_widen_its_state_folder_with_a_link(tmp_path,
     rows = rows_of(root, "w")
     assert len(rows) == 3 and (st / "memory").is_symlink(), [(e.status, e.reason) for e in rows]
     assert (precious / "planted.py").exists() == (not refuse)
+
+
+@pytest.mark.skipif(not BWRAP, reason="bubblewrap is not usable here")
+@pytest.mark.parametrize("hide", [True, False], ids=["state hidden from runs", "control: runs see it"])
+def test_r10_a_model_made_by_the_agent_in_its_state_folder_never_reaches_the_run(tmp_path, monkeypatch, hide):
+    """A command agent's script lives in a folder under HOME, which is therefore its writable state. The
+    agent has no budget: it "trains" there (here: 50 epochs) and commits a train.py that only copies that
+    model into the checkpoint. Runs see HOME read-only, so the copy worked and a change whose code
+    trains nothing was kept. Runs and evaluations do not see the command agent's state folders."""
+    from autoresearch import agents
+    from autoresearch import sandbox as sandbox_mod
+
+    monkeypatch.setattr(sandbox_mod, "HIDE_AGENT_STATE", hide)
+    home = tmp_path / "home"
+    (home / "agent").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    root = _warm_project(tmp_path / "p")
+    copy = ('import os, shutil\nNAME = "copy"\n'
+            f'shutil.copy("{home}/agent/model.txt", os.environ["AUTORESEARCH_CHECKPOINT"])\n')
+    (home / "agent" / "agent.sh").write_text(
+        f'echo 50 > "$(dirname "$0")/model.txt"\ncat > train.py <<"PY"\n{copy}PY\necho "trained offline"\n')
+    cfg = load(root, {"policy": {"name": "threshold", "margin": 0.1},
+                      "agent": {"name": "command", "command": f"sh {home}/agent/agent.sh", "repair_attempts": 0}})
+    Loop(cfg, "s", agents.create("command", cfg), limits=Limits(max_experiments=1)).run()
+    rows = rows_of(root, "s")
+    seen = [(e.status, e.reason, e.metric) for e in rows]
+    assert (home / "agent" / "model.txt").read_text() == "50\n", seen
+    if hide:
+        assert rows[1].status != "keep", seen
+    else:
+        assert rows[1].status == "keep" and rows[1].metric < 0.02, seen

@@ -60,6 +60,7 @@ INSTALL_HINT = "apt-get install bubblewrap"
 RUN_DIR_PREFIX = "autoresearch-run-"  # + the harness's pid: leftovers of a dead harness are found
 DROP_CAPS = True  # tests switch this off for the control of the unmount attack
 HIDE_FROM_AGENTS = True  # tests switch this off for the control of an agent reading experiment.hidden
+HIDE_AGENT_STATE = True  # tests switch this off for the control of a run reading what the agent left in its state
 GPU_DEVICES = ("/dev/nvidia*", "/dev/nvidia-caps", "/dev/dri", "/dev/kfd")
 
 
@@ -184,6 +185,7 @@ class Sandbox:
         self.network = network
         self.setup_done = False
         self.hidden: list[str] = []  # experiment.hidden: also kept from process agents (wrap_agent)
+        self.agent_state: list[Path] = []  # the command agent's writable folders: kept from runs (wrap)
         self.data_prints: Optional[dict] = None  # fingerprints of hidden and data files at the first run
 
     @classmethod
@@ -200,6 +202,10 @@ class Sandbox:
         else:
             box = cls("bwrap", "", cfg.root, git_dir, cfg.experiment.network)
         box.hidden = list(cfg.experiment.hidden)
+        if cfg.agent.command.strip():
+            from .agents.command import state_folders
+
+            box.agent_state = state_folders(cfg.agent.command)
         return box
 
     @property
@@ -267,6 +273,14 @@ class Sandbox:
         a += ["--proc", "/proc", "--tmpfs", "/tmp"]
         for p in _under_tmp(list(readable) + _env_paths(env) + [Path(sys.prefix), Path(sys.base_prefix)]):
             a += ["--ro-bind", str(p), str(p)]
+        if HIDE_AGENT_STATE and self.agent_state:
+            # What the command agent keeps between proposals was made with no budget (a model trained
+            # there, a checkpoint a link in the artefact points at): runs and evaluations never see it.
+            for p in self.agent_state:
+                a += ["--tmpfs", str(p)]
+            for p in dict.fromkeys(r.resolve() for r in readable if r.exists()):
+                if any(d == p or d in p.parents for d in self.agent_state):
+                    a += ["--ro-bind", str(p), str(p)]  # data the user keeps there after all
         a += ["--tmpfs", str(self.root / ".autoresearch")]
         if self.git_dir is not None:
             a += ["--tmpfs", str(self.git_dir)]
