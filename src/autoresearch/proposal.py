@@ -69,7 +69,7 @@ class Changes:
 
     def problems(self, cfg) -> list[str]:
         """Why this change may not run (empty: it may)."""
-        out = [f"{p} is {what}" for p, what in self.refused]
+        out = [f"{shown(p)} is {what}" for p, what in self.refused]
         if PROGRAM in self.paths:
             out.append(f"{PROGRAM} changed: the research direction is the user's")
         outside = [p for p in self.paths if p != PROGRAM and not cfg.is_editable(p)]
@@ -89,7 +89,7 @@ class Changes:
             b = (new[0] if new else b"").decode("utf-8", "replace").splitlines(keepends=True)
             parts.append("".join(difflib.unified_diff(a, b, f"a/{p}", f"b/{p}")) or f"Binary or mode change: {p}\n")
         for p, what in self.refused:
-            parts.append(f"refused: {p} ({what})\n")
+            parts.append(f"refused: {shown(p)} ({what})\n")
         text = "".join(parts)
         return text if len(text) <= limit else text[:limit] + f"\n[... {len(text) - limit} more characters]\n"
 
@@ -193,6 +193,10 @@ class ProposalFolder:
             for entry in it:
                 rel = f"{d}{entry.name}"
                 st = entry.stat(follow_symlinks=False)
+                if not _plain_name(entry.name):
+                    seen.add(rel)
+                    c.refused.append((rel, "a name with control characters or not UTF-8"))
+                    continue
                 if stat.S_ISDIR(st.st_mode):
                     if entry.name == ".git":
                         c.refused.append((rel, "a nested .git (a repository inside the proposal)"))
@@ -286,6 +290,22 @@ def read_change(folder: Path, paths: list[str]) -> dict[str, Optional[tuple[byte
             continue
         out[rel] = (_read(Path(folder) / rel), bool(st.st_mode & stat.S_IXUSR))
     return out
+
+
+def _plain_name(name: str) -> bool:
+    """A file name a proposal may hold: UTF-8, with no control character (a newline in a name would
+    split a line of git's input, results.tsv or a report; a byte that is not UTF-8 cannot be stored)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return not any(ord(ch) < 32 or ord(ch) == 127 for ch in name)
+
+
+def shown(rel: str) -> str:
+    """A path as text that can be stored and shown: bytes that are not UTF-8 and control characters escaped."""
+    raw = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(ch if 32 <= ord(ch) != 127 else f"\\x{ord(ch):02x}" for ch in raw)
 
 
 def _sig(st: os.stat_result) -> tuple:

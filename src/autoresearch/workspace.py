@@ -431,8 +431,8 @@ class Workspace:
                 if mode not in ("100644", "100755"):  # a tracked symlink or submodule replaced by a file
                     mode = "100755" if executable else "100644"
                 info.append(f"{mode} {blob}\t{full}")
-            if info:
-                g("update-index", "--add", "--index-info", input="\n".join(info) + "\n")
+            if info:  # NUL-terminated: a name holding a newline must not add a line of its own
+                g("update-index", "--add", "-z", "--index-info", input="\0".join(info) + "\0")
             if removed:
                 g("update-index", "--force-remove", "-z", "--stdin", input="\0".join(removed) + "\0")
             tree = g("write-tree")
