@@ -1609,3 +1609,31 @@ def test_r10_a_file_name_that_is_not_utf8_is_a_violation_not_a_harness_crash(tmp
     assert rows[1].status == "violation" and "bad\\xffname.py" in rows[1].reason, seen
     assert rows[2].status == "keep", seen  # the next proposal starts from a clean folder
     assert_consistent(root, "u")
+
+
+def test_r10_a_huge_sparse_file_in_the_proposal_is_refused_unread(tmp_path, monkeypatch):
+    """`truncate -s 256M junk.bin` costs the agent nothing; the harness read every new file whole into
+    memory (and into the evidence patch) before saying it is outside `editable`: a few such files and
+    the harness is out of memory. It is refused from its size, unread."""
+    import os
+
+    from autoresearch import proposal as proposal_mod
+    from conftest import make_project
+
+    read: list[int] = []
+    real_read = proposal_mod._read
+    monkeypatch.setattr(proposal_mod, "_read", lambda path: read.append(os.path.getsize(path)) or real_read(path))
+    root = make_project(tmp_path / "p")
+
+    def sparse(ctx, wt: Path) -> str:
+        with open(wt / "junk.bin", "wb") as f:
+            f.truncate(256 << 20)
+        set_constant(wt / "train.py", "X", 2.0)
+        return "a better X"
+
+    cfg = load(root, {"agent": {"repair_attempts": 0}})
+    Loop(cfg, "big", ScriptedAgent([sparse]), limits=Limits(max_experiments=1)).run()
+    rows = rows_of(root, "big")
+    assert rows[1].status == "violation" and "junk.bin" in rows[1].reason, [(e.status, e.reason) for e in rows]
+    assert max(read, default=0) <= 32 << 20, f"the harness read {max(read) >> 20} MiB of the agent's file"
+    assert_consistent(root, "big")

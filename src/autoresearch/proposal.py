@@ -30,6 +30,7 @@ folder (they are not in the proposal folder at all); submodules (an empty folder
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -43,6 +44,7 @@ from .globs import matches
 PROGRAM = "program.md"
 HUMAN_NOTES = "ideas.md"
 ALWAYS_IGNORED = ("**/__pycache__/",)
+MAX_FILE_BYTES = 32 << 20  # a proposal is code: a larger file is refused unread (the harness holds changes in memory)
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,12 @@ class ProposalFolder:
                     continue
                 if old is not None and old.mode != "120000" and self.sigs.get(rel) == _sig(st):
                     continue  # untouched: same inode, size, mtime and ctime as written
+                if old is None and rel != HUMAN_NOTES and matches(rel, self.ignore):
+                    c.dropped.append(rel)  # never read: an ignored model or dataset may be large
+                    continue
+                if st.st_size > MAX_FILE_BYTES:  # never read: a sparse file costs the agent nothing
+                    c.refused.append((rel, f"larger than {MAX_FILE_BYTES >> 20} MiB ({st.st_size} bytes)"))
+                    continue
                 executable = bool(st.st_mode & stat.S_IXUSR)
                 try:
                     data = _read(self.path / rel) if (read or old is not None) else b""
@@ -319,7 +327,10 @@ def _blob_id(data: bytes) -> str:
 def _read(path: Path) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     with os.fdopen(fd, "rb") as f:
-        return f.read()
+        data = f.read(MAX_FILE_BYTES + 1)  # bounded even if something still writes it after its lstat
+    if len(data) > MAX_FILE_BYTES:
+        raise OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES >> 20} MiB")
+    return data
 
 
 def _remove(root: Path, rel: str) -> None:
