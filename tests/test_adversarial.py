@@ -1637,3 +1637,74 @@ def test_r10_a_huge_sparse_file_in_the_proposal_is_refused_unread(tmp_path, monk
     assert rows[1].status == "violation" and "junk.bin" in rows[1].reason, [(e.status, e.reason) for e in rows]
     assert max(read, default=0) <= 32 << 20, f"the harness read {max(read) >> 20} MiB of the agent's file"
     assert_consistent(root, "big")
+
+
+DEEP_TRAIN = '''\
+import os
+X = 3.0
+Y = 2
+DEPTH = 0
+d = os.open(os.environ["AUTORESEARCH_ARTIFACTS"], os.O_RDONLY)
+for _ in range(DEPTH):  # relative to a folder descriptor: no path ever gets long
+    os.mkdir("d", dir_fd=d)
+    d = os.open("d", os.O_RDONLY, dir_fd=d)
+open(os.environ["AUTORESEARCH_CHECKPOINT"], "w").write(str(X))
+'''
+
+
+@pytest.mark.parametrize("sandbox", ["auto", "none"])
+def test_r10_a_deep_artefact_folder_is_data_not_a_harness_crash(tmp_path, sandbox):
+    """The run nests 3,000 folders in its artefact folder (relative mkdirs: free). The harness hashed it
+    with os.walk, recursive on Python 3.11: RecursionError, the session died. Depth is now data."""
+    from conftest import make_project
+
+    root = make_project(tmp_path / "deep", files={"train.py": DEEP_TRAIN, "evaluate.py": ARTEFACT_EVALUATE},
+                        extra_toml='command = "python evaluate.py"\ntimeout_s = 20\n')
+    text = (root / "autoresearch.toml").read_text().replace('protected = ["prepare.py"]',
+                                                            'protected = ["prepare.py", "evaluate.py"]')
+    (root / "autoresearch.toml").write_text(text)
+    git(root, "commit", "-qam", "protect the evaluation")
+
+    def deep(ctx, wt: Path) -> str:
+        (wt / "train.py").write_text(DEEP_TRAIN.replace("DEPTH = 0", "DEPTH = 3000").replace("X = 3.0", "X = 2.0"))
+        return "a better X, and a deep artefact"
+
+    cfg = load(root, {"agent": {"repair_attempts": 0}, "experiment": {"sandbox": sandbox}})
+    Loop(cfg, "deep", ScriptedAgent([deep, set_x(2.5)]), limits=Limits(max_experiments=2)).run()
+    rows = rows_of(root, "deep")
+    seen = [(e.status, e.reason) for e in rows]
+    assert len(rows) == 3 and rows[1].status == "violation" and "nested deeper" in rows[1].reason, seen
+    assert rows[2].status == "keep", seen
+    assert_consistent(root, "deep")
+
+
+def test_r10_a_deep_folder_in_the_proposal_is_not_a_harness_crash(tmp_path):
+    """The agent nests 3,000 folders in its proposal folder. The harness's walk stat'ed paths past
+    PATH_MAX (OSError) and removed them with shutil.rmtree, recursive on Python 3.11 (RecursionError):
+    the session died. A folder deeper than 64 is refused unwalked and removed with `rm -rf`."""
+    import os
+
+    from conftest import make_project
+
+    root = make_project(tmp_path / "p")
+
+    def deep(ctx, wt: Path) -> str:
+        d = os.open(wt, os.O_RDONLY)
+        for _ in range(3000):
+            os.mkdir("d", dir_fd=d)
+            d2 = os.open("d", os.O_RDONLY, dir_fd=d)
+            os.close(d)
+            d = d2
+        with open(os.open("x.py", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=d), "w") as f:
+            f.write("X = 1\n")
+        os.close(d)
+        set_constant(wt / "train.py", "X", 2.0)
+        return "a better X, and a deep folder"
+
+    cfg = load(root, {"agent": {"repair_attempts": 0}})
+    Loop(cfg, "dp", ScriptedAgent([deep, set_x(1.5)]), limits=Limits(max_experiments=2)).run()
+    rows = rows_of(root, "dp")
+    seen = [(e.status, e.reason) for e in rows]
+    assert len(rows) == 3 and rows[2].status == "keep", seen
+    assert rows[1].status == "violation" and "nested deeper" in rows[1].reason, seen
+    assert_consistent(root, "dp")

@@ -33,17 +33,18 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from .globs import matches
+from .workspace import remove_tree
 
 PROGRAM = "program.md"
 HUMAN_NOTES = "ideas.md"
 ALWAYS_IGNORED = ("**/__pycache__/",)
+MAX_DEPTH = 64  # folders; deeper is refused unwalked (paths past PATH_MAX cannot even be named)
 MAX_FILE_BYTES = 32 << 20  # a proposal is code: a larger file is refused unread (the harness holds changes in memory)
 
 
@@ -119,7 +120,7 @@ class ProposalFolder:
     def _fill(self, commit: str) -> None:
         if self.path.is_symlink() or self.path.is_file():
             self.path.unlink()
-        shutil.rmtree(self.path, ignore_errors=True)
+        remove_tree(self.path)  # whatever depth an agent nested there
         self.ws.git("worktree", "prune", check=False)  # a git worktree of an older version lived here
         self.path.mkdir(parents=True)
         entries = {rel: Entry(mode, oid) for mode, oid, rel in self.ws.tree_entries(commit)}
@@ -185,16 +186,21 @@ class ProposalFolder:
         c = Changes()
         seen: set[str] = set()
         submodules = {rel for rel, e in self.manifest.items() if e.mode == "160000"}
-        stack = [""]
+        stack = [("", 0)]
         while stack:
-            d = stack.pop()
+            d, depth = stack.pop()
             try:
                 it = list(os.scandir(self.path / d if d else self.path))
             except OSError:
                 continue
             for entry in it:
                 rel = f"{d}{entry.name}"
-                st = entry.stat(follow_symlinks=False)
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError as e:
+                    seen.add(rel)
+                    c.refused.append((rel, f"unreadable by the harness ({e.strerror})"))
+                    continue
                 if not _plain_name(entry.name):
                     seen.add(rel)
                     c.refused.append((rel, "a name with control characters or not UTF-8"))
@@ -204,8 +210,10 @@ class ProposalFolder:
                         c.refused.append((rel, "a nested .git (a repository inside the proposal)"))
                     elif rel in submodules:
                         seen.add(rel)
+                    elif depth >= MAX_DEPTH:  # a project is not this deep; its paths would outgrow PATH_MAX
+                        c.refused.append((rel, f"a folder nested deeper than {MAX_DEPTH}"))
                     else:
-                        stack.append(rel + "/")
+                        stack.append((rel + "/", depth + 1))
                     continue
                 seen.add(rel)
                 old = self.manifest.get(rel)
@@ -350,7 +358,7 @@ def _remove(root: Path, rel: str) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path)
     else:
         os.unlink(path)
 

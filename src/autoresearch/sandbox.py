@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
 from .errors import ConfigError
-from .workspace import run_git
+from .workspace import remove_tree, run_git
 
 INSTALL_HINT = "apt-get install bubblewrap"
 RUN_DIR_PREFIX = "autoresearch-run-"  # + the harness's pid: leftovers of a dead harness are found
@@ -171,7 +171,7 @@ class RunDir:
     decoys: dict[Path, Path] = field(default_factory=dict)  # hidden path -> its decoy
 
     def cleanup(self) -> None:
-        shutil.rmtree(self.base, ignore_errors=True)
+        remove_tree(self.base)  # the run may have nested its artefact folder thousands deep
 
 
 class Sandbox:
@@ -404,7 +404,7 @@ def remove_stale_run_dirs() -> int:
     for path in Path(tempfile.gettempdir()).glob(f"{RUN_DIR_PREFIX}*-*"):
         pid = path.name[len(RUN_DIR_PREFIX):].split("-", 1)[0]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path)
             removed += 1
     return removed
 

@@ -301,7 +301,7 @@ class Workspace:
             except GitError:  # a stale index.lock or a half-made checkout left by a killed harness
                 self.git("worktree", "remove", "--force", str(path), check=False)
         # Our own scratch space (the caller holds the tag's lock): whatever is left there is rebuilt.
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path)
         self.trees.mkdir(parents=True, exist_ok=True)
         self.git("worktree", "prune")
         self.git("worktree", "add", "--force", "--detach", str(path), sha)
@@ -324,10 +324,7 @@ class Workspace:
             except OSError:
                 continue
             if named.name == ".git" and named.parent.resolve() == path.resolve():  # never through a planted link
-                if dot.is_dir() and not dot.is_symlink():
-                    shutil.rmtree(dot)
-                else:
-                    dot.unlink(missing_ok=True)
+                remove_tree(dot)
                 dot.write_text(f"gitdir: {admin}\n")
                 return
         raise GitError(f"{path} is not a worktree of this repository any more")
@@ -637,7 +634,7 @@ class Workspace:
         for path in sorted(self.trees.glob("*")) if self.trees.exists() else []:
             self.git("worktree", "remove", "--force", str(path), check=False)
             if path.is_dir() and not (path / ".git").exists():  # a plain proposal folder (proposal.py)
-                shutil.rmtree(path, ignore_errors=True)
+                remove_tree(path)
         self.git("worktree", "prune", check=False)
 
 
@@ -649,6 +646,24 @@ class RebaseConflict(WorkspaceError):
     def __init__(self, files: list[str]):
         super().__init__(f"the change conflicts in {', '.join(files)}")
         self.files = files
+
+
+def remove_tree(path: Path) -> None:
+    """Remove `path` and everything below it, however deep; a link is removed, never followed.
+
+    A run or an agent can nest folders thousands deep for free (relative mkdirs); shutil.rmtree
+    recurses in Python (3.11) and raised RecursionError, which killed the session. `rm -rf` walks
+    any depth; shutil stays the fallback where there is no `rm`."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return
+    if shutil.which("rm"):
+        subprocess.run(["rm", "-rf", "--", str(path)], capture_output=True)
+    if os.path.lexists(path):
+        try:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink()
+        except (OSError, RecursionError):
+            pass
 
 
 def valid_tag(tag: str) -> bool:
