@@ -1639,6 +1639,14 @@ def test_r10_a_huge_sparse_file_in_the_proposal_is_refused_unread(tmp_path, monk
     assert_consistent(root, "big")
 
 
+@pytest.fixture
+def deep_tmp(tmp_path):
+    """tmp_path, removed with `rm -rf` afterwards: pytest's own clean-up of old temp folders recurses
+    in Python and fails (RecursionError) on the folders these attacks nest."""
+    yield tmp_path
+    subprocess.run(["rm", "-rf", str(tmp_path)], check=False)
+
+
 DEEP_TRAIN = '''\
 import os
 X = 3.0
@@ -1653,12 +1661,12 @@ open(os.environ["AUTORESEARCH_CHECKPOINT"], "w").write(str(X))
 
 
 @pytest.mark.parametrize("sandbox", ["auto", "none"])
-def test_r10_a_deep_artefact_folder_is_data_not_a_harness_crash(tmp_path, sandbox):
+def test_r10_a_deep_artefact_folder_is_data_not_a_harness_crash(deep_tmp, sandbox):
     """The run nests 3,000 folders in its artefact folder (relative mkdirs: free). The harness hashed it
     with os.walk, recursive on Python 3.11: RecursionError, the session died. Depth is now data."""
     from conftest import make_project
 
-    root = make_project(tmp_path / "deep", files={"train.py": DEEP_TRAIN, "evaluate.py": ARTEFACT_EVALUATE},
+    root = make_project(deep_tmp / "deep", files={"train.py": DEEP_TRAIN, "evaluate.py": ARTEFACT_EVALUATE},
                         extra_toml='command = "python evaluate.py"\ntimeout_s = 20\n')
     text = (root / "autoresearch.toml").read_text().replace('protected = ["prepare.py"]',
                                                             'protected = ["prepare.py", "evaluate.py"]')
@@ -1678,7 +1686,7 @@ def test_r10_a_deep_artefact_folder_is_data_not_a_harness_crash(tmp_path, sandbo
     assert_consistent(root, "deep")
 
 
-def test_r10_a_deep_folder_in_the_proposal_is_not_a_harness_crash(tmp_path):
+def test_r10_a_deep_folder_in_the_proposal_is_not_a_harness_crash(deep_tmp):
     """The agent nests 3,000 folders in its proposal folder. The harness's walk stat'ed paths past
     PATH_MAX (OSError) and removed them with shutil.rmtree, recursive on Python 3.11 (RecursionError):
     the session died. A folder deeper than 64 is refused unwalked and removed with `rm -rf`."""
@@ -1686,7 +1694,7 @@ def test_r10_a_deep_folder_in_the_proposal_is_not_a_harness_crash(tmp_path):
 
     from conftest import make_project
 
-    root = make_project(tmp_path / "p")
+    root = make_project(deep_tmp / "p")
 
     def deep(ctx, wt: Path) -> str:
         d = os.open(wt, os.O_RDONLY)
@@ -1708,3 +1716,30 @@ def test_r10_a_deep_folder_in_the_proposal_is_not_a_harness_crash(tmp_path):
     assert len(rows) == 3 and rows[2].status == "keep", seen
     assert rows[1].status == "violation" and "nested deeper" in rows[1].reason, seen
     assert_consistent(root, "dp")
+
+
+DEEP_WORKTREE_TRAIN = '''\
+import os
+X = 2.0
+d = os.open(".", os.O_RDONLY)
+for _ in range(3000):  # relative to a folder descriptor: no path ever gets long
+    os.mkdir("d", dir_fd=d)
+    d = os.open("d", os.O_RDONLY, dir_fd=d)
+print(f"score: {(X - 1.0) ** 2 + 0.5:.6f}")
+'''
+
+
+@pytest.mark.parametrize("sandbox", ["auto", "none"])
+def test_r10_a_deep_folder_in_the_run_worktree_is_not_a_harness_crash(deep_tmp, sandbox):
+    """The run nests 3,000 folders in its worktree. After it, the harness listed the worktree's files
+    with os.walk (recursive on 3.11) to check the protected files: RecursionError, the session died."""
+    from conftest import make_project, edit
+
+    root = make_project(deep_tmp / "p")
+    cfg = load(root, {"agent": {"repair_attempts": 0}, "experiment": {"sandbox": sandbox}})
+    Loop(cfg, "dw", ScriptedAgent([edit("train.py", DEEP_WORKTREE_TRAIN), set_x(1.5)]),
+         limits=Limits(max_experiments=2)).run()
+    rows = rows_of(root, "dw")
+    seen = [(e.status, e.reason) for e in rows]
+    assert len(rows) == 3 and rows[1].status in ("keep", "violation"), seen
+    assert_consistent(root, "dw")
