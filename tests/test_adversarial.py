@@ -1743,3 +1743,30 @@ def test_r10_a_deep_folder_in_the_run_worktree_is_not_a_harness_crash(deep_tmp, 
     seen = [(e.status, e.reason) for e in rows]
     assert len(rows) == 3 and rows[1].status in ("keep", "violation"), seen
     assert_consistent(root, "dw")
+
+
+FIFO_TRAIN = '''\
+import os
+X = 2.0
+os.remove("prepare.py")  # protected, but the run's worktree is writable
+os.mkfifo("prepare.py")  # opened by the harness after the run: no writer, ever
+print(f"score: {(X - 1.0) ** 2 + 0.5:.6f}")
+'''
+
+
+@pytest.mark.parametrize("sandbox", ["auto", "none"])
+def test_r10_a_protected_file_replaced_by_a_fifo_is_a_violation_not_a_hang(tmp_path, sandbox):
+    """The run replaces protected prepare.py in its worktree by a fifo (or a link to /dev/zero). The
+    harness's check of the protected files after the run opened it and read to the end: it blocked for
+    ever (the fifo) or filled memory (/dev/zero). It is read without following links or opening special
+    files: the change is seen and put back, a violation."""
+    from conftest import edit, make_project
+
+    root = make_project(tmp_path / "p")
+    cfg = load(root, {"agent": {"repair_attempts": 0}, "experiment": {"sandbox": sandbox}})
+    Loop(cfg, "ff", ScriptedAgent([edit("train.py", FIFO_TRAIN), set_x(1.5)]), limits=Limits(max_experiments=2)).run()
+    rows = rows_of(root, "ff")
+    seen = [(e.status, e.reason) for e in rows]
+    assert len(rows) == 3 and rows[1].status == "violation" and "prepare.py" in rows[1].reason, seen
+    assert rows[2].status == "keep", seen
+    assert_consistent(root, "ff")

@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -627,7 +628,7 @@ class Workspace:
         out = {}
         for rel in tracked_or_present(wt):
             if matches(rel, globs):
-                out[rel] = hashlib.sha256((wt / rel).read_bytes()).hexdigest()
+                out[rel] = _file_digest(wt / rel)
         return out
 
     def remove_worktrees(self) -> None:
@@ -646,6 +647,26 @@ class RebaseConflict(WorkspaceError):
     def __init__(self, files: list[str]):
         super().__init__(f"the change conflicts in {', '.join(files)}")
         self.files = files
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of a regular file's bytes, read without following a link or opening anything else: a run
+    can put a fifo (an open that never returns) or a link to /dev/zero (a read that never ends) where a
+    protected file was. Those, and what cannot be opened, get a digest naming what they are."""
+    try:
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            return "link:" + os.readlink(path)
+        if not stat.S_ISREG(st.st_mode):
+            return f"special:{stat.S_IFMT(st.st_mode)}"
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        return f"unreadable:{e.errno}"
+    h = hashlib.sha256()
+    with os.fdopen(fd, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def remove_tree(path: Path) -> None:
