@@ -278,9 +278,12 @@ class Sandbox:
             # there, a checkpoint a link in the artefact points at): runs and evaluations never see it.
             for p in self.agent_state:
                 a += ["--tmpfs", str(p)]
-            for p in dict.fromkeys(r.resolve() for r in readable if r.exists()):
+            # bound back read-only: the data, the interpreter, PATH and the repository, should they lie there
+            back = [*readable, Path(sys.prefix), Path(sys.base_prefix), _repo_top(self.root), self.root,
+                    *(Path(d) for d in env.get("PATH", "").split(os.pathsep) if d.startswith("/"))]
+            for p in dict.fromkeys(r.resolve() for r in back if r.exists()):
                 if any(d == p or d in p.parents for d in self.agent_state):
-                    a += ["--ro-bind", str(p), str(p)]  # data the user keeps there after all
+                    a += ["--ro-bind", str(p), str(p)]
         a += ["--tmpfs", str(self.root / ".autoresearch")]
         if self.git_dir is not None:
             a += ["--tmpfs", str(self.git_dir)]
