@@ -12,7 +12,9 @@ bytes read by the harness. A file whose lstat signature (size, mtime, ctime, ino
 unchanged is unchanged: ctime cannot be set back by an unprivileged writer. `problems()`
 turns what a proposal may not contain into reasons for a `violation`, found before anything
 runs: a symlink, a non-regular file (fifo, socket, device), a nested `.git`, a path outside
-`experiment.editable` (globs.py), or a change to `program.md` (the user's research direction).
+`experiment.editable` (globs.py), a change to `program.md` (the user's research direction), a
+name with control characters or not UTF-8, a file over MAX_FILE_BYTES or a folder deeper than
+MAX_DEPTH (both refused unread: the harness holds a change in memory).
 `ideas.md` stays the human's: an agent's edit of it is dropped, never committed (its own notes
 go to the notebook, agents/notebook.py). New files that the commit's .gitignore files ignore,
 and `__pycache__/` folders, are dropped too (not changes, as `git status` would say).

@@ -19,9 +19,10 @@ Guarantees:
   diffs, pager, editor, gpg and credential prompts, so what an agent writes into `.git/config`,
   `.git/hooks` or `.git/info/attributes` (or what `~/.gitconfig` names) never runs inside the
   harness. The user's identity, safe.directory entries and init.defaultBranch are passed on.
-- A worktree handed out by `worktree()` is exactly its commit: reset, then `git clean -ffdx`
-  (ignored files and nested repositories too), every time, so nothing a run wrote (a saved
-  model to warm-start from, a planted module) reaches the next run. `evaluation_worktree()`
+- A worktree handed out by `worktree()` is exactly its commit: its `.git` file written afresh
+  from the repository's side (a run can write it, and pointed elsewhere the reset would miss its
+  folder), reset, then `git clean -ffdx` (ignored files and nested repositories too), every time,
+  so nothing a run wrote (a saved model to warm-start from, a planted module) reaches the next run. `evaluation_worktree()`
   is a second such checkout per run worktree (`<name>-eval`): the evaluation never runs
   where the run ran.
 - `rebase()` replays one experiment's change on a newer best (a cherry-pick in worktree
