@@ -1582,14 +1582,17 @@ def test_r10_a_file_name_with_a_newline_cannot_inject_an_index_entry(tmp_path):
         if e.commit:
             assert git(root, "show", f"{e.commit}:program.md") == (root / "program.md").read_text().rstrip("\n"), \
                 (e.status, e.reason)
-    assert rows[1].status in ("violation", "crash"), [(e.status, e.reason) for e in rows]
+    assert rows[1].commit, [(e.status, e.reason) for e in rows]  # committed: the name is one file, nothing more
+    tree = git(rows[1].commit and root, "ls-tree", "-r", "-z", "--name-only", rows[1].commit).split("\0")
+    assert f"lib/x.py\n100644 {oid}\tprogram.md" in tree, tree
     assert_consistent(root, "nl")
 
 
 def test_r10_a_file_name_that_is_not_utf8_is_a_violation_not_a_harness_crash(tmp_path):
     """A file whose name is not UTF-8 (`bad\\xffname.py`) in the proposal folder: its name reached the
     ledger through the evidence patch and SQLite refused the lone surrogate: the harness crashed
-    (UnicodeEncodeError) and the session ended. It is refused, shown escaped, and removed for the next."""
+    (UnicodeEncodeError) and the session ended. It is refused (shown cleaned in the reason, escaped in
+    the patch) and removed for the next proposal."""
     import os
 
     from conftest import make_project
@@ -1606,7 +1609,7 @@ def test_r10_a_file_name_that_is_not_utf8_is_a_violation_not_a_harness_crash(tmp
     Loop(cfg, "u", ScriptedAgent([bad_name, set_x(1.5)]), limits=Limits(max_experiments=2)).run()
     rows = rows_of(root, "u")
     seen = [(e.status, e.reason) for e in rows]
-    assert rows[1].status == "violation" and "bad\\xffname.py" in rows[1].reason, seen
+    assert rows[1].status == "violation" and "bad name.py is a name that is not UTF-8" in rows[1].reason, seen
     assert rows[2].status == "keep", seen  # the next proposal starts from a clean folder
     assert_consistent(root, "u")
 

@@ -13,7 +13,7 @@ unchanged is unchanged: ctime cannot be set back by an unprivileged writer. `pro
 turns what a proposal may not contain into reasons for a `violation`, found before anything
 runs: a symlink, a non-regular file (fifo, socket, device), a nested `.git`, a path outside
 `experiment.editable` (globs.py), a change to `program.md` (the user's research direction), a
-name with control characters or not UTF-8, a file over MAX_FILE_BYTES or a folder deeper than
+name that is not UTF-8, a file over MAX_FILE_BYTES or a folder deeper than
 MAX_DEPTH (both refused unread: the harness holds a change in memory).
 `ideas.md` stays the human's: an agent's edit of it is dropped, never committed (its own notes
 go to the notebook, agents/notebook.py). New files that the commit's .gitignore files ignore,
@@ -74,7 +74,7 @@ class Changes:
 
     def problems(self, cfg) -> list[str]:
         """Why this change may not run (empty: it may)."""
-        out = [f"{shown(p)} is {what}" for p, what in self.refused]
+        out = [f"{p} is {what}" for p, what in self.refused]  # the loop cleans names (clean.one_line)
         if PROGRAM in self.paths:
             out.append(f"{PROGRAM} changed: the research direction is the user's")
         outside = [p for p in self.paths if p != PROGRAM and not cfg.is_editable(p)]
@@ -92,7 +92,8 @@ class Changes:
             new = self.files.get(p)
             a = self.old.get(p, b"").decode("utf-8", "replace").splitlines(keepends=True)
             b = (new[0] if new else b"").decode("utf-8", "replace").splitlines(keepends=True)
-            parts.append("".join(difflib.unified_diff(a, b, f"a/{p}", f"b/{p}")) or f"Binary or mode change: {p}\n")
+            name = shown(p)  # the patch is stored as it is: no byte that is not UTF-8, no control character
+            parts.append("".join(difflib.unified_diff(a, b, f"a/{name}", f"b/{name}")) or f"Binary or mode change: {name}\n")
         for p, what in self.refused:
             parts.append(f"refused: {shown(p)} ({what})\n")
         text = "".join(parts)
@@ -203,9 +204,9 @@ class ProposalFolder:
                     seen.add(rel)
                     c.refused.append((rel, f"unreadable by the harness ({e.strerror})"))
                     continue
-                if not _plain_name(entry.name):
+                if not _utf8_name(entry.name):
                     seen.add(rel)
-                    c.refused.append((rel, "a name with control characters or not UTF-8"))
+                    c.refused.append((rel, "a name that is not UTF-8 (it cannot be stored)"))
                     continue
                 if stat.S_ISDIR(st.st_mode):
                     if entry.name == ".git":
@@ -310,14 +311,14 @@ def read_change(folder: Path, paths: list[str]) -> dict[str, Optional[tuple[byte
     return out
 
 
-def _plain_name(name: str) -> bool:
-    """A file name a proposal may hold: UTF-8, with no control character (a newline in a name would
-    split a line of git's input, results.tsv or a report; a byte that is not UTF-8 cannot be stored)."""
+def _utf8_name(name: str) -> bool:
+    """A file name a proposal may hold: UTF-8 (a byte that is not cannot be stored in the ledger). Control
+    characters are allowed in names (git stores them; every git input is NUL-separated, every view cleans)."""
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
         return False
-    return not any(ord(ch) < 32 or ord(ch) == 127 for ch in name)
+    return True
 
 
 def shown(rel: str) -> str:
