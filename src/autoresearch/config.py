@@ -429,14 +429,33 @@ def _check_tracking(t: "TrackingConfig") -> None:
                           "its own MLflow experiment: e.g. experiment = \"{project}/{tag}\"")
 
 
+WALK_MAX_DEPTH = 64  # folders below the project: a run can nest thousands (free), paths outgrow PATH_MAX
+
+
 def tracked_or_present(root: Path) -> list[str]:
-    """Project files as relative posix paths (skipping .git and the harness's own folder)."""
+    """Project files as relative posix paths (skipping .git and the harness's own folder), never
+    through a link to a folder, at most WALK_MAX_DEPTH folders down. Walked with a stack: a run can
+    nest folders thousands deep, and os.walk (recursive on 3.11) raised RecursionError."""
     out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d not in (".git", ".autoresearch", "__pycache__", ".venv", "node_modules")]
-        for name in filenames:
-            out.append(Path(dirpath, name).relative_to(root).as_posix())
-    return out
+    stack = [(Path(root), 0)]
+    while stack:
+        here, depth = stack.pop()
+        try:
+            entries = list(os.scandir(here))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                is_dir, is_link = entry.is_dir(), entry.is_symlink()
+            except OSError:
+                continue
+            if is_dir:  # a link to a folder is neither walked nor a file (as os.walk had it)
+                if not is_link and depth < WALK_MAX_DEPTH and entry.name not in (".git", ".autoresearch", "__pycache__", ".venv",
+                                                                 "node_modules"):
+                    stack.append((Path(entry.path), depth + 1))
+            else:
+                out.append(Path(entry.path).relative_to(root).as_posix())
+    return sorted(out)
 
 
 # -- what the editable/protected patterns match: shown by `init --here` and `run` -------------------

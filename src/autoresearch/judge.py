@@ -191,9 +191,17 @@ def judge(
         m.status, m.reason = _run_status(cfg, res, hits)
         if m.status == "ok" and cfg.metric.command:
             # The run's tree is dead (run_tree returns after killing it): freeze what it handed over.
-            m.artifact_sha256 = artifact_digest(rd.artifacts)
+            try:
+                m.artifact_sha256 = artifact_digest(rd.artifacts)
+            except ArtifactTooDeep as e:
+                m.status, m.reason = "violation", str(e)
+        if m.status == "ok" and cfg.metric.command:
             ewt = evaluation_checkout(ws, wt, commit)
-            if (now := artifact_digest(rd.artifacts)) != m.artifact_sha256 and VERIFY_ARTIFACTS:
+            try:
+                now = artifact_digest(rd.artifacts)
+            except ArtifactTooDeep:
+                now = "deeper than allowed"  # it was not at the run's end: changed since
+            if now != m.artifact_sha256 and VERIFY_ARTIFACTS:
                 m.status, m.reason = "violation", (f"the artefact changed between the run's end and the evaluation "
                                                    f"(sha256 {m.artifact_sha256[:12]} -> {now[:12]}): something "
                                                    "the run left behind kept writing it")
@@ -245,26 +253,42 @@ def evaluation_checkout(ws: Workspace, wt: Path, commit: str) -> Path:
     return ws.evaluation_worktree(wt, commit)
 
 
+ARTIFACT_MAX_DEPTH = 64  # folders below the artefact folder; deeper is refused (a checkpoint needs a few)
+
+
+class ArtifactTooDeep(Exception):
+    """The run nested its artefact folder deeper than ARTIFACT_MAX_DEPTH: not hashed, not evaluated."""
+
+
 def artifact_digest(folder: Path) -> str:
     """sha256 over the sorted manifest of everything under `folder`: relative path, mode, and content
-    (a file's sha256, a symlink's target), so any change to what the run handed over shows."""
+    (a file's sha256, a symlink's target), so any change to what the run handed over shows. Walked
+    with an explicit stack (a run can nest folders thousands deep for free: os.walk recursed into a
+    RecursionError); deeper than ARTIFACT_MAX_DEPTH raises ArtifactTooDeep."""
     entries = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
-        for name in sorted(dirnames + filenames):
-            path = Path(dirpath) / name
-            st = path.lstat()
+    stack = [(Path(folder), 0)]
+    while stack:
+        here, depth = stack.pop()
+        for entry in sorted(os.scandir(here), key=lambda e: e.name):
+            path = Path(entry.path)
+            st = entry.stat(follow_symlinks=False)
             rel = path.relative_to(folder).as_posix()
             if stat.S_ISLNK(st.st_mode):
                 content = "link:" + os.readlink(path)
             elif stat.S_ISREG(st.st_mode):
                 h = hashlib.sha256()
-                with open(path, "rb") as f:
+                with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as f:
                     while chunk := f.read(1 << 20):
                         h.update(chunk)
                 content = h.hexdigest()
+            elif stat.S_ISDIR(st.st_mode):
+                if depth >= ARTIFACT_MAX_DEPTH:
+                    raise ArtifactTooDeep(f"the artefact folder is nested deeper than {ARTIFACT_MAX_DEPTH} "
+                                          f"folders ({rel[:200]}...)")
+                stack.append((path, depth + 1))
+                content = "dir"
             else:
-                content = "dir" if stat.S_ISDIR(st.st_mode) else f"special:{stat.S_IFMT(st.st_mode)}"
+                content = f"special:{stat.S_IFMT(st.st_mode)}"
             entries.append(f"{rel}\0{st.st_mode:o}\0{content}")
     return hashlib.sha256("\n".join(sorted(entries)).encode("utf-8", "surrogateescape")).hexdigest()
 

@@ -12,7 +12,9 @@ bytes read by the harness. A file whose lstat signature (size, mtime, ctime, ino
 unchanged is unchanged: ctime cannot be set back by an unprivileged writer. `problems()`
 turns what a proposal may not contain into reasons for a `violation`, found before anything
 runs: a symlink, a non-regular file (fifo, socket, device), a nested `.git`, a path outside
-`experiment.editable` (globs.py), or a change to `program.md` (the user's research direction).
+`experiment.editable` (globs.py), a change to `program.md` (the user's research direction), a
+name that is not UTF-8, a file over MAX_FILE_BYTES or a folder deeper than
+MAX_DEPTH (both refused unread: the harness holds a change in memory).
 `ideas.md` stays the human's: an agent's edit of it is dropped, never committed (its own notes
 go to the notebook, agents/notebook.py). New files that the commit's .gitignore files ignore,
 and `__pycache__/` folders, are dropped too (not changes, as `git status` would say).
@@ -30,19 +32,22 @@ folder (they are not in the proposal folder at all); submodules (an empty folder
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
-import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from .globs import matches
+from .workspace import remove_tree
 
 PROGRAM = "program.md"
 HUMAN_NOTES = "ideas.md"
 ALWAYS_IGNORED = ("**/__pycache__/",)
+MAX_DEPTH = 64  # folders; deeper is refused unwalked (paths past PATH_MAX cannot even be named)
+MAX_FILE_BYTES = 32 << 20  # a proposal is code: a larger file is refused unread (the harness holds changes in memory)
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ class Changes:
 
     def problems(self, cfg) -> list[str]:
         """Why this change may not run (empty: it may)."""
-        out = [f"{p} is {what}" for p, what in self.refused]
+        out = [f"{p} is {what}" for p, what in self.refused]  # the loop cleans names (clean.one_line)
         if PROGRAM in self.paths:
             out.append(f"{PROGRAM} changed: the research direction is the user's")
         outside = [p for p in self.paths if p != PROGRAM and not cfg.is_editable(p)]
@@ -87,9 +92,10 @@ class Changes:
             new = self.files.get(p)
             a = self.old.get(p, b"").decode("utf-8", "replace").splitlines(keepends=True)
             b = (new[0] if new else b"").decode("utf-8", "replace").splitlines(keepends=True)
-            parts.append("".join(difflib.unified_diff(a, b, f"a/{p}", f"b/{p}")) or f"Binary or mode change: {p}\n")
+            name = shown(p)  # the patch is stored as it is: no byte that is not UTF-8, no control character
+            parts.append("".join(difflib.unified_diff(a, b, f"a/{name}", f"b/{name}")) or f"Binary or mode change: {name}\n")
         for p, what in self.refused:
-            parts.append(f"refused: {p} ({what})\n")
+            parts.append(f"refused: {shown(p)} ({what})\n")
         text = "".join(parts)
         return text if len(text) <= limit else text[:limit] + f"\n[... {len(text) - limit} more characters]\n"
 
@@ -117,7 +123,7 @@ class ProposalFolder:
     def _fill(self, commit: str) -> None:
         if self.path.is_symlink() or self.path.is_file():
             self.path.unlink()
-        shutil.rmtree(self.path, ignore_errors=True)
+        remove_tree(self.path)  # whatever depth an agent nested there
         self.ws.git("worktree", "prune", check=False)  # a git worktree of an older version lived here
         self.path.mkdir(parents=True)
         entries = {rel: Entry(mode, oid) for mode, oid, rel in self.ws.tree_entries(commit)}
@@ -183,23 +189,34 @@ class ProposalFolder:
         c = Changes()
         seen: set[str] = set()
         submodules = {rel for rel, e in self.manifest.items() if e.mode == "160000"}
-        stack = [""]
+        stack = [("", 0)]
         while stack:
-            d = stack.pop()
+            d, depth = stack.pop()
             try:
                 it = list(os.scandir(self.path / d if d else self.path))
             except OSError:
                 continue
             for entry in it:
                 rel = f"{d}{entry.name}"
-                st = entry.stat(follow_symlinks=False)
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError as e:
+                    seen.add(rel)
+                    c.refused.append((rel, f"unreadable by the harness ({e.strerror})"))
+                    continue
+                if not _utf8_name(entry.name):
+                    seen.add(rel)
+                    c.refused.append((rel, "a name that is not UTF-8 (it cannot be stored)"))
+                    continue
                 if stat.S_ISDIR(st.st_mode):
                     if entry.name == ".git":
                         c.refused.append((rel, "a nested .git (a repository inside the proposal)"))
                     elif rel in submodules:
                         seen.add(rel)
+                    elif depth >= MAX_DEPTH:  # a project is not this deep; its paths would outgrow PATH_MAX
+                        c.refused.append((rel, f"a folder nested deeper than {MAX_DEPTH}"))
                     else:
-                        stack.append(rel + "/")
+                        stack.append((rel + "/", depth + 1))
                     continue
                 seen.add(rel)
                 old = self.manifest.get(rel)
@@ -217,6 +234,12 @@ class ProposalFolder:
                     continue
                 if old is not None and old.mode != "120000" and self.sigs.get(rel) == _sig(st):
                     continue  # untouched: same inode, size, mtime and ctime as written
+                if old is None and rel != HUMAN_NOTES and matches(rel, self.ignore):
+                    c.dropped.append(rel)  # never read: an ignored model or dataset may be large
+                    continue
+                if st.st_size > MAX_FILE_BYTES:  # never read: a sparse file costs the agent nothing
+                    c.refused.append((rel, f"larger than {MAX_FILE_BYTES >> 20} MiB ({st.st_size} bytes)"))
+                    continue
                 executable = bool(st.st_mode & stat.S_IXUSR)
                 try:
                     data = _read(self.path / rel) if (read or old is not None) else b""
@@ -288,6 +311,22 @@ def read_change(folder: Path, paths: list[str]) -> dict[str, Optional[tuple[byte
     return out
 
 
+def _utf8_name(name: str) -> bool:
+    """A file name a proposal may hold: UTF-8 (a byte that is not cannot be stored in the ledger). Control
+    characters are allowed in names (git stores them; every git input is NUL-separated, every view cleans)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown(rel: str) -> str:
+    """A path as text that can be stored and shown: bytes that are not UTF-8 and control characters escaped."""
+    raw = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(ch if 32 <= ord(ch) != 127 else f"\\x{ord(ch):02x}" for ch in raw)
+
+
 def _sig(st: os.stat_result) -> tuple:
     return (st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
@@ -299,7 +338,10 @@ def _blob_id(data: bytes) -> str:
 def _read(path: Path) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     with os.fdopen(fd, "rb") as f:
-        return f.read()
+        data = f.read(MAX_FILE_BYTES + 1)  # bounded even if something still writes it after its lstat
+    if len(data) > MAX_FILE_BYTES:
+        raise OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES >> 20} MiB")
+    return data
 
 
 def _remove(root: Path, rel: str) -> None:
@@ -319,7 +361,7 @@ def _remove(root: Path, rel: str) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path)
     else:
         os.unlink(path)
 

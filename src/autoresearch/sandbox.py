@@ -54,11 +54,13 @@ from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
 from .errors import ConfigError
-from .workspace import run_git
+from .workspace import remove_tree, run_git
 
 INSTALL_HINT = "apt-get install bubblewrap"
 RUN_DIR_PREFIX = "autoresearch-run-"  # + the harness's pid: leftovers of a dead harness are found
 DROP_CAPS = True  # tests switch this off for the control of the unmount attack
+HIDE_FROM_AGENTS = True  # tests switch this off for the control of an agent reading experiment.hidden
+HIDE_AGENT_STATE = True  # tests switch this off for the control of a run reading what the agent left in its state
 GPU_DEVICES = ("/dev/nvidia*", "/dev/nvidia-caps", "/dev/dri", "/dev/kfd")
 
 
@@ -169,7 +171,7 @@ class RunDir:
     decoys: dict[Path, Path] = field(default_factory=dict)  # hidden path -> its decoy
 
     def cleanup(self) -> None:
-        shutil.rmtree(self.base, ignore_errors=True)
+        remove_tree(self.base)  # the run may have nested its artefact folder thousands deep
 
 
 class Sandbox:
@@ -182,6 +184,8 @@ class Sandbox:
         self.git_dir = git_dir
         self.network = network
         self.setup_done = False
+        self.hidden: list[str] = []  # experiment.hidden: also kept from process agents (wrap_agent)
+        self.agent_state: list[Path] = []  # the command agent's writable folders: kept from runs (wrap)
         self.data_prints: Optional[dict] = None  # fingerprints of hidden and data files at the first run
 
     @classmethod
@@ -190,13 +194,19 @@ class Sandbox:
         want = cfg.experiment.sandbox
         git_dir = _git_common_dir(ws.top)
         if want == "none":
-            return cls("none", "experiment.sandbox = \"none\"", cfg.root, git_dir, cfg.experiment.network)
-        ok, why = probe()
-        if not ok:
+            box = cls("none", "experiment.sandbox = \"none\"", cfg.root, git_dir, cfg.experiment.network)
+        elif not (found := probe())[0]:
             if want == "bwrap":
                 check_config(want)  # raises the ConfigError with the fix
-            return cls("none", why, cfg.root, git_dir, cfg.experiment.network)
-        return cls("bwrap", "", cfg.root, git_dir, cfg.experiment.network)
+            box = cls("none", found[1], cfg.root, git_dir, cfg.experiment.network)
+        else:
+            box = cls("bwrap", "", cfg.root, git_dir, cfg.experiment.network)
+        box.hidden = list(cfg.experiment.hidden)
+        if cfg.agent.command.strip():
+            from .agents.command import state_folders
+
+            box.agent_state = state_folders(cfg.agent.command)
+        return box
 
     @property
     def off(self) -> list[str]:
@@ -263,6 +273,17 @@ class Sandbox:
         a += ["--proc", "/proc", "--tmpfs", "/tmp"]
         for p in _under_tmp(list(readable) + _env_paths(env) + [Path(sys.prefix), Path(sys.base_prefix)]):
             a += ["--ro-bind", str(p), str(p)]
+        if HIDE_AGENT_STATE and self.agent_state:
+            # What the command agent keeps between proposals was made with no budget (a model trained
+            # there, a checkpoint a link in the artefact points at): runs and evaluations never see it.
+            for p in self.agent_state:
+                a += ["--tmpfs", str(p)]
+            # bound back read-only: the data, the interpreter, PATH and the repository, should they lie there
+            back = [*readable, Path(sys.prefix), Path(sys.base_prefix), _repo_top(self.root), self.root,
+                    *(Path(d) for d in env.get("PATH", "").split(os.pathsep) if d.startswith("/"))]
+            for p in dict.fromkeys(r.resolve() for r in back if r.exists()):
+                if any(d == p or d in p.parents for d in self.agent_state):
+                    a += ["--ro-bind", str(p), str(p)]
         a += ["--tmpfs", str(self.root / ".autoresearch")]
         if self.git_dir is not None:
             a += ["--tmpfs", str(self.git_dir)]
@@ -293,7 +314,9 @@ class Sandbox:
         description files), a private /tmp and a private, empty, writable HOME holding only
         `home_files` (the backend's login, read-only). The repository's top folder and the
         project root are empty, read-only tmpfs: the user's checkout, `.git`, the ledger, the secret, the
-        logs and the other worktrees are not there. Toolchains installed under HOME (the
+        logs and the other worktrees are not there; nor is `experiment.hidden` (the validation data: a
+        file cannot be opened, a folder is empty; the tripwire watches agents only in sequential
+        mode). Toolchains installed under HOME (the
         interpreter, folders on PATH, `readable`) are bound back read-only, `writable` (folders
         the user named for the agent's own state) read-write; none of them can show the hidden
         repository again (its tmpfs is mounted after them). Its own PID, IPC
@@ -318,6 +341,12 @@ class Sandbox:
         for p in writable:
             if p.is_dir() and not p.is_symlink():
                 a += ["--bind", str(p), str(p)]
+        if HIDE_FROM_AGENTS:  # the validation data: an agent that read it could write it into train.py
+            for p in resolve_paths(self.hidden, self.root, os.environ):
+                if p.is_dir():
+                    a += ["--tmpfs", str(p), "--remount-ro", str(p)]
+                else:  # a device node on a nodev mount: any open fails (EACCES)
+                    a += ["--ro-bind", os.devnull, str(p)]
         hidden = [_repo_top(self.root), self.root] + ([self.git_dir] if self.git_dir else [])
         for p in dict.fromkeys(hidden):  # after the tools: nothing bound back can show them again
             a += ["--tmpfs", str(p)]
@@ -378,7 +407,7 @@ def remove_stale_run_dirs() -> int:
     for path in Path(tempfile.gettempdir()).glob(f"{RUN_DIR_PREFIX}*-*"):
         pid = path.name[len(RUN_DIR_PREFIX):].split("-", 1)[0]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path)
             removed += 1
     return removed
 

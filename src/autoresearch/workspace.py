@@ -19,9 +19,10 @@ Guarantees:
   diffs, pager, editor, gpg and credential prompts, so what an agent writes into `.git/config`,
   `.git/hooks` or `.git/info/attributes` (or what `~/.gitconfig` names) never runs inside the
   harness. The user's identity, safe.directory entries and init.defaultBranch are passed on.
-- A worktree handed out by `worktree()` is exactly its commit: reset, then `git clean -ffdx`
-  (ignored files and nested repositories too), every time, so nothing a run wrote (a saved
-  model to warm-start from, a planted module) reaches the next run. `evaluation_worktree()`
+- A worktree handed out by `worktree()` is exactly its commit: its `.git` file written afresh
+  from the repository's side (a run can write it, and pointed elsewhere the reset would miss its
+  folder), reset, then `git clean -ffdx` (ignored files and nested repositories too), every time,
+  so nothing a run wrote (a saved model to warm-start from, a planted module) reaches the next run. `evaluation_worktree()`
   is a second such checkout per run worktree (`<name>-eval`): the evaluation never runs
   where the run ran.
 - `rebase()` replays one experiment's change on a newer best (a cherry-pick in worktree
@@ -39,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -73,6 +75,7 @@ _SAFE_CONFIG = (
     "color.ui=never", "gc.auto=0", "maintenance.auto=false",
     "core.alternateRefsCommand=",  # `launch --pull` fetches: no program for an alternate's refs (runs `sh -c ''`)
 )
+REPOINT_WORKTREES = True  # tests switch this off for the control of the redirected `.git` file
 _DIFFERS = ("diff", "show", "log", "format-patch")  # commands that make diffs: no external diff, no textconv
 # What a repository's own config may name as a program, per driver; each found is switched off.
 _DRIVER_OFF = {"filter": ("clean=", "smudge=", "process=", "required=false"),
@@ -291,18 +294,42 @@ class Workspace:
         """A detached worktree of this tag, clean and at `at` (default: tip); returns the project folder in it."""
         path = self.trees / name
         sha = at or self.tip()
-        if (path / ".git").exists():
+        if (path / ".git").exists() or (path / ".git").is_symlink():
             try:
+                if REPOINT_WORKTREES:
+                    self._repoint(path)
                 self._reset_top(path, sha)
                 return path / self.prefix if self.prefix else path
             except GitError:  # a stale index.lock or a half-made checkout left by a killed harness
                 self.git("worktree", "remove", "--force", str(path), check=False)
         # Our own scratch space (the caller holds the tag's lock): whatever is left there is rebuilt.
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path)
         self.trees.mkdir(parents=True, exist_ok=True)
         self.git("worktree", "prune")
         self.git("worktree", "add", "--force", "--detach", str(path), sha)
         return path / self.prefix if self.prefix else path
+
+    def _repoint(self, path: Path) -> None:
+        """Write worktree `path`'s `.git` file afresh, naming its own entry in the repository's git directory.
+
+        A run can write everything in its worktree, that file included: pointed at a git directory of
+        the run's making (its `core.worktree` elsewhere, the real objects as alternates), the reset and
+        clean below would happen in another folder and leave the run's files (a model to warm-start
+        from, code that was never committed) for the next run. The entry is found from the repository's
+        side (`worktrees/*/gitdir`, out of every run's reach); none found is a GitError (rebuilt)."""
+        common = Path(self.git("rev-parse", "--git-common-dir"))
+        common = common if common.is_absolute() else (self.top / common).resolve()
+        dot = path / ".git"
+        for admin in sorted((common / "worktrees").glob("*")):
+            try:
+                named = Path((admin / "gitdir").read_text().strip())
+            except OSError:
+                continue
+            if named.name == ".git" and named.parent.resolve() == path.resolve():  # never through a planted link
+                remove_tree(dot)
+                dot.write_text(f"gitdir: {admin}\n")
+                return
+        raise GitError(f"{path} is not a worktree of this repository any more")
 
     def evaluation_worktree(self, wt: Path, sha: str) -> Path:
         """A fresh checkout of `sha` beside run worktree `wt` (named `<name>-eval`), for the evaluation:
@@ -403,8 +430,8 @@ class Workspace:
                 if mode not in ("100644", "100755"):  # a tracked symlink or submodule replaced by a file
                     mode = "100755" if executable else "100644"
                 info.append(f"{mode} {blob}\t{full}")
-            if info:
-                g("update-index", "--add", "--index-info", input="\n".join(info) + "\n")
+            if info:  # NUL-terminated: a name holding a newline must not add a line of its own
+                g("update-index", "--add", "-z", "--index-info", input="\0".join(info) + "\0")
             if removed:
                 g("update-index", "--force-remove", "-z", "--stdin", input="\0".join(removed) + "\0")
             tree = g("write-tree")
@@ -602,14 +629,14 @@ class Workspace:
         out = {}
         for rel in tracked_or_present(wt):
             if matches(rel, globs):
-                out[rel] = hashlib.sha256((wt / rel).read_bytes()).hexdigest()
+                out[rel] = _file_digest(wt / rel)
         return out
 
     def remove_worktrees(self) -> None:
         for path in sorted(self.trees.glob("*")) if self.trees.exists() else []:
             self.git("worktree", "remove", "--force", str(path), check=False)
             if path.is_dir() and not (path / ".git").exists():  # a plain proposal folder (proposal.py)
-                shutil.rmtree(path, ignore_errors=True)
+                remove_tree(path)
         self.git("worktree", "prune", check=False)
 
 
@@ -621,6 +648,44 @@ class RebaseConflict(WorkspaceError):
     def __init__(self, files: list[str]):
         super().__init__(f"the change conflicts in {', '.join(files)}")
         self.files = files
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of a regular file's bytes, read without following a link or opening anything else: a run
+    can put a fifo (an open that never returns) or a link to /dev/zero (a read that never ends) where a
+    protected file was. Those, and what cannot be opened, get a digest naming what they are."""
+    try:
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            return "link:" + os.readlink(path)
+        if not stat.S_ISREG(st.st_mode):
+            return f"special:{stat.S_IFMT(st.st_mode)}"
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        return f"unreadable:{e.errno}"
+    h = hashlib.sha256()
+    with os.fdopen(fd, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def remove_tree(path: Path) -> None:
+    """Remove `path` and everything below it, however deep; a link is removed, never followed.
+
+    A run or an agent can nest folders thousands deep for free (relative mkdirs); shutil.rmtree
+    recurses in Python (3.11) and raised RecursionError, which killed the session. `rm -rf` walks
+    any depth; shutil stays the fallback where there is no `rm`."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return
+    if shutil.which("rm"):
+        subprocess.run(["rm", "-rf", "--", str(path)], capture_output=True)
+    if os.path.lexists(path):
+        try:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink()
+        except (OSError, RecursionError):
+            pass
 
 
 def valid_tag(tag: str) -> bool:
