@@ -292,11 +292,36 @@ def test_run_shows_the_files_each_pattern_matches_and_refuses_one_that_matches_n
 
 def test_flaky_checks_are_run_again_as_the_loop_does(tmp_path: Path):
     """The check run retries a failing check once (experiment.checks_retries' default), like the loop.
-    The check's memory is a git-ignored file in the worktree: the reset between attempts keeps it."""
+    Each attempt starts from a checkout cleaned of everything (ignored files too) in its own sandbox, so the
+    check cannot remember; its flakiness comes from outside: a file it only reads, which the test flips once
+    the first attempt has failed."""
+    import threading
+    import time
+
+    import tempfile
+
+    # outside /tmp, which is private to each sandboxed attempt (the machine is read-only to it, not hidden)
+    verdict = Path(tempfile.mkdtemp(prefix="autoresearch-test-", dir="/var/tmp")) / "verdict"
+    verdict.write_text("fail")
     root = make_repo(tmp_path / "r", {"train.py": TRAIN, "prepare.py": "DATA = [1, 2, 3]\n",
-                                      ".gitignore": "failed-once\n",
-                                      "flaky.py": "import os, sys\nseen = os.path.exists('failed-once')\n"
-                                                  "open('failed-once', 'w').close()\nsys.exit(0 if seen else 1)\n"})
+                                      "flaky.py": "import sys, time\n"
+                                                  f"ok = open({str(verdict)!r}).read() == 'pass'\n"
+                                                  "print('attempt', 'passes' if ok else 'fails', flush=True)\n"
+                                                  "time.sleep(0 if ok else 1)\nsys.exit(0 if ok else 1)\n"})
+
+    def flip() -> None:  # after the first attempt said it fails, the world changes (a flaky test's luck)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if any("attempt fails" in f.read_text(errors="replace") for f in root.glob(".autoresearch/**/checks.log")):
+                verdict.write_text("pass")
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=flip, daemon=True)
+    t.start()
     r = cli(root, *FLAGS, "--checks", "python flaky.py")
+    t.join(1)
+    verdict.unlink()
+    verdict.parent.rmdir()
     assert r.returncode == 0, r.stdout + r.stderr
     assert "the checks failed (exit 1); running them again" in r.stdout

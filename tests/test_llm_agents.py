@@ -380,7 +380,8 @@ def test_quickstart_ten_experiments_show_tokens_and_dollars_and_a_max_usd_cap_st
         r = run_cli(root, "run", "--tag", "q", "--max-experiments", "20", "--budget", "0.5", "--no-live", env=env)
         assert r.returncode == 0, r.stdout + r.stderr
         assert "agent openai (named in the config" in r.stdout
-        assert "agent.max_usd" in r.stdout.splitlines()[-1]  # the reason it stopped
+        stopped = [ln for ln in r.stdout.splitlines() if ln.startswith("autoresearch: stopped")]
+        assert stopped and "agent.max_usd" in stopped[-1], r.stdout  # the reason it stopped
         rows = json.loads(run_cli(root, "results", "--json", "--tag", "q", env=env).stdout)
         status = json.loads(run_cli(root, "status", "--json", "--tag", "q", env=env).stdout)
     assert len(rows) == 11 and len(srv.requests) == 10  # the baseline and ten proposals, one call each

@@ -228,8 +228,10 @@ def test_a_speed_up_is_kept_a_broken_one_fails_the_checks_a_hungry_one_is_discar
     assert broken.metric is not None and broken.metric < fast.metric
     assert "checks `python run_tests.py` exited 1" in broken.reason
     assert "FAILED test_tinydiff.py::test_shortest" in broken.reason + broken.log_tail
-    checks_log = Path(broken.evidence["guards"]["checks"]["log"])
-    assert checks_log.name == f"{broken.id:05d}.checks.log" and "FAILED" in checks_log.read_text()
+    checks = broken.evidence["guards"]["checks"]
+    logs = [Path(a["log"]) for a in checks["attempts"]]  # a failing suite is run again once (checks_retries)
+    assert [lg.name for lg in logs] == [f"{broken.id:05d}.checks.log", f"{broken.id:05d}.checks.retry1.log"]
+    assert Path(checks["log"]) == logs[-1] and all("FAILED" in lg.read_text() for lg in logs)
 
     # Faster again and correct, but it allocates more than 10% over the incumbent: discarded on the bound,
     # before the (slower) checks ever ran.
