@@ -247,13 +247,8 @@ class Session:
 
     def decide(self, exp: Experiment, incumbent: Optional[Experiment]) -> policies.Verdict:
         """Loop.decide: ask the policy; take the runs it wants until it decides."""
-        for _ in range(20):
-            verdict = self.policy.decide(exp, incumbent, self.ledger)
-            if not verdict.more_runs:
-                return verdict
-            for commit, seed in verdict.more_runs:
-                self.measure(exp, commit, seed, calibration=incumbent is None)
-        return policies.Verdict(False, "the policy asked for more runs 20 times: discarded", verdict.evidence)
+        return policies.settle(self.policy, exp, incumbent, self.ledger,
+                               lambda commit, seed: self.measure(exp, commit, seed, calibration=incumbent is None))
 
     def experiment(self, j: int, parent: Optional[str], work: int, kind: str) -> Experiment:
         commit = f"v{j:04d}"

@@ -141,13 +141,8 @@ class Session:
 
     def decide(self, exp: Experiment, incumbent: Experiment | None) -> policies.Verdict:
         """Loop.decide: ask the policy; take the extra measurements it wants until it decides."""
-        for _ in range(20):
-            verdict = self.policy.decide(exp, incumbent, self.ledger)
-            if not verdict.more_runs:
-                return verdict
-            for commit, seed in verdict.more_runs:
-                self.measure(exp, commit, seed)
-        return policies.Verdict(False, "the policy asked for more runs 20 times: discarded", verdict.evidence)
+        return policies.settle(self.policy, exp, incumbent, self.ledger,
+                               lambda commit, seed: self.measure(exp, commit, seed))
 
     def experiment(self, j: int, parent: str | None, true_mean: float, kind: str) -> Experiment:
         commit = hashlib.sha1(f"{self.session_seed}:{j}".encode()).hexdigest()

@@ -159,13 +159,8 @@ class Participant:
 
     def decide(self, exp: Experiment, incumbent: Optional[Experiment]) -> policies.Verdict:
         """Loop.decide: ask the policy; take the extra measurements it wants until it decides."""
-        for _ in range(20):
-            verdict = self.policy.decide(exp, incumbent, self.ledger)
-            if not verdict.more_runs:
-                return verdict
-            for commit, seed in verdict.more_runs:
-                self.measure(exp, commit, seed)
-        return policies.Verdict(False, "the policy asked for more runs 20 times: discarded", verdict.evidence)
+        return policies.settle(self.policy, exp, incumbent, self.ledger,
+                               lambda commit, seed: self.measure(exp, commit, seed))
 
     def experiment(self, commit: str, ideas: frozenset, description: str, kind: str = "candidate") -> Experiment:
         inc = None if kind == "baseline" else self.ledger.incumbent(TAG)

@@ -402,16 +402,12 @@ class Loop:
     def decide(self, exp: Experiment) -> policies.Verdict:
         """Ask the policy; take the extra measurements it wants until it decides."""
         incumbent = None if exp.kind == "baseline" else self.ledger.incumbent(self.tag)
-        for _ in range(20):
-            verdict = self.policy.decide(exp, incumbent, self.ledger)
-            if not verdict.more_runs:
-                return verdict
-            for commit, seed in verdict.more_runs:
-                self.report("rerun", exp=exp, commit=commit, seed=seed)
-                m = self.measure(exp, commit, seed)
-                if m.status == "interrupted":
-                    raise _Interrupted()
-        return policies.Verdict(False, "the policy asked for more runs 20 times: discarded", verdict.evidence)
+
+        def measure(commit: str, seed: int) -> None:
+            self.report("rerun", exp=exp, commit=commit, seed=seed)
+            if self.measure(exp, commit, seed).status == "interrupted":
+                raise _Interrupted()
+        return policies.settle(self.policy, exp, incumbent, self.ledger, measure)
 
     def after_record(self, exp: Experiment) -> None:
         write_tsv(self.tsv, self.ledger.experiments(self.tag), self.cfg.metric.name)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 from .config import Config
 from .ledger import Experiment, Ledger
@@ -39,6 +39,22 @@ class Policy(Protocol):
     name: str
 
     def decide(self, candidate: Experiment, incumbent: Optional[Experiment], ledger: Ledger) -> Verdict: ...
+
+
+MAX_ASKS = 20  # a policy that still wants runs after this many answers is discarding by indecision
+
+
+def settle(policy: "Policy", candidate: Experiment, incumbent: Optional[Experiment], ledger: Ledger,
+           measure: Callable[[str, int], None]) -> Verdict:
+    """Ask `policy` until it decides, taking every (commit, seed) run it asks for with `measure` (which
+    records it in `ledger`): the one decision path of the loop, the scheduler's benchmarks and tests."""
+    for _ in range(MAX_ASKS):
+        verdict = policy.decide(candidate, incumbent, ledger)
+        if not verdict.more_runs:
+            return verdict
+        for commit, seed in verdict.more_runs:
+            measure(commit, seed)
+    return Verdict(False, f"the policy asked for more runs {MAX_ASKS} times: discarded", verdict.evidence)
 
 
 def better(a: float, b: float, lower_is_better: bool) -> bool:
