@@ -74,6 +74,7 @@ from typing import Any, Optional
 from autoresearch import policy as policies
 from autoresearch.config import Config, ExperimentConfig, MetricConfig, PolicyConfig
 from autoresearch.ledger import Experiment, Ledger
+from autoresearch.swarm import REFUTES_ALLOWED
 
 TAG = "bench"
 SEED = 42
@@ -476,8 +477,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--effect-mean", type=float, default=1.0, help="mean true effect of an idea, noise sds (default 1)")
     ap.add_argument("--p-null", type=float, default=0.7, help="probability a proposal is a null change (default 0.7)")
     ap.add_argument("--sync", type=int, default=1, help="read the hub every this many own experiments (default 1)")
-    ap.add_argument("--refutes-allowed", type=float, default=-1,
-                    help="gate every swarm: refuted claims allowed beyond twice the held ones (-1: no gate, as built)")
+    ap.add_argument("--refutes-allowed", type=float, default=REFUTES_ALLOWED,
+                    help="gate every swarm: refuted claims allowed beyond twice the held ones (default: swarm.py's, "
+                         f"{REFUTES_ALLOWED}; -1: no gate)")
     ap.add_argument("--gate", type=float, default=3,
                     help="the gate of the malicious variant's second row, the proposal (default 3)")
     ap.add_argument("--no-malicious", dest="malicious", action="store_false", help="skip the malicious variant")
