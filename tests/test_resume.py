@@ -84,8 +84,11 @@ DRIVER = textwrap.dedent("""\
 
 def durable_project(tmp_path: Path, **control) -> Path:
     ctl = write_control(tmp_path / "ctl.json", **control)
-    (tmp_path / "agent.py").write_text(AGENT)
-    agent = f'[agent]\nname = "command"\ncommand = "python {tmp_path / "agent.py"} {tmp_path / "calls.txt"}"\n' \
+    # The agent's own folder (its state between proposals) is hidden from runs: the control file is not in it.
+    (tmp_path / "agent").mkdir()
+    (tmp_path / "agent" / "agent.py").write_text(AGENT)
+    agent = f'[agent]\nname = "command"\ncommand = "python {tmp_path / "agent" / "agent.py"} ' \
+            f'{tmp_path / "agent" / "calls.txt"}"\n' \
             f"timeout_s = 30\nrepair_attempts = 0\n"
     return make_project(tmp_path / "proj", control=ctl, extra_toml=agent)
 
