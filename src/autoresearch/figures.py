@@ -237,16 +237,21 @@ def runs_text(n: int) -> str:
     return f"{n} run" + ("" if n == 1 else "s")
 
 
-def improvement(ledger: Ledger, tag: str, spec: Spec, rows: Optional[Sequence[Experiment]] = None) -> Figure:
-    """The tag's improvement figure: confirm's when it ran on today's start and best, else the ledger's."""
+def _tag_runs(ledger: Ledger, tag: str, spec: Spec, rows: Optional[Sequence[Experiment]]):
+    """The tag's rows, its runs by commit, and the noise pooled over them (sd, degrees of freedom)."""
     from .policy_confirm import pooled_noise  # here: policy_confirm imports the ledger and stats only
 
     rows = list(rows) if rows is not None else ledger.experiments(tag)
-    runs = commit_runs(ledger, tag)
     try:
         sd, df = pooled_noise(ledger, tag, spec.scale)
     except ValueError:
         sd, df = None, 0
+    return rows, commit_runs(ledger, tag), sd, df
+
+
+def improvement(ledger: Ledger, tag: str, spec: Spec, rows: Optional[Sequence[Experiment]] = None) -> Figure:
+    """The tag's improvement figure: confirm's when it ran on today's start and best, else the ledger's."""
+    rows, runs, sd, df = _tag_runs(ledger, tag, spec, rows)
     fig = from_runs(rows, runs, sd, df, spec)
     confirmed = _confirm_runs(ledger, tag, fig)
     if confirmed is not None:
@@ -353,14 +358,7 @@ class Noise:
 
 
 def noise(ledger: Ledger, tag: str, spec: Spec, rows: Optional[Sequence[Experiment]] = None) -> Noise:
-    from .policy_confirm import pooled_noise
-
-    rows = list(rows) if rows is not None else ledger.experiments(tag)
-    runs = commit_runs(ledger, tag)
-    try:
-        sd, df = pooled_noise(ledger, tag, spec.scale)
-    except ValueError:
-        sd, df = None, 0
+    rows, runs, sd, df = _tag_runs(ledger, tag, spec, rows)
     repeated = [r for r in runs.values() if len(r) >= 2]
     base, _ = ends(rows)
     cal = next((ev["message"] for ev in reversed(ledger.events(tag)) if ev["kind"] == "calibration"), "")
