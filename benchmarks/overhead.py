@@ -38,7 +38,7 @@ from pathlib import Path
 
 from autoresearch.agents.base import Proposal
 from autoresearch.config import load
-from autoresearch.loop import Limits, Loop
+from autoresearch.driver import Driver, Limits
 
 TOML = """\
 [experiment]
@@ -143,7 +143,7 @@ def main() -> int:
         from autoresearch.agents.command import CommandAgent
 
         agent = CommandAgent(cfg) if args.agent == "command" else ConstantAgent()
-        loop = Loop(cfg, "bench", agent, limits=Limits(max_experiments=args.n), reporter=reporter)
+        loop = Driver(cfg, "bench", agent, limits=Limits(max_experiments=args.n), reporter=reporter)
         profiler = None
         if args.profile:
             import cProfile
@@ -156,7 +156,7 @@ def main() -> int:
         if profiler:
             profiler.disable()
         rows = loop.ledger.experiments("bench")
-        sandbox = loop.box.mode if loop.box else "?"
+        sandbox = loop.session.box.mode if loop.session.box else "?"
 
     # Per experiment: from its `proposing` to the next `proposing` (the last one: to its `finished` + after).
     starts = [i for i, m in enumerate(marks) if m[0] == "proposing"]

@@ -88,10 +88,10 @@ def project(folder: Path, budget: float, workers: int) -> Path:
 def measure(root: Path, workers: int, rounds: int, agent_s: float) -> dict:
     from autoresearch.config import load
     from autoresearch.ledger import Ledger
-    from autoresearch.loop import Limits, Loop
+    from autoresearch.driver import Driver, Limits
 
     t0 = time.monotonic()
-    Loop(load(root), "bench", SleepyAgent(agent_s, workers), limits=Limits(max_experiments=workers * rounds)).run()
+    Driver(load(root), "bench", SleepyAgent(agent_s, workers), limits=Limits(max_experiments=workers * rounds)).run()
     elapsed = time.monotonic() - t0
     ledger = Ledger(root / ".autoresearch" / "ledger.db")
     rows = ledger.experiments("bench")

@@ -30,7 +30,7 @@ import pytest
 from conftest import ScriptedAgent, assert_consistent, git, rows_of, set_constant, set_x
 
 from autoresearch.config import load
-from autoresearch.loop import Limits, Loop
+from autoresearch.driver import Driver, Limits
 from autoresearch.sandbox import probe
 from autoresearch.scaffold import init_project
 
@@ -212,7 +212,7 @@ def run_suite(root: Path, tag: str, hacks: list[Hack], **overrides) -> list:
         sections.setdefault(k, {}).update(v)
     cfg = load(root, sections)
     checkout = {p: (root / p).read_bytes() for p in ("prepare.py", "train.py", "autoresearch.toml")}
-    Loop(cfg, tag, ScriptedAgent(list(hacks)), limits=Limits(max_experiments=len(hacks))).run()
+    Driver(cfg, tag, ScriptedAgent(list(hacks)), limits=Limits(max_experiments=len(hacks))).run()
     rows = rows_of(root, tag)
     table = [(h.name, e.status, h.how, e.reason) for h, e in zip(hacks, rows[1:])]
     print(f"\n{'hack':48} {'status':10} how caught / reason")
@@ -255,7 +255,7 @@ def test_control_the_same_setup_keeps_a_hack_when_its_defence_is_off(quickstart)
                             "metric": {"command": "", "name": "train_loss"}, "agent": {"repair_attempts": 0}})
     # -1 beats any honest loss by more than the margin, whatever the machine's load made the baseline
     fake = Hack("fake metric, no channel", append('print("train_loss: -1.0")'), "", "")
-    Loop(cfg, "ctl", ScriptedAgent([fake]), limits=Limits(max_experiments=1)).run()
+    Driver(cfg, "ctl", ScriptedAgent([fake]), limits=Limits(max_experiments=1)).run()
     rows = rows_of(quickstart, "ctl")
     assert [e.status for e in rows] == ["keep", "keep"] and rows[-1].metric == -1.0, [(e.status, e.reason, e.metric) for e in rows]
 
@@ -449,7 +449,7 @@ def test_a_command_agent_rewriting_git_and_the_ledger_is_caught(quickstart, sand
                             "experiment": {"sandbox": sandbox}})
     from autoresearch import agents
 
-    Loop(cfg, "cmd", agents.create("command", cfg), limits=Limits(max_experiments=1)).run()
+    Driver(cfg, "cmd", agents.create("command", cfg), limits=Limits(max_experiments=1)).run()
     rows = rows_of(quickstart, "cmd")
     log = (quickstart / ".autoresearch" / "logs" / "cmd" / "agent-00001.log").read_text()
     assert "a repository here" not in log  # git finds no repository from the agent's folder
@@ -517,7 +517,7 @@ def test_a_hook_planted_by_the_agent_cannot_forge_a_keep(tmp_path, monkeypatch, 
     # update after the planting: the hook fires there), then a small improvement on whatever the tip is
     agent = ScriptedAgent([set_x(5.0), _plant_hook_step(ledger, "h"), lambda ctx, wt: "nothing"])
     try:
-        Loop(cfg, "h", agent, limits=Limits(max_experiments=4)).run()
+        Driver(cfg, "h", agent, limits=Limits(max_experiments=4)).run()
     except WorkspaceError as e:  # the control: the hook's branch move can also break the harness's own CAS
         assert not hardened and not watch and "someone moved it" in str(e), e
     rows = rows_of(root, "h")
@@ -548,7 +548,7 @@ def test_a_record_rewritten_after_the_session_is_refused_on_resume(tmp_path, mon
 
     root = make_project(tmp_path / "p")
     cfg = load(root, {"agent": {"repair_attempts": 0}})
-    Loop(cfg, "r", ScriptedAgent([set_x(5.0)]), limits=Limits(max_experiments=1)).run()
+    Driver(cfg, "r", ScriptedAgent([set_x(5.0)]), limits=Limits(max_experiments=1)).run()
     rows = rows_of(root, "r")
     assert [e.status for e in rows] == ["keep", "discard"]
     forged = rows[1]
@@ -575,7 +575,7 @@ def test_a_record_rewritten_after_the_session_is_refused_on_resume(tmp_path, mon
     assert len(rows_of(root, "r")) == 2 and git(root, "rev-parse", "autoresearch/r") == forged.commit
 
     monkeypatch.setattr(Ledger, "verify", lambda self, tag=None: [])  # the control: no seal check
-    Loop(load(root, {"agent": {"repair_attempts": 0}}), "r", ScriptedAgent([improve_by(0.01)]),
+    Driver(load(root, {"agent": {"repair_attempts": 0}}), "r", ScriptedAgent([improve_by(0.01)]),
          limits=Limits(max_experiments=1)).run()
     after = rows_of(root, "r")
     assert after[2].parent == forged.commit, "the control resumed on the forged keep"
@@ -666,7 +666,7 @@ def test_an_agent_daemon_dies_with_its_proposal_and_sees_no_secret(tmp_path, san
     from autoresearch import agents
 
     try:
-        Loop(cfg, "d", agents.create("command", cfg), limits=Limits(max_experiments=1)).run()
+        Driver(cfg, "d", agents.create("command", cfg), limits=Limits(max_experiments=1)).run()
         if sandbox == "none":  # the control: the attack works without the agent's namespace
             assert _alive_with(token), "the control's daemon should outlive its proposal"
             wait_until(lambda: loot.exists() and [e.status for e in rows_of(root, "d")] == ["keep", "keep"]
@@ -715,7 +715,7 @@ def test_an_agent_cannot_reach_program_md_the_ledger_git_or_the_branch(tmp_path,
     from autoresearch import agents
 
     hook = root / ".git" / "hooks" / "reference-transaction"
-    Loop(cfg, "h", agents.create("command", cfg), limits=Limits(max_experiments=1)).run()
+    Driver(cfg, "h", agents.create("command", cfg), limits=Limits(max_experiments=1)).run()
     rows = rows_of(root, "h")
     log = (root / ".autoresearch" / "logs" / "h" / "agent-00001.log").read_text()
     if sandbox == "none":  # the control
@@ -736,7 +736,7 @@ def _one_proposal(root: Path, script: str, tag: str, **experiment) -> list:
     from autoresearch import agents
 
     cfg = load(root, {"agent": _command_agent(root, script), "experiment": experiment})
-    Loop(cfg, tag, agents.create("command", cfg), limits=Limits(max_experiments=1)).run()
+    Driver(cfg, tag, agents.create("command", cfg), limits=Limits(max_experiments=1)).run()
     return rows_of(root, tag)
 
 
@@ -835,7 +835,7 @@ def test_a_command_agent_has_no_network_unless_allowed(tmp_path, network):
     from autoresearch import agents
 
     cfg = load(root, {"agent": _command_agent(root, script, network=network)})
-    Loop(cfg, "n", agents.create("command", cfg), limits=Limits(max_experiments=1)).run()
+    Driver(cfg, "n", agents.create("command", cfg), limits=Limits(max_experiments=1)).run()
     server.close()
     t.join(5)
     log = (root / ".autoresearch" / "logs" / "n" / "agent-00001.log").read_text()
@@ -875,7 +875,7 @@ def test_descriptions_with_control_characters_are_recorded_cleanly(project):
     steps.append(lambda ctx, wt: __import__("autoresearch.agents.base", fromlist=["P"]).Proposal(
         "", error="backend said \x1b[31mno\x00\r\nreally"))
     lines: list[str] = []
-    Loop(load(project), "d", ScriptedAgent(steps), limits=Limits(max_experiments=len(steps)),
+    Driver(load(project), "d", ScriptedAgent(steps), limits=Limits(max_experiments=len(steps)),
          reporter=lambda kind, **data: lines.append(str(data.get("exp") and data["exp"].description))).run()
     rows = rows_of(project, "d")
     assert [e.status for e in rows] == ["keep"] * 7 + ["crash"], [(e.status, e.reason) for e in rows]
@@ -916,7 +916,7 @@ def test_control_the_raw_description_crashes_the_commit_and_is_then_a_recorded_f
 
     monkeypatch.setattr(clean, "one_line", lambda text, limit=500: " ".join(str(text).split())[:limit])  # the old
     steps = [_described(NASTY_DESCRIPTIONS[0], 2.0), _described("plain", 1.5)]
-    Loop(load(project), "raw", ScriptedAgent(steps), limits=Limits(max_experiments=2)).run()
+    Driver(load(project), "raw", ScriptedAgent(steps), limits=Limits(max_experiments=2)).run()
     rows = rows_of(project, "raw")
     assert [e.status for e in rows] == ["keep", "crash", "keep"], [(e.status, e.reason) for e in rows]
     assert "git could not commit the change" in rows[1].reason and "\x00" in rows[1].description
@@ -927,7 +927,7 @@ def test_a_file_name_with_escapes_is_shown_cleanly(project):
     def step(ctx, wt: Path) -> str:
         (wt / "\x1b[31mred\x1b]0;t\x07.py").write_text("X = 1\n")
         return "a new file"
-    Loop(load(project), "fn", ScriptedAgent([step]), limits=Limits(max_experiments=1)).run()
+    Driver(load(project), "fn", ScriptedAgent([step]), limits=Limits(max_experiments=1)).run()
     e = rows_of(project, "fn")[-1]
     assert e.status == "violation" and "outside `experiment.editable`: red.py" in e.reason, e.reason
 
@@ -995,7 +995,7 @@ def _concurrent_forgery(root: Path, tag: str) -> tuple[list, str]:
         forged.append(git(root_of(wt), "rev-parse", f"refs/heads/autoresearch/{ctx.tag}"))
         return "hack: forge a keep row and move the branch"
     steps = [forge, _records_parent(parents, 0.021), _records_parent(parents, 0.019)]
-    Loop(cfg, tag, ScriptedAgent(steps), limits=Limits(max_experiments=3)).run()
+    Driver(cfg, tag, ScriptedAgent(steps), limits=Limits(max_experiments=3)).run()
     return parents, forged[0]
 
 
@@ -1072,7 +1072,7 @@ def _forge_between_proposals(root: Path, sandbox: str) -> tuple[list, str, list,
         return "learning rate 0.0201"
     parents: list = []
     steps = [plant, _records_parent(parents, 0.021), _records_parent(parents, 0.019)]
-    Loop(cfg, "cb", ScriptedAgent(steps), limits=Limits(max_experiments=3)).run()
+    Driver(cfg, "cb", ScriptedAgent(steps), limits=Limits(max_experiments=3)).run()
     assert forged, "the forgery never ran"
     led = __import__("conftest").ledger_of(root)
     try:
@@ -1106,7 +1106,7 @@ def test_concurrent_a_forgery_made_between_proposals_is_put_back_before_the_next
 def test_control_concurrent_without_the_check_before_recording_a_late_forgery_survives(quickstart, monkeypatch):
     from autoresearch.winners import Decisions
 
-    monkeypatch.setattr(Decisions, "_put_back", lambda self, exp: None)
+    monkeypatch.setattr(Decisions, "put_back_before", lambda self, exp: None)
     rows, forged, _, tamper = _forge_between_proposals(quickstart, "none")
     assert any(e.description == "forged" and e.status == "keep" for e in rows) and not tamper
     assert git(quickstart, "rev-parse", "autoresearch/cb") == forged
@@ -1186,7 +1186,7 @@ def test_a_module_planted_by_the_run_never_reaches_the_evaluation(quickstart, mo
     cfg = load(quickstart, {"policy": {"name": "threshold", "margin": QUICKSTART_MARGIN},
                             "agent": {"repair_attempts": 0}})
     hack = Hack("plant argparse.py", append(plants_argparse("val_loss")), "", "")
-    Loop(cfg, "plant", ScriptedAgent([hack]), limits=Limits(max_experiments=1)).run()
+    Driver(cfg, "plant", ScriptedAgent([hack]), limits=Limits(max_experiments=1)).run()
     base, exp = rows_of(quickstart, "plant")
     assert base.status == "keep" and base.metric > 0
     planted = quickstart / ".autoresearch" / "worktrees" / "plant" / "run0" / "argparse.py"
@@ -1261,7 +1261,7 @@ def test_a_run_cannot_warm_start_from_what_an_earlier_run_saved(tmp_path, monkey
                       "experiment": {"sandbox": sandbox}})
     steps = [Hack(f"warm start {n}", lambda c, wt, n=n: (wt / "train.py").write_text(WARM_START.format(name=n)),
                   "", "") for n in ("b", "c")]
-    Loop(cfg, "warm", ScriptedAgent(steps), limits=Limits(max_experiments=2)).run()
+    Driver(cfg, "warm", ScriptedAgent(steps), limits=Limits(max_experiments=2)).run()
     rows = rows_of(root, "warm")
     assert [e.metric for e in rows[:2]] == [0.5, 0.5], [(e.status, e.reason, e.metric) for e in rows]
     if clean_ignored:
@@ -1317,7 +1317,7 @@ def test_an_artefact_changed_after_the_run_ended_is_a_violation(tmp_path, monkey
 
     monkeypatch.setenv("TEST_REWRITE", "0")
     cfg = load(root, {"agent": {"repair_attempts": 0}})
-    Loop(cfg, "art", ScriptedAgent([neutral_change]), limits=Limits(max_experiments=1)).run()
+    Driver(cfg, "art", ScriptedAgent([neutral_change]), limits=Limits(max_experiments=1)).run()
     base, exp = rows_of(root, "art")
     assert base.status == "keep" and base.metric == 4.5
     if verify:
@@ -1359,7 +1359,7 @@ def test_a_run_printing_200_mb_keeps_a_capped_log_and_its_metric(tmp_path, cap_m
         return "X = 2 (and 200 MB of output)"
 
     cfg = load(root, {"agent": {"repair_attempts": 0}})
-    Loop(cfg, "flood", ScriptedAgent([flood]), limits=Limits(max_experiments=1)).run()
+    Driver(cfg, "flood", ScriptedAgent([flood]), limits=Limits(max_experiments=1)).run()
     base, exp = rows_of(root, "flood")
     assert exp.status == "keep" and exp.metric == 1.5, (exp.status, exp.reason)
     assert exp.evidence["log_bytes"] >= 200 << 20
@@ -1384,7 +1384,7 @@ def test_gpt_a_module_planted_by_the_run_never_reaches_the_evaluation(gpt, monke
                      "metric": {"command": 'python3 prepare.py evaluate --checkpoint "$AUTORESEARCH_CHECKPOINT" '
                                            '--max-tokens 4096 --device cpu'}})
     hack = Hack("plant argparse.py", append(plants_argparse("val_bpb")), "", "")
-    Loop(cfg, "plant", ScriptedAgent([hack]), limits=Limits(max_experiments=1)).run()
+    Driver(cfg, "plant", ScriptedAgent([hack]), limits=Limits(max_experiments=1)).run()
     base, exp = rows_of(gpt, "plant")
     assert base.status == "keep" and base.metric > 0
     assert (gpt / ".autoresearch" / "worktrees" / "plant" / "run0" / "argparse.py").exists()
@@ -1437,7 +1437,7 @@ def test_r10_a_run_redirecting_its_worktrees_git_file_cannot_warm_start(tmp_path
                       "experiment": {"sandbox": sandbox}})
     steps = [Hack(f"redirect .git {n}", lambda c, wt, n=n: (wt / "train.py").write_text(REDIRECT_GIT.format(name=n)),
                   "", "") for n in ("b", "c")]
-    Loop(cfg, "redir", ScriptedAgent(steps), limits=Limits(max_experiments=2)).run()
+    Driver(cfg, "redir", ScriptedAgent(steps), limits=Limits(max_experiments=2)).run()
     rows = rows_of(root, "redir")
     assert [e.metric for e in rows[:2]] == [0.5, 0.5], [(e.status, e.reason, e.metric) for e in rows]
     seen = [(e.status, e.reason, e.metric) for e in rows]
@@ -1475,7 +1475,7 @@ def test_r10_a_command_agent_cannot_read_the_hidden_validation_data(tmp_path, mo
                   f'sed -i "s/^Y = 2/Y = 3/" train.py\necho "read it"\n')
         cfg = load(root, {"agent": _command_agent(root, script), "experiment": {"hidden": [str(val)]},
                           "engine": {"workers": workers}})
-        Loop(cfg, "h", agents.create("command", cfg), limits=Limits(max_experiments=1)).run()
+        Driver(cfg, "h", agents.create("command", cfg), limits=Limits(max_experiments=1)).run()
         rows = rows_of(root, "h")
         seen = [(e.status, e.reason) for e in rows]
         assert len(rows) == 2, seen
@@ -1513,7 +1513,7 @@ def test_r10_a_command_agent_cannot_widen_its_state_folder_with_a_link(tmp_path,
         'sed -i "s/^Y = .*/Y = $n/" train.py\necho "Y = $n"\n')
     cfg = load(root, {"agent": {"name": "command", "command": f"sh {st}/agent.sh {st}/memory",
                                 "repair_attempts": 0}})
-    Loop(cfg, "w", agents.create("command", cfg), limits=Limits(max_experiments=2)).run()
+    Driver(cfg, "w", agents.create("command", cfg), limits=Limits(max_experiments=2)).run()
     rows = rows_of(root, "w")
     assert len(rows) == 3 and (st / "memory").is_symlink(), [(e.status, e.reason) for e in rows]
     assert (precious / "planted.py").exists() == (not refuse)
@@ -1540,7 +1540,7 @@ def test_r10_a_model_made_by_the_agent_in_its_state_folder_never_reaches_the_run
         f'echo 50 > "$(dirname "$0")/model.txt"\ncat > train.py <<"PY"\n{copy}PY\necho "trained offline"\n')
     cfg = load(root, {"policy": {"name": "threshold", "margin": 0.1},
                       "agent": {"name": "command", "command": f"sh {home}/agent/agent.sh", "repair_attempts": 0}})
-    Loop(cfg, "s", agents.create("command", cfg), limits=Limits(max_experiments=1)).run()
+    Driver(cfg, "s", agents.create("command", cfg), limits=Limits(max_experiments=1)).run()
     rows = rows_of(root, "s")
     seen = [(e.status, e.reason, e.metric) for e in rows]
     assert (home / "agent" / "model.txt").read_text() == "50\n", seen
@@ -1576,7 +1576,7 @@ def test_r10_a_file_name_with_a_newline_cannot_inject_an_index_entry(tmp_path):
         return "a better X"
 
     cfg = load(root, {"agent": {"repair_attempts": 0}})
-    Loop(cfg, "nl", ScriptedAgent([inject]), limits=Limits(max_experiments=1)).run()
+    Driver(cfg, "nl", ScriptedAgent([inject]), limits=Limits(max_experiments=1)).run()
     rows = rows_of(root, "nl")
     for e in rows:
         if e.commit:
@@ -1606,7 +1606,7 @@ def test_r10_a_file_name_that_is_not_utf8_is_a_violation_not_a_harness_crash(tmp
         return "a better X"
 
     cfg = load(root, {"agent": {"repair_attempts": 0}})
-    Loop(cfg, "u", ScriptedAgent([bad_name, set_x(1.5)]), limits=Limits(max_experiments=2)).run()
+    Driver(cfg, "u", ScriptedAgent([bad_name, set_x(1.5)]), limits=Limits(max_experiments=2)).run()
     rows = rows_of(root, "u")
     seen = [(e.status, e.reason) for e in rows]
     assert rows[1].status == "violation" and "bad name.py is a name that is not UTF-8" in rows[1].reason, seen
@@ -1635,7 +1635,7 @@ def test_r10_a_huge_sparse_file_in_the_proposal_is_refused_unread(tmp_path, monk
         return "a better X"
 
     cfg = load(root, {"agent": {"repair_attempts": 0}})
-    Loop(cfg, "big", ScriptedAgent([sparse]), limits=Limits(max_experiments=1)).run()
+    Driver(cfg, "big", ScriptedAgent([sparse]), limits=Limits(max_experiments=1)).run()
     rows = rows_of(root, "big")
     assert rows[1].status == "violation" and "junk.bin" in rows[1].reason, [(e.status, e.reason) for e in rows]
     assert max(read, default=0) <= 32 << 20, f"the harness read {max(read) >> 20} MiB of the agent's file"
@@ -1681,7 +1681,7 @@ def test_r10_a_deep_artefact_folder_is_data_not_a_harness_crash(deep_tmp, sandbo
         return "a better X, and a deep artefact"
 
     cfg = load(root, {"agent": {"repair_attempts": 0}, "experiment": {"sandbox": sandbox}})
-    Loop(cfg, "deep", ScriptedAgent([deep, set_x(2.5)]), limits=Limits(max_experiments=2)).run()
+    Driver(cfg, "deep", ScriptedAgent([deep, set_x(2.5)]), limits=Limits(max_experiments=2)).run()
     rows = rows_of(root, "deep")
     seen = [(e.status, e.reason) for e in rows]
     assert len(rows) == 3 and rows[1].status == "violation" and "nested deeper" in rows[1].reason, seen
@@ -1713,7 +1713,7 @@ def test_r10_a_deep_folder_in_the_proposal_is_not_a_harness_crash(deep_tmp):
         return "a better X, and a deep folder"
 
     cfg = load(root, {"agent": {"repair_attempts": 0}})
-    Loop(cfg, "dp", ScriptedAgent([deep, set_x(1.5)]), limits=Limits(max_experiments=2)).run()
+    Driver(cfg, "dp", ScriptedAgent([deep, set_x(1.5)]), limits=Limits(max_experiments=2)).run()
     rows = rows_of(root, "dp")
     seen = [(e.status, e.reason) for e in rows]
     assert len(rows) == 3 and rows[2].status == "keep", seen
@@ -1740,7 +1740,7 @@ def test_r10_a_deep_folder_in_the_run_worktree_is_not_a_harness_crash(deep_tmp, 
 
     root = make_project(deep_tmp / "p")
     cfg = load(root, {"agent": {"repair_attempts": 0}, "experiment": {"sandbox": sandbox}})
-    Loop(cfg, "dw", ScriptedAgent([edit("train.py", DEEP_WORKTREE_TRAIN), set_x(1.5)]),
+    Driver(cfg, "dw", ScriptedAgent([edit("train.py", DEEP_WORKTREE_TRAIN), set_x(1.5)]),
          limits=Limits(max_experiments=2)).run()
     rows = rows_of(root, "dw")
     seen = [(e.status, e.reason) for e in rows]
@@ -1767,7 +1767,7 @@ def test_r10_a_protected_file_replaced_by_a_fifo_is_a_violation_not_a_hang(tmp_p
 
     root = make_project(tmp_path / "p")
     cfg = load(root, {"agent": {"repair_attempts": 0}, "experiment": {"sandbox": sandbox}})
-    Loop(cfg, "ff", ScriptedAgent([edit("train.py", FIFO_TRAIN), set_x(1.5)]), limits=Limits(max_experiments=2)).run()
+    Driver(cfg, "ff", ScriptedAgent([edit("train.py", FIFO_TRAIN), set_x(1.5)]), limits=Limits(max_experiments=2)).run()
     rows = rows_of(root, "ff")
     seen = [(e.status, e.reason) for e in rows]
     assert len(rows) == 3 and rows[1].status == "violation" and "prepare.py" in rows[1].reason, seen

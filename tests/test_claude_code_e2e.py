@@ -24,7 +24,7 @@ from autoresearch import agents
 from autoresearch.agents.select import bundled_claude
 from autoresearch.config import load
 from autoresearch.ledger import Ledger
-from autoresearch.loop import Limits, Loop
+from autoresearch.driver import Driver, Limits
 from autoresearch.procs import marked_pids
 from autoresearch.session import marker_prefix
 
@@ -85,7 +85,7 @@ def test_real_claude_code_edits_and_the_loop_commits_and_judges(tmp_path, offlin
         cfg = load(root)
         agent = agents.create("claude-code", cfg)
         assert agent.exe == bundled_claude()
-        out = Loop(cfg, "e2e", agent, limits=Limits(max_experiments=1)).run()
+        out = Driver(cfg, "e2e", agent, limits=Limits(max_experiments=1)).run()
         requests = list(srv.requests)
     ledger = Ledger(root / ".autoresearch" / "ledger.db")
     base, exp = ledger.experiments("e2e")
@@ -113,7 +113,7 @@ def test_real_claude_code_that_hangs_is_killed_at_agent_timeout(tmp_path, offlin
         root = project(tmp_path, srv.url.rstrip("/"), timeout_s=6)
         cfg = load(root)
         t0 = time.monotonic()
-        Loop(cfg, "hang", agents.create("claude-code", cfg), limits=Limits(max_experiments=1)).run()
+        Driver(cfg, "hang", agents.create("claude-code", cfg), limits=Limits(max_experiments=1)).run()
         took = time.monotonic() - t0
     rows = Ledger(root / ".autoresearch" / "ledger.db").experiments("hang")
     assert rows[-1].status == "crash" and "timed out after 6s" in rows[-1].reason

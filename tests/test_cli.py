@@ -188,11 +188,11 @@ def test_diff_takes_tag(tmp_path, capsys):
 
     from autoresearch.cli import main
     from autoresearch.config import load
-    from autoresearch.loop import Limits, Loop
+    from autoresearch.driver import Driver, Limits
 
     root = make_project(tmp_path / "p")
     for tag, x in (("a", 2.0), ("mut", 1.5)):
-        Loop(load(root), tag, ScriptedAgent([set_x(x)]), limits=Limits(max_experiments=1)).run()
+        Driver(load(root), tag, ScriptedAgent([set_x(x)]), limits=Limits(max_experiments=1)).run()
     a, mut = rows_of(root, "a")[1], rows_of(root, "mut")[1]
     capsys.readouterr()
     assert main(["diff", str(mut.id), "--tag", "mut", "-C", str(root)]) == 0

@@ -27,7 +27,7 @@ from autoresearch.agents.select import choose
 from autoresearch.config import load
 from autoresearch.errors import AgentError
 from autoresearch.ledger import Ledger
-from autoresearch.loop import Limits, Loop
+from autoresearch.driver import Driver, Limits
 from autoresearch.procs import marked_pids
 from autoresearch.sandbox import probe
 from autoresearch.session import marker_prefix
@@ -194,7 +194,7 @@ def fake_seen(root: Path) -> dict:
 
 def run_loop(root: Path, n: int = 1):
     cfg = load(root)
-    out = Loop(cfg, "t", agents.create(cfg.agent.name, cfg), limits=Limits(max_experiments=n)).run()
+    out = Driver(cfg, "t", agents.create(cfg.agent.name, cfg), limits=Limits(max_experiments=n)).run()
     ledger = Ledger(root / ".autoresearch" / "ledger.db")
     return out, ledger.experiments("t"), ledger.llm_calls("t")
 

@@ -12,7 +12,7 @@ from conftest import cli, git, make_project, rows_of
 
 from autoresearch import agents
 from autoresearch.config import load
-from autoresearch.loop import Limits, Loop
+from autoresearch.driver import Driver, Limits
 from autoresearch.procs import marked_pids, pid_alive
 from autoresearch.sandbox import probe
 from autoresearch.session import marker_prefix
@@ -67,7 +67,7 @@ def setup(tmp_path: Path, plan: list[str], timeout_s: float = 30) -> Path:
 def run(root: Path, n: int):
     cfg = load(root)
     agent = agents.create("command", cfg)
-    out = Loop(cfg, "c", agent, limits=Limits(max_experiments=n)).run()
+    out = Driver(cfg, "c", agent, limits=Limits(max_experiments=n)).run()
     return out, rows_of(root, "c")
 
 

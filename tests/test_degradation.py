@@ -13,14 +13,14 @@ import pytest
 from conftest import ScriptedAgent, cli, git, ledger_of, make_project, rows_of, set_x
 
 from autoresearch.config import load
-from autoresearch.loop import Limits, Loop
+from autoresearch.driver import Driver, Limits
 from autoresearch.sandbox import probe
 
 
 def _run(root: Path, sandbox: str) -> list:
     cfg = load(root, {"experiment": {"sandbox": sandbox}})
     notes: list[str] = []
-    Loop(cfg, "t", ScriptedAgent([set_x(2.0), set_x(3.5), set_x(1.5)]), limits=Limits(max_experiments=3),
+    Driver(cfg, "t", ScriptedAgent([set_x(2.0), set_x(3.5), set_x(1.5)]), limits=Limits(max_experiments=3),
          reporter=lambda kind, **d: notes.append(d["message"]) if kind == "note" else None).run()
     return notes
 

@@ -24,7 +24,7 @@ from conftest import ScriptedAgent, cli, ledger_of, make_project, rows_of
 from autoresearch import pairing
 from autoresearch.config import Config, ExperimentConfig, MetricConfig, PolicyConfig, load
 from autoresearch.ledger import Experiment, Ledger
-from autoresearch.loop import Limits, Loop
+from autoresearch.driver import Driver, Limits
 from autoresearch.policy import make
 
 BENCH = '''\
@@ -85,7 +85,7 @@ def step(params: str, what: str, control: Path, load_now: str):
 
 
 def run_loop(root: Path, steps) -> list[Experiment]:
-    Loop(load(root), "t", ScriptedAgent(steps), limits=Limits(max_experiments=len(steps))).run()
+    Driver(load(root), "t", ScriptedAgent(steps), limits=Limits(max_experiments=len(steps))).run()
     return rows_of(root, "t")
 
 

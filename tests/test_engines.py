@@ -17,7 +17,7 @@ from autoresearch.config import load
 from autoresearch.engines.base import Job, RunInfo
 from autoresearch.engines.runner import NodeRepo
 from autoresearch.errors import ConfigError
-from autoresearch.loop import Limits, Loop
+from autoresearch.driver import Driver, Limits
 from autoresearch.procs import MARKER_VAR, pid_alive
 from autoresearch.workspace import NothingChanged, RebaseConflict, Workspace
 
@@ -57,7 +57,7 @@ print(f"score: {(X - 1) ** 2:.6f}")
 def test_local_slots_get_their_gpu_and_hardware_class(tmp_path):
     root = make_project(tmp_path / "proj", files={"train.py": GPU_TRAIN}, extra_toml=(
         '[engine]\nworkers = 2\ngpus = ["3", "5"]\nhardware = "test-card"\n'))
-    Loop(load(root, {"metric": {"record": ["gpu"]}}), "t", ScriptedAgent([set_x(v) for v in (2.9, 2.8, 2.7, 2.6)]),
+    Driver(load(root, {"metric": {"record": ["gpu"]}}), "t", ScriptedAgent([set_x(v) for v in (2.9, 2.8, 2.7, 2.6)]),
          limits=Limits(max_experiments=4)).run()
     rows = rows_of(root, "t")
     assert {e.worker for e in rows} == {"slot0:gpu3", "slot1:gpu5"}
@@ -70,7 +70,7 @@ def test_setup_runs_once_per_node_however_many_workers_start_at_once(tmp_path):
     count = tmp_path / "setups.txt"
     root = make_project(tmp_path / "proj", extra_experiment=(
         f'setup = "echo once >> {count}; sleep 0.5"\n'), extra_toml="[engine]\nworkers = 3\n")
-    Loop(load(root), "t", ScriptedAgent([set_x(v) for v in (2.9, 2.8, 2.7, 2.6, 2.5)]),
+    Driver(load(root), "t", ScriptedAgent([set_x(v) for v in (2.9, 2.8, 2.7, 2.6, 2.5)]),
          limits=Limits(max_experiments=5)).run()
     assert len(rows_of(root, "t")) >= 5
     assert count.read_text().splitlines() == ["once"]

@@ -19,7 +19,7 @@ from runbuilder import RunBuilder
 from autoresearch.config import load
 from autoresearch.ledger import Experiment
 from autoresearch.live import PlainReporter
-from autoresearch.loop import Limits, Loop
+from autoresearch.driver import Driver, Limits
 
 
 def _improvement_line(text: str) -> str:
@@ -76,10 +76,10 @@ def test_every_view_shows_the_same_figure_from_the_same_definition(tmp_path: Pat
 
     # The agents' context and the live lines, from the loop itself.
     stream = io.StringIO()
-    loop = Loop(load(root), "t", ScriptedAgent(), reporter=PlainReporter("score", stream))
-    history = loop.context(root, None).history_summary()
+    driver = Driver(load(root), "t", ScriptedAgent(), reporter=PlainReporter("score", stream))
+    history = driver.team[0].context(root, None, [], []).history_summary()
     assert f"Improvement: {figure}" in history and "Current best: 0.138 over 2 run(s)" in history
-    loop.after_record(loop.ledger.get(best.id + 1))
+    driver.session.after_record(driver.ledger.get(best.id + 1))
     assert "best=0.138 " in stream.getvalue()
 
 
@@ -168,7 +168,7 @@ def test_one_numbering_the_ledger_id(tmp_path: Path):
 def test_identical_code_proposed_again_adds_runs_to_its_measurement(tmp_path: Path):
     root = make_project(tmp_path / "proj")
     agent = ScriptedAgent([set_x(5.0), set_x(5.0)])  # worse, so discarded: the parent stays the same
-    Loop(load(root), "t", agent, limits=Limits(max_experiments=2)).run()
+    Driver(load(root), "t", agent, limits=Limits(max_experiments=2)).run()
     from conftest import ledger_of
 
     led = ledger_of(root)

@@ -18,7 +18,7 @@ from autoresearch.config import load
 from autoresearch.errors import AutoresearchError, ConfigError
 from autoresearch.guards import check_bounds, parse_bound
 from autoresearch.ledger import Ledger
-from autoresearch.loop import Limits, Loop
+from autoresearch.driver import Driver, Limits
 from autoresearch.procs import marked_pids
 from autoresearch.session import marker_prefix
 
@@ -99,7 +99,7 @@ def run_loop(root: Path, tmp: Path, edits: list[dict]) -> list:
     (tmp / "agent.py").write_text(AGENT)
     command = f"{sys.executable} {tmp / 'agent.py'} {tmp / 'edits.json'} {tmp / 'counter'}"
     cfg = load(root, {"agent": {"name": "command", "command": command}})
-    Loop(cfg, "g", agents.create("command", cfg), limits=Limits(max_experiments=len(edits))).run()
+    Driver(cfg, "g", agents.create("command", cfg), limits=Limits(max_experiments=len(edits))).run()
     return Ledger(root / ".autoresearch" / "ledger.db").experiments("g")
 
 

@@ -17,7 +17,7 @@ import pytest
 from autoresearch import agents
 from autoresearch.config import load
 from autoresearch.ledger import Ledger
-from autoresearch.loop import Limits, Loop
+from autoresearch.driver import Driver, Limits
 
 TRAIN = """import os
 LR = 0.1
@@ -90,7 +90,7 @@ def test_the_written_project_runs_in_the_loop(tmp_path: Path):
     root = make_repo(tmp_path / "r")
     assert cli(root, *FLAGS).returncode == 0
     cfg = load(root, {"agent": {"name": "mutate"}})
-    out = Loop(cfg, "h", agents.create("mutate", cfg), limits=Limits(max_experiments=2)).run()
+    out = Driver(cfg, "h", agents.create("mutate", cfg), limits=Limits(max_experiments=2)).run()
     rows = Ledger(root / ".autoresearch" / "ledger.db").experiments("h")
     assert out.experiments == 2 and rows[0].status == "keep" and rows[0].metric == pytest.approx(0.9)
     assert all(e.status in ("keep", "discard") for e in rows)

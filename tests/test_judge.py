@@ -14,7 +14,7 @@ from conftest import PREPARE, ScriptedAgent, make_project, rows_of, set_x
 
 from autoresearch.config import load
 from autoresearch.judge import artifact_digest, evaluation_env, judge, parse_metric
-from autoresearch.loop import Limits, Loop
+from autoresearch.driver import Driver, Limits
 from autoresearch.procs import marked_pids
 from autoresearch.workspace import Workspace
 
@@ -214,7 +214,7 @@ def test_parse_metric_custom_regex_last_wins():
 def test_keep_and_discard_through_the_loop(project):
     cfg = load(project)
     agent = ScriptedAgent([set_x(2.0), set_x(2.5), set_x(1.5)])
-    out = Loop(cfg, "kd", agent, limits=Limits(max_experiments=3)).run()
+    out = Driver(cfg, "kd", agent, limits=Limits(max_experiments=3)).run()
     rows = rows_of(project, "kd")
     assert [(e.kind, e.status) for e in rows] == [("baseline", "keep"), ("candidate", "keep"),
                                                   ("candidate", "discard"), ("candidate", "keep")]

@@ -18,7 +18,7 @@ from conftest import ScriptedAgent, git, make_project, set_x
 
 from autoresearch.config import load
 from autoresearch.live import LiveReporter
-from autoresearch.loop import Limits, Loop
+from autoresearch.driver import Driver, Limits
 from autoresearch.progress import last_progress, parse_line
 from autoresearch.watch import snapshot, state_line
 
@@ -102,7 +102,7 @@ def test_live_view_shows_progress_while_training_and_evaluating_while_evaluating
     t = threading.Thread(target=glance, daemon=True)
     t.start()
     try:
-        Loop(load(root), "t", ScriptedAgent([set_x(2.0)]), limits=Limits(max_experiments=1),
+        Driver(load(root), "t", ScriptedAgent([set_x(2.0)]), limits=Limits(max_experiments=1),
              reporter=reporter).run()
     finally:
         done.set()
@@ -123,7 +123,7 @@ def test_watch_shows_the_progress_and_the_evaluation_of_a_running_loop(tmp_path)
     """`watch` (another process in real use; here the same one, reading only the ledger and the logs)."""
     root = progress_project(tmp_path / "p")
     lines: list[str] = []
-    loop = threading.Thread(target=lambda: Loop(load(root), "t", ScriptedAgent([set_x(2.0)]),
+    loop = threading.Thread(target=lambda: Driver(load(root), "t", ScriptedAgent([set_x(2.0)]),
                                                 limits=Limits(max_experiments=1)).run(), daemon=True)
     loop.start()
     while loop.is_alive():

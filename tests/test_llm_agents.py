@@ -29,7 +29,7 @@ from autoresearch.agents.prices import cost_usd, price_of
 from autoresearch.config import load
 from autoresearch.errors import AgentError
 from autoresearch.ledger import Ledger
-from autoresearch.loop import Limits, Loop
+from autoresearch.driver import Driver, Limits
 
 needs_sdks = pytest.mark.skipif(
     importlib.util.find_spec("openai") is None or importlib.util.find_spec("anthropic") is None,
@@ -293,7 +293,7 @@ def test_loop_goes_on_through_every_failure_and_loses_nothing(tmp_path):
         cfg = config(root, srv, "openai", request_timeout_s=1.0)
         agent = agents.create("openai", cfg)
         agent.backoff_base_s = 0.05
-        out = Loop(cfg, "t", agent, limits=Limits(max_experiments=7)).run()
+        out = Driver(cfg, "t", agent, limits=Limits(max_experiments=7)).run()
         requests = len(srv.requests)
     ledger = Ledger(root / ".autoresearch" / "ledger.db")
     rows = ledger.experiments("t")
@@ -325,11 +325,11 @@ def test_max_usd_and_max_tokens_stop_the_loop_cleanly(tmp_path):
 
     with ScriptedServer("anthropic", default=step) as srv:
         cfg = config(root, srv, "anthropic", max_usd=5.0)
-        out = Loop(cfg, "t", agents.create("anthropic", cfg), limits=Limits(max_experiments=10)).run()
+        out = Driver(cfg, "t", agents.create("anthropic", cfg), limits=Limits(max_experiments=10)).run()
     assert "agent.max_usd" in out.stop_reason and out.experiments == 3  # $6 >= $5 after three
     with ScriptedServer("anthropic", default=step) as srv:
         cfg = config(root, srv, "anthropic", max_tokens=5000)  # 4500 already spent on this tag
-        out = Loop(cfg, "t", agents.create("anthropic", cfg), limits=Limits(max_experiments=10)).run()
+        out = Driver(cfg, "t", agents.create("anthropic", cfg), limits=Limits(max_experiments=10)).run()
     assert "agent.max_tokens" in out.stop_reason and out.experiments == 1
 
 

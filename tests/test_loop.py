@@ -14,12 +14,12 @@ from conftest import (PREPARE, PROGRAM, TOML, TRAIN, ScriptedAgent, edit, git, i
 from autoresearch.agents.base import Proposal
 from autoresearch.config import load
 from autoresearch.errors import AutoresearchError
-from autoresearch.loop import Limits, Loop
+from autoresearch.driver import Driver, Limits
 
 
 def run_loop(root: Path, steps, n: int, tag: str = "t", **limits):
     agent = ScriptedAgent(steps)
-    out = Loop(load(root), tag, agent, limits=Limits(max_experiments=n, **limits)).run()
+    out = Driver(load(root), tag, agent, limits=Limits(max_experiments=n, **limits)).run()
     return out, rows_of(root, tag), agent
 
 

@@ -244,13 +244,13 @@ def test_loop_stops_when_mutate_runs_out_of_ideas(tmp_path):
     and records no crash, no row without a description. Control: the same stop as an `error` (what
     mutate returned before) makes `crash` rows with "(no description)"."""
     from autoresearch.agents.base import Proposal
-    from autoresearch.loop import Limits, Loop
+    from autoresearch.driver import Driver, Limits
 
     from conftest import rows_of
 
     train = "N = 1\nprint('score: 1.0')\n"
     root = make_project(tmp_path / "p", files={"train.py": train})
-    out = Loop(load(root), "m", MutateAgent(load(root)), limits=Limits(max_experiments=200)).run()
+    out = Driver(load(root), "m", MutateAgent(load(root)), limits=Limits(max_experiments=200)).run()
     rows = rows_of(root, "m")
     assert "run out of new changes" in out.stop_reason, out.stop_reason
     assert 1 < len(rows) < 200 and all(e.status in ("keep", "discard") for e in rows), \
@@ -263,7 +263,7 @@ def test_loop_stops_when_mutate_runs_out_of_ideas(tmp_path):
             return Proposal("", error=p.stop) if p.stop else p
 
     root2 = make_project(tmp_path / "q", files={"train.py": train})
-    out2 = Loop(load(root2), "m", AsError(load(root2)), limits=Limits(max_experiments=len(rows) + 2)).run()
+    out2 = Driver(load(root2), "m", AsError(load(root2)), limits=Limits(max_experiments=len(rows) + 2)).run()
     assert ("crash", "(no description)") in [(e.status, e.description) for e in rows_of(root2, "m")]
     assert "run out" not in out2.stop_reason
 
@@ -272,11 +272,11 @@ def test_scheduler_drains_and_stops_when_mutate_runs_out_of_ideas(tmp_path):
     """With two workers the stop is a drain: what is in flight finishes and is recorded, nothing crashes."""
     from conftest import assert_consistent, rows_of
 
-    from autoresearch.loop import Limits, Loop
+    from autoresearch.driver import Driver, Limits
 
     root = make_project(tmp_path / "p", files={"train.py": "N = 1\nprint('score: 1.0')\n"},
                         extra_toml="[engine]\nworkers = 2\n")
-    out = Loop(load(root), "m", MutateAgent(load(root)), limits=Limits(max_experiments=200)).run()
+    out = Driver(load(root), "m", MutateAgent(load(root)), limits=Limits(max_experiments=200)).run()
     rows = rows_of(root, "m")
     assert "run out of new changes" in out.stop_reason, out.stop_reason
     assert 1 < len(rows) < 200 and all(e.status in ("keep", "discard") for e in rows), \

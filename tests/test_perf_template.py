@@ -18,7 +18,7 @@ from autoresearch import agents
 from autoresearch.cli import main as cli
 from autoresearch.config import load
 from autoresearch.ledger import Ledger
-from autoresearch.loop import Limits, Loop
+from autoresearch.driver import Driver, Limits
 from autoresearch.scaffold import init_project
 
 # The scripted agent: applies the k-th patch, each a set of top-level functions that replace
@@ -209,7 +209,7 @@ def test_a_speed_up_is_kept_a_broken_one_fails_the_checks_a_hungry_one_is_discar
     (tmp_path / "agent.py").write_text(AGENT)
     command = f"{sys.executable} {tmp_path / 'agent.py'} {tmp_path / 'patches.json'} {tmp_path / 'counter'}"
     cfg = load(project, {"agent": {"name": "command", "command": command}})
-    outcome = Loop(cfg, "t", agents.create("command", cfg), limits=Limits(max_experiments=3)).run()
+    outcome = Driver(cfg, "t", agents.create("command", cfg), limits=Limits(max_experiments=3)).run()
     assert outcome.experiments == 3
 
     base, fast, broken, hungry = Ledger(project / ".autoresearch" / "ledger.db").experiments("t")

@@ -22,7 +22,7 @@ from autoresearch import stats
 from autoresearch.config import Config, ExperimentConfig, MetricConfig, PolicyConfig, load
 from autoresearch.errors import ConfigError
 from autoresearch.ledger import Experiment, Ledger
-from autoresearch.loop import Limits, Loop
+from autoresearch.driver import Driver, Limits
 from autoresearch.policy import Greedy, make, resolve, seed_only_change
 from autoresearch.policy_confirm import Confirm
 
@@ -80,7 +80,7 @@ def write_params(text: str, what: str):
 
 
 def run_loop(root: Path, steps, tag: str = "t"):
-    out = Loop(load(root), tag, ScriptedAgent(steps), limits=Limits(max_experiments=len(steps))).run()
+    out = Driver(load(root), tag, ScriptedAgent(steps), limits=Limits(max_experiments=len(steps))).run()
     return out, rows_of(root, tag)
 
 

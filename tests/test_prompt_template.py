@@ -20,7 +20,7 @@ import pytest
 from autoresearch import agents
 from autoresearch.config import load
 from autoresearch.ledger import Ledger
-from autoresearch.loop import Limits, Loop
+from autoresearch.driver import Driver, Limits
 from autoresearch.scaffold import init_project
 
 KEY = "sk-test-prompt-123"
@@ -133,7 +133,7 @@ def test_prompts_through_the_loop_against_a_local_endpoint(project: Path, tmp_pa
             "open(os.environ['AUTORESEARCH_DESCRIPTION_FILE'], 'w').write(f'prompt v{k + 1}')\n")
         command = f"{sys.executable} {agent} {prompts} {tmp_path / 'counter'}"
         cfg = load(project, {"agent": {"name": "command", "command": command}})
-        Loop(cfg, "p", agents.create("command", cfg), limits=Limits(max_experiments=3)).run()
+        Driver(cfg, "p", agents.create("command", cfg), limits=Limits(max_experiments=3)).run()
     finally:
         server.close()
 
@@ -175,7 +175,7 @@ def test_without_env_allow_the_key_does_not_reach_the_run(project: Path, monkeyp
                    check=True)
     cfg = load(project, {"agent": {"name": "mutate"}})
     with pytest.raises(Exception) as err:  # the baseline fails: the run never saw the key
-        Loop(cfg, "k", agents.create("mutate", cfg), limits=Limits(max_experiments=1)).run()
+        Driver(cfg, "k", agents.create("mutate", cfg), limits=Limits(max_experiments=1)).run()
     assert "baseline" in str(err.value)
     (base,) = Ledger(project / ".autoresearch" / "ledger.db").experiments("k")
     assert base.status == "crash" and "OPENAI_API_KEY is not set" in base.log_tail

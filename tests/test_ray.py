@@ -18,7 +18,7 @@ from test_scheduler import TRAIN2, load_events
 
 from autoresearch import agents
 from autoresearch.config import load
-from autoresearch.loop import Limits, Loop
+from autoresearch.driver import Driver, Limits
 from autoresearch.procs import marked_pids
 from autoresearch.scaffold import init_project
 from autoresearch.session import marker_prefix
@@ -50,7 +50,7 @@ def test_quickstart_loop_runs_on_three_ray_workers(tmp_path, ray_instance):
     root = tmp_path / "quick"
     init_project(root, "quickstart")
     cfg = load(root, {"experiment": {"budget_s": 0.5}, "engine": ray_engine(tmp_path), "agent": {"name": "mutate"}})
-    out = Loop(cfg, "q", agents.create("mutate", cfg), limits=Limits(max_experiments=6)).run()
+    out = Driver(cfg, "q", agents.create("mutate", cfg), limits=Limits(max_experiments=6)).run()
     assert out.stop_reason == "reached --max-experiments 6"
     rows = rows_of(root, "q")
     ran = [e for e in rows if e.wall_s is not None]
@@ -92,7 +92,7 @@ def test_a_worker_killed_mid_experiment_requeues_it_once_then_records_crash(tmp_
     cfg = load(root, {"engine": ray_engine(tmp_path), "agent": {"repair_attempts": 0}})
     agent = ScriptedAgent([set_x(v) for v in (2.5, 2.0, 1.8, 1.6, 1.4)])
     outcome = {}
-    loop = threading.Thread(target=lambda: outcome.setdefault("out", Loop(cfg, "t", agent, limits=Limits(
+    loop = threading.Thread(target=lambda: outcome.setdefault("out", Driver(cfg, "t", agent, limits=Limits(
         max_experiments=5)).run()))
     loop.start()
     try:

@@ -284,13 +284,13 @@ def test_stale_git_ref_locks_from_a_killed_session_are_cleared(project):
     """SIGKILL inside `git update-ref` leaves `<ref>.lock`: the branch could never move again."""
     from conftest import ScriptedAgent, load_cfg, set_x
 
-    from autoresearch.loop import Limits, Loop
+    from autoresearch.driver import Driver, Limits
 
-    Loop(load_cfg(project), TAG, ScriptedAgent([set_x(2.0)]), limits=Limits(max_experiments=1)).run()
+    Driver(load_cfg(project), TAG, ScriptedAgent([set_x(2.0)]), limits=Limits(max_experiments=1)).run()
     gitdir = project / ".git"
     (gitdir / "refs" / "heads" / "autoresearch" / f"{TAG}.lock").write_text("")
     (gitdir / "refs" / "autoresearch" / TAG / "3.lock").write_text("")
-    out = Loop(load_cfg(project), TAG, ScriptedAgent([set_x(1.5)]), limits=Limits(max_experiments=1)).run()
+    out = Driver(load_cfg(project), TAG, ScriptedAgent([set_x(1.5)]), limits=Limits(max_experiments=1)).run()
     assert any("refs/heads/autoresearch/k.lock" in n for n in out.notes)
     rows = rows_of(project, TAG)
     assert [e.status for e in rows] == ["keep", "keep", "keep"]

@@ -25,7 +25,7 @@ from autoresearch.config import load
 from autoresearch.errors import AutoresearchError, ConfigError
 from autoresearch.integrity import RULES, review
 from autoresearch.judge import judge
-from autoresearch.loop import Limits, Loop
+from autoresearch.driver import Driver, Limits
 from autoresearch.procs import marked_pids
 from autoresearch.sandbox import Sandbox
 from autoresearch.stateguard import StateGuard
@@ -193,7 +193,7 @@ def test_sandbox_bwrap_without_bwrap_is_a_config_error_naming_the_fix(tmp_path, 
 def test_the_fallback_is_said_once_in_the_ledger_and_on_the_console(tmp_path):
     root = make_project(tmp_path / "p", extra_experiment='sandbox = "none"\n')
     notes = []
-    Loop(load(root), "fb", ScriptedAgent([set_x(2.0), set_x(1.5)]), limits=Limits(max_experiments=2),
+    Driver(load(root), "fb", ScriptedAgent([set_x(2.0), set_x(1.5)]), limits=Limits(max_experiments=2),
          reporter=lambda kind, **d: notes.append(d.get("message", "")) if kind == "note" else None).run()
     said = [n for n in notes if n.startswith("sandbox:")]
     assert len(said) == 1 and "none" in said[0]
@@ -435,7 +435,7 @@ def test_review_rules_pass_the_honest_templates():
 def test_state_guard_restores_branch_pins_ledger_tsv_and_checkout(tmp_path):
     root = make_project(tmp_path / "g")
     cfg = load(root)
-    Loop(cfg, "sg", ScriptedAgent([set_x(2.0), set_x(2.5)]), limits=Limits(max_experiments=2)).run()
+    Driver(cfg, "sg", ScriptedAgent([set_x(2.0), set_x(2.5)]), limits=Limits(max_experiments=2)).run()
     rows = rows_of(root, "sg")
     ws = Workspace(root, "sg")
     tip, tsv = ws.tip(), (root / "results.tsv").read_text()

@@ -20,8 +20,7 @@ from conftest import (ScriptedAgent, assert_consistent, cli, cli_popen, git, kil
 
 from autoresearch.config import load
 from autoresearch.engines.local import LocalEngine
-from autoresearch.loop import Limits, Loop
-from autoresearch.scheduler import Scheduler
+from autoresearch.driver import Driver, Limits
 
 # X and Y are far apart, so changes to one never touch the other's lines in a merge.
 TRAIN2 = '''\
@@ -65,7 +64,7 @@ def test_concurrent_winners_stack_and_a_conflict_is_discarded(tmp_path):
     # C touches the line A changed: a conflict, discarded with the reason.
     root = project(tmp_path, "workers = 3", sleep={"2": 2.0, "3": 4.0, "4": 4.0})
     agent = ScriptedAgent([set_x(2.0), set_y(2.0), set_x(1.5)])
-    out = Loop(load(root), "t", agent, limits=Limits(max_experiments=3)).run()
+    out = Driver(load(root), "t", agent, limits=Limits(max_experiments=3)).run()
     assert out.stop_reason == "reached --max-experiments 3"
     rows = {e.id: e for e in rows_of(root, "t")}
     assert [(i, rows[i].kind, rows[i].status) for i in sorted(rows)] == [
@@ -122,7 +121,7 @@ class RecordingAgent(ScriptedAgent):
 def test_proposals_are_made_while_experiments_run_one_call_at_a_time_and_see_them(tmp_path):
     root = project(tmp_path, "workers = 2", default=1.0)
     agent = RecordingAgent([set_x(v) for v in (2.9, 2.8, 2.7, 2.6, 2.5, 2.4)], delay=0.2)
-    Loop(load(root), "t", agent, limits=Limits(max_experiments=6)).run()
+    Driver(load(root), "t", agent, limits=Limits(max_experiments=6)).run()
     rows = rows_of(root, "t")
     assert agent.max_active == 1 and {wt for *_, wt in agent.calls_at} == {"propose"}
     runs = sorted((r["start"], r["end"]) for e in rows for r in e.evidence["measurements"] if r["purpose"] == "primary")
@@ -138,7 +137,7 @@ def test_one_worker_with_a_proposal_ahead_keeps_its_slot_busy(tmp_path):
     # The agent takes 0.8 s, an experiment 1.5 s: sequential would leave the slot idle ~35% of the time.
     root = project(tmp_path, "workers = 1\nproposals_ahead = 1", default=1.5)
     agent = RecordingAgent([set_x(v) for v in (2.9, 2.8, 2.7, 2.6, 2.5)], delay=0.8)
-    Loop(load(root), "t", agent, limits=Limits(max_experiments=5)).run()
+    Driver(load(root), "t", agent, limits=Limits(max_experiments=5)).run()
     runs = sorted((r["start"], r["end"]) for e in rows_of(root, "t")[1:] for r in e.evidence["measurements"])
     busy = sum(e - s for s, e in runs) / (runs[-1][1] - runs[0][0])
     assert busy > 0.8, f"slot busy {busy:.0%} of the time"
@@ -162,8 +161,8 @@ def run_two_classes(tmp_path, engine_toml: str):
     # #2 (a non-improvement) holds slot A for 3 s, so #3 (a true improvement) runs on slot B.
     root = project(tmp_path, engine_toml, sleep={"2": 3.0}, class_offset={"B": 10.0})
     cfg = load(root)
-    loop = Loop(cfg, "t", ScriptedAgent([set_x(3.5), set_y(2.5)]), limits=Limits(max_experiments=2))
-    Scheduler(loop, engine=TwoClasses(cfg)).run()
+    Driver(cfg, "t", ScriptedAgent([set_x(3.5), set_y(2.5)]), limits=Limits(max_experiments=2),
+           engine=TwoClasses(cfg)).run()
     return root, {e.id: e for e in rows_of(root, "t")}
 
 

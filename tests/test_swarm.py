@@ -298,7 +298,7 @@ def test_control_a_copy_of_anothers_records(swarm, monkeypatch, verify):
     mallory is refused and nothing of hers is used; the control without them credits her: bob keeps
     alice's change as `mallory-copy#2` and mallory's reputation says `held`."""
     from autoresearch import swarm as swarm_mod
-    from autoresearch.loop import Limits, Loop
+    from autoresearch.driver import Driver, Limits
 
     from conftest import ScriptedAgent, load_cfg
 
@@ -312,7 +312,7 @@ def test_control_a_copy_of_anothers_records(swarm, monkeypatch, verify):
             git(hub, "update-ref", "-d", ref)
     bob = join(tmp, origin, hub, "bob")
     monkeypatch.setattr(swarm_mod, "VERIFY", verify)
-    Loop(load_cfg(bob), "t", ScriptedAgent(), limits=Limits(max_experiments=2)).run()
+    Driver(load_cfg(bob), "t", ScriptedAgent(), limits=Limits(max_experiments=2)).run()
     rows = assert_consistent(bob, "t")
     stolen = [e for e in rows if e.evidence.get("origin", "").startswith("mallory-copy") and e.status == "keep"]
     notes = [(n["status"], n["reason"]) for n in notes_of(bob) if n["peer"] == "mallory-copy"]
@@ -328,7 +328,7 @@ def test_control_a_claim_that_edits_the_evaluator(swarm, monkeypatch, verify):
     checks it is refused before anything runs and mallory is banned; the control without them runs her
     code here, where only the judge's second line (protected files hashed around the run) stops it."""
     from autoresearch import swarm as swarm_mod
-    from autoresearch.loop import Limits, Loop
+    from autoresearch.driver import Driver, Limits
 
     from conftest import ScriptedAgent, load_cfg
 
@@ -341,7 +341,7 @@ def test_control_a_claim_that_edits_the_evaluator(swarm, monkeypatch, verify):
     bob = join(tmp, origin, hub, "bob")
     monkeypatch.setattr(swarm_mod, "VERIFY", verify)
     agent = ScriptedAgent()
-    Loop(load_cfg(bob), "t", agent, limits=Limits(max_experiments=2)).run()
+    Driver(load_cfg(bob), "t", agent, limits=Limits(max_experiments=2)).run()
     # ideas travel: what alice tried and failed is in bob's researcher's context (mallory's is not)
     ctx = agent.contexts[0]
     assert "Failed elsewhere" in ctx.swarm and "alice#2: a comment (discard" in ctx.swarm
@@ -411,7 +411,7 @@ def test_a_push_that_loses_a_race_is_retried_and_loses_nothing(swarm, monkeypatc
     """Another writer moves bob's log on the hub between bob's fetch and his push: the push's lease fails,
     bob fetches again and pushes on top, so both the other writer's record and all of bob's are there."""
     from autoresearch import swarm as swarm_mod
-    from autoresearch.loop import Limits, Loop
+    from autoresearch.driver import Driver, Limits
 
     from conftest import ScriptedAgent, load_cfg
 
@@ -440,7 +440,7 @@ def test_a_push_that_loses_a_race_is_retried_and_loses_nothing(swarm, monkeypatc
                                               "refs/autoresearch-swarm/bob/log")
 
     monkeypatch.setattr(swarm_mod.Swarm, "fetch", racing_fetch)
-    Loop(load_cfg(bob), "t", ScriptedAgent(), limits=Limits(max_experiments=1)).run()
+    Driver(load_cfg(bob), "t", ScriptedAgent(), limits=Limits(max_experiments=1)).run()
     rows = assert_consistent(bob, "t")
     assert raced and len(fetches) >= 2  # the lost race made bob fetch again
     assert set(hub_records(hub, "bob")) == {e.id for e in rows} | {99}

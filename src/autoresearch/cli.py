@@ -219,7 +219,7 @@ def _init_here(args) -> int:
 def _run(args) -> int:
     from . import agents
     from .live import make_reporter
-    from .loop import Limits, Loop
+    from .driver import Driver, Limits
     from .workspace import default_tag
 
     root = _root(args)
@@ -255,7 +255,8 @@ def _run(args) -> int:
         print(f"autoresearch: {line}", flush=True)  # what the agent may change, and what never changes
     t0 = time.monotonic()
     try:
-        outcome = Loop(cfg, tag, agent, limits=limits, reporter=reporter).run()
+        outcome = Driver(cfg, tag, agent, limits=limits, reporter=reporter,
+                         grow=lambda n: agents.create(choice.name, _researcher_cfg(cfg, n))).run()
     finally:
         if hasattr(reporter, "close"):
             reporter.close()
@@ -273,6 +274,13 @@ def _run(args) -> int:
     if fig.base_mean is not None:
         print(f"autoresearch: improvement: {fig.text()}")
     return 0
+
+
+def _researcher_cfg(cfg, n: int):
+    """Researcher n of a team replicated from `[agent]`: its own seed, so no two propose alike."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, seed=cfg.agent.seed + n - 1))
 
 
 def _experiment(args) -> int:

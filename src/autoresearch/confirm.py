@@ -30,45 +30,38 @@ from .config import Config
 from .errors import AutoresearchError
 from .ledger import Experiment, Ledger
 from .policy_confirm import NOT_POSITIVE, TEST, pooled_noise
-from .session import TagLock, reconcile
-
-
-class _NoAgent:
-    name = "confirm"
-
-    def propose(self, ctx, workdir):  # pragma: no cover - never called: nothing is proposed
-        raise AssertionError("confirm proposes nothing")
+from .session import RunSession
 
 
 def confirm(cfg: Config, tag: str, runs: int = 5, reporter=None) -> dict[str, Any]:
     """Re-run the baseline and the best of `tag` `runs` times each on fresh seeds; return the summary."""
-    from .loop import Loop
+    from .driver import Driver, local_engine
 
     if runs < 2:
         raise AutoresearchError(f"--runs must be at least 2 (got {runs}): one run says nothing about noise")
-    ledger = Ledger(cfg.root / ".autoresearch" / "ledger.db")
-    loop = Loop(cfg, tag, _NoAgent(), reporter=reporter, ledger=ledger)  # type: ignore[arg-type]
-    with TagLock(cfg.root, tag), loop._signals():
-        loop.ws.ignore_outputs()
-        loop.session = ledger.start_session(tag, cfg.snapshot(), note="confirm")
-        reconcile(ledger, loop.ws, cfg.metric.name, loop.tsv)
+    session = RunSession(cfg, tag, reporter=reporter, note="confirm")
+    ledger = session.ledger
+    with session.open(checkout_may_differ=True):
         base, best = _ends(ledger, tag)
-        loop.start_commit = loop.ws.tip()
-        loop.digests = loop.ws.digests(loop.ws.worktree("run0", at=loop.start_commit), cfg.experiment.protected)
+        driver = Driver(cfg, tag, session=session, engine=local_engine(cfg))
+        driver.start()
         used = {m["seed"] for m in ledger.measurements(tag=tag) if m["seed"] is not None}
         first = max(used | {cfg.experiment.seed}) + 1  # above every seed the tag used: fresh for both commits
         seeds = list(range(first, first + runs))
         rows = [base] if best.commit == base.commit else [base, best]
         measured: dict[int, list[tuple[int, Optional[float], str]]] = {r.id: [] for r in rows}
-        for seed in seeds:
-            for row in rows:
-                if loop.stop_requested:
-                    break
-                loop.report("rerun", exp=row, commit=row.commit, seed=seed)
-                m = loop.measure(row, row.commit, seed)
-                measured[row.id].append((seed, m.metric if m.status == "ok" else None, m.status))
+        try:
+            for seed in seeds:
+                for row in rows:
+                    if session.stop_requested:
+                        break
+                    session.report("rerun", exp=row, commit=row.commit, seed=seed)
+                    m = driver.measure(row, row.commit, seed)
+                    measured[row.id].append((seed, m.metric if m.status == "ok" else None, m.status))
+        finally:
+            driver.shutdown(None)
         out = summarize(cfg, ledger, tag, base, best, measured)
-        out["stopped"] = loop.stop_requested
+        out["stopped"] = session.stop_requested
         ledger.event(tag, "confirm", _one_line(out, cfg.metric.name))
         return out
 

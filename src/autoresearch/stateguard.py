@@ -63,6 +63,14 @@ class StateGuard:
         self.git_files = self._git_files()
         self.wire = Tripwire(self._watched() if agent and self.exclusive else []).__enter__()
 
+    def expect_tsv(self) -> None:
+        """The harness has just written results.tsv: these bytes are what it should hold from now on."""
+        self.tsv_bytes = self.tsv.read_bytes() if self.tsv.exists() else None
+
+    def hidden_paths(self) -> list[Path]:
+        """What an agent working alone must not open: hidden data and the evaluation's secret."""
+        return self._watched()
+
     def _watched(self) -> list[Path]:
         env = dict(os.environ) | self.cfg.experiment.env
         secret = self.cfg.root / ".autoresearch" / "eval_secret"

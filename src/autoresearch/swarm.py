@@ -62,11 +62,12 @@ from . import clean
 from . import policy as policies
 from .errors import AutoresearchError, ConfigError
 from .proposal import PROGRAM
+from .session import hardware
 from .workspace import GitError, NothingChanged, RebaseConflict, run_git
 
 if TYPE_CHECKING:
     from .ledger import Experiment
-    from .loop import Loop
+    from .session import RunSession
 
 SETTINGS = Path(".autoresearch") / "swarm.toml"
 NS = "refs/autoresearch-swarm"  # on the hub: <name>/log, <name>/best/<class>
@@ -162,7 +163,7 @@ def load(root: Path) -> Optional[Settings]:
     return Settings(data["hub"], name, float(sync_s), hardware)
 
 
-def attach(loop: "Loop") -> Optional["Swarm"]:
+def attach(loop: "RunSession") -> Optional["Swarm"]:
     settings = load(loop.cfg.root)
     return Swarm(loop, settings) if settings else None
 
@@ -185,12 +186,10 @@ class Refused(Exception):
 class Swarm:
     """One participant: publishes its ledger, reads the others, and turns their claims into candidates."""
 
-    def __init__(self, loop: "Loop", settings: Settings):
-        from .loop import hardware as machine
-
+    def __init__(self, loop: "RunSession", settings: Settings):
         self.loop, self.s = loop, settings
         self.ws, self.ledger, self.tag, self.cfg = loop.ws, loop.ledger, loop.tag, loop.cfg
-        self.hardware = settings.hardware or self.cfg.engine.hardware or machine()
+        self.hardware = settings.hardware or self.cfg.engine.hardware or hardware()
         self.last_sync = float("-inf")
         self.pending: deque[tuple[str, dict[str, Any]]] = deque()  # (kind, claim) candidates to make
         self.peers: dict[str, Peer] = {}  # the peers read at the last sync that passed every check

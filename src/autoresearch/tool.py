@@ -24,22 +24,16 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from . import figures
 from .agents.base import Proposal
 from .clean import REASON_CHARS, one_line
 from .config import Config
+from .driver import Driver, local_engine
 from .errors import WorkspaceError
 from .ledger import Experiment
-from .loop import Loop
 from .proposal import read_change, refused_kinds
-from .session import TagLock
+from .session import RunSession
 from .workspace import STEERING_FILES, Git, GitError, NothingChanged, default_tag
-
-
-class _HandAgent:
-    name = "tool"
-
-    def propose(self, ctx, workdir):  # pragma: no cover - never called: the change is already made
-        raise AssertionError("tool mode takes the change from the checkout")
 
 
 def current_tag(cfg: Config, tag: Optional[str]) -> str:
@@ -62,68 +56,68 @@ def current_tag(cfg: Config, tag: Optional[str]) -> str:
 
 def experiment(cfg: Config, description: str, tag: Optional[str] = None, reporter=None) -> dict[str, Any]:
     tag = current_tag(cfg, tag)
-    loop = Loop(cfg, tag, _HandAgent(), reporter=reporter)  # type: ignore[arg-type]
-    ws = loop.ws
-    checkout = cfg.root
-    with TagLock(cfg.root, tag):
-        ws.ignore_outputs()
-        loop.session = loop.ledger.start_session(tag, cfg.snapshot(), note="tool mode")
-        from .session import reconcile
-
-        reconcile(loop.ledger, ws, cfg.metric.name, loop.tsv)
-        loop.start_commit = ws.tip()
-        loop.digests = ws.digests(ws.worktree("run0", at=loop.start_commit), cfg.experiment.protected)
-        if loop.ledger.incumbent(tag) is None:
-            base = loop.baseline()
-            if base.status != "keep":
-                return _verdict(loop, base)
-        parent = ws.tip()
-        if Git(checkout)("rev-parse", "HEAD") != parent:
-            raise WorkspaceError(f"the checkout's HEAD is not the tip of autoresearch/{tag}: run `git switch autoresearch/{tag}`")
-        changed = [p for p in ws.changed_paths(checkout) if p not in STEERING_FILES]
-        tracked = set(ws.dirty_tracked())
-        changed = [p for p in changed if p in tracked or cfg.is_editable(p)]  # ignore the user's unrelated junk
-        exp = loop.new_experiment(parent, description, kind="candidate", proposal=Proposal(description))
-        exp.agent = "tool"
-        loop.control.note_steering()  # program.md / ideas.md changed since the last call: recorded
-        refused = refused_kinds(checkout, changed)
-        outside = [p for p in changed if not cfg.is_editable(p)]
-        if outside or refused:
-            exp.patch = Git(checkout)("diff", "HEAD", check=False)
-            bad = sorted(set(outside) | {p for p, _ in refused})
-            ws.restore(checkout, bad, parent)
-            why = [f"{one_line(p)} is {what}" for p, what in refused] + \
-                ([f"changed files outside `experiment.editable`: {', '.join(map(one_line, outside))}"] if outside else [])
-            return _verdict(loop, loop.finish_unrun(exp, "violation", f"{'; '.join(why)} (put back as they were)"))
-        if not changed:
-            return _verdict(loop, loop.finish_unrun(exp, "discard", "no change to the editable files"))
+    session = RunSession(cfg, tag, reporter=reporter, note="tool mode")
+    ws, checkout = session.ws, cfg.root
+    with session.open(checkout_may_differ=True):
+        driver = Driver(cfg, tag, session=session, engine=local_engine(cfg))  # no researchers: the user's change
+        driver.start()
         try:
-            exp.commit = ws.commit_files(parent, read_change(checkout, changed), loop.commit_message(exp))
-        except NothingChanged:
-            return _verdict(loop, loop.finish_unrun(exp, "discard", "the change is empty once committed"))
-        except GitError as e:  # what the agent made can make git fail: recorded, the checkout put back
-            ws.restore(checkout, changed, parent)
-            Git(checkout)("reset", "-q", "--", *changed, check=False)
-            return _verdict(loop, loop.finish_unrun(exp, "crash", f"git could not commit the change: "
-                                                                  f"{one_line(e, REASON_CHARS)}"))
-        exp.patch = ws.diff(parent, exp.commit)
-        loop.ledger.begin(exp)
-        ws.pin(exp.id, exp.commit)
-        try:
-            exp = loop.trial(exp)  # keep: the branch advances to exp.commit, which the checkout already holds
+            if session.ledger.incumbent(tag) is None:
+                base = driver.settle([driver.baseline_row()])[0]
+                if base.status != "keep":
+                    return _verdict(session, base)
+            return _verdict(session, _try(session, driver, description, checkout))
         finally:
-            if exp.status != "keep":
-                ws.restore(checkout, changed, parent)
-            Git(checkout)("reset", "-q", "--", *changed, check=False)  # the index follows HEAD (kept or not)
-            loop.ledger.end_session(loop.session)
-        return _verdict(loop, exp)
+            driver.shutdown(None)
 
 
-def _verdict(loop: Loop, exp: Experiment) -> dict[str, Any]:
-    from . import figures
+def _try(session: RunSession, driver: Driver, description: str, checkout) -> Experiment:
+    """Check, commit, run and decide the checkout's uncommitted change; the checkout ends clean or kept."""
+    cfg, ws, tag = session.cfg, session.ws, session.tag
+    parent = ws.tip()
+    if Git(checkout)("rev-parse", "HEAD") != parent:
+        raise WorkspaceError(f"the checkout's HEAD is not the tip of autoresearch/{tag}: run `git switch autoresearch/{tag}`")
+    changed = [p for p in ws.changed_paths(checkout) if p not in STEERING_FILES]
+    tracked = set(ws.dirty_tracked())
+    changed = [p for p in changed if p in tracked or cfg.is_editable(p)]  # ignore the user's unrelated junk
+    exp = session.new_experiment(parent, description, kind="candidate", proposal=Proposal(description), agent="tool",
+                                 researcher="tool")
+    session.control.note_steering()  # program.md / ideas.md changed since the last call: recorded
+    refused = refused_kinds(checkout, changed)
+    outside = [p for p in changed if not cfg.is_editable(p)]
+    if outside or refused:
+        exp.patch = Git(checkout)("diff", "HEAD", check=False)
+        bad = sorted(set(outside) | {p for p, _ in refused})
+        ws.restore(checkout, bad, parent)
+        why = [f"{one_line(p)} is {what}" for p, what in refused] + \
+            ([f"changed files outside `experiment.editable`: {', '.join(map(one_line, outside))}"] if outside else [])
+        return session.finish_unrun(exp, "violation", f"{'; '.join(why)} (put back as they were)")
+    if not changed:
+        return session.finish_unrun(exp, "discard", "no change to the editable files")
+    try:
+        exp.commit = ws.commit_files(parent, read_change(checkout, changed), session.commit_message(exp))
+    except NothingChanged:
+        return session.finish_unrun(exp, "discard", "the change is empty once committed")
+    except GitError as e:  # what the agent made can make git fail: recorded, the checkout put back
+        ws.restore(checkout, changed, parent)
+        Git(checkout)("reset", "-q", "--", *changed, check=False)
+        return session.finish_unrun(exp, "crash", f"git could not commit the change: {one_line(e, REASON_CHARS)}")
+    exp.patch = ws.diff(parent, exp.commit)
+    session.ledger.begin(exp)
+    ws.pin(exp.id, exp.commit)
+    session.count += 1
+    try:
+        exp = driver.settle([exp])[0]  # keep: the branch advances to exp.commit, which the checkout already holds
+    finally:
+        if exp.status != "keep":
+            ws.restore(checkout, changed, parent)
+        Git(checkout)("reset", "-q", "--", *changed, check=False)  # the index follows HEAD (kept or not)
+    return exp
 
-    inc = loop.ledger.incumbent(loop.tag)
-    fig = figures.improvement(loop.ledger, loop.tag, figures.Spec.from_config(loop.cfg))  # as `status` shows it
+
+def _verdict(session: RunSession, exp: Experiment) -> dict[str, Any]:
+    inc = session.ledger.incumbent(session.tag)
+    fig = figures.improvement(session.ledger, session.tag, figures.Spec.from_config(session.cfg))  # as `status` shows it
     return {
         "id": exp.id, "status": exp.status, "metric": exp.metric, "reason": exp.reason, "commit": exp.commit,
         "parent": exp.parent, "description": exp.description, "unverified": exp.unverified,

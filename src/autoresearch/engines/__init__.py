@@ -4,9 +4,9 @@ Protocol: see base.py. Backends are plugins: every built-in is registered under 
 entry-point group `autoresearch.engines` exactly as a third-party package would register
 its own; `create(name, cfg)` finds one by name.
 
-`concurrent(cfg)` says who drives: the sequential loop (one local worker, no proposals
-ahead: the original's algorithm, loop.py) or the scheduler (scheduler.py: several
-experiments at once, proposals made while they run).
+`proposals_ahead(cfg)` says how many proposals the driver (driver.py) keeps ready beyond
+the free slots: none for one local worker (the original's algorithm: propose, run,
+decide), some for several.
 """
 
 from __future__ import annotations
@@ -42,10 +42,4 @@ def proposals_ahead(cfg) -> int:
     return 0 if cfg.engine.workers == 1 and cfg.engine.name == "local" else max(1, cfg.engine.workers // 4)
 
 
-def concurrent(cfg) -> bool:
-    """True when the scheduler, not the sequential loop, should drive this run."""
-    return cfg.engine.workers > 1 or cfg.engine.name != "local" or proposals_ahead(cfg) > 0
-
-
-__all__ = ["Engine", "Job", "Result", "RunInfo", "Slot", "WorkerLost", "available", "create", "concurrent",
-           "proposals_ahead"]
+__all__ = ["Engine", "Job", "Result", "RunInfo", "Slot", "WorkerLost", "available", "create", "proposals_ahead"]

@@ -104,7 +104,7 @@ class Engine(Protocol):
 
 
 def cpu_class() -> str:
-    """The class of a machine without a GPU: architecture and core count (as loop.hardware())."""
+    """The class of a machine without a GPU: architecture and core count (as session.hardware())."""
     return f"{platform.machine()}-{os.cpu_count()}cpu"
 
 

@@ -45,7 +45,8 @@ _KNOWN: dict = {}  # per process: (repo, tag) -> (Workspace, commits known to be
 
 def execute(run: RunInfo, job: Job, ws: Workspace, wt: Path, *, cfg: Config, log_path: Path, sandbox, worker: str,
             hardware: str, setup_dir: Path, should_stop: Callable[[], bool] = lambda: False,
-            env_extra: Optional[dict[str, str]] = None) -> Result:
+            env_extra: Optional[dict[str, str]] = None, on_tick: Optional[Callable[[float], None]] = None,
+            on_evaluate: Optional[Callable[[], None]] = None) -> Result:
     """Judge `job` in worktree `wt` (already at job.commit) under `cfg` (see slot_config); never raises for
     the experiment's failure."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +57,7 @@ def execute(run: RunInfo, job: Job, ws: Workspace, wt: Path, *, cfg: Config, log
     t0 = time.time()
     m = judge(cfg, ws, wt, seed=job.seed, log_path=log_path, marker=marker, protected_digests=run.digests,
               restore_from=run.start_commit, env_extra=env, should_stop=should_stop, sandbox=sandbox,
-              parent=job.parent)
+              parent=job.parent, on_tick=on_tick or (lambda t: None), on_evaluate=on_evaluate or (lambda: None))
     return Result(m, worker, hardware, t0, time.time())
 
 

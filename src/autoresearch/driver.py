@@ -1,0 +1,610 @@
+"""The driver: the ratchet, run by a team of researchers feeding N workers.
+
+    baseline   the unchanged starting point is measured first; it becomes the best
+    while not stopped:
+        propose  an idle researcher is asked for a change whenever free slots + proposals_ahead
+                 exceed the proposals waiting and being made (at most `parallel` at once);
+                 repairs of crashed changes go first (researcher.py: check and commit)
+        run      a waiting proposal starts on the next free slot (reruns, reference runs and
+                 re-validations go first); an engine runs it (engines/): judge.judge() wherever
+        decide   the policy compares it with the best in its hardware class, asking for more
+                 runs until it decides (winners.py); the guards (bounds, checks) see would-be keeps
+        record   the row reaches its terminal state; the guard puts back what anything else changed
+        keep     the branch advances by compare-and-swap; a winner whose parent is no longer the
+                 best is re-based and re-validated (winners.py)
+
+The sequential run is this same path with one researcher, one local worker and no proposals
+ahead (the original's algorithm: propose, run, decide, propose); tool mode (`experiment`) and
+`confirm` open the same RunSession and run their rows through the same engine and decisions.
+
+Guarantees: every row reaches one terminal state — on a stop (signal) whatever is in flight is
+cancelled and recorded `interrupted`, as is what waited; on any other stop reason (limits,
+target, failures, cost caps, every researcher done) no new proposal is made and what is in
+flight finishes. Finished rows and pins never change (a rebase or a resume is a new row with
+its own pin). Only the driver's thread records rows' decisions and moves the branch; researchers
+commit and begin rows from their own threads. A researcher that crashes or hangs past
+`agent.timeout_s` (its own entry's) records `crash` and the others go on; the same change
+proposed twice while the first is in flight runs once. A head killed at any moment resumes:
+experiments interrupted in the previous session are re-queued as new rows (`resumed_from`),
+at most twice along a chain.
+
+Not covered: `experiment.checks` run on the head and hold up decisions while they run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import math
+import queue
+import statistics
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+from . import engines, integrity, swarm
+from . import policy as policies
+from .agents.base import Agent
+from .config import Config
+from .control import paused_since
+from .engines.base import Job, Result, RunInfo, Slot, WorkerLost
+from .errors import AutoresearchError, ConfigError
+from .judge import Measurement
+from .ledger import FAILED, Experiment, Ledger
+from .researcher import Researcher
+from .session import Reporter, RunSession, marker_prefix
+from .winners import Decisions, Pending
+
+WATCHDOG_SLACK_S = 120.0  # a job silent this long past its hard timeout counts as lost
+AUTO_MARGIN = 1.5  # parallel = "auto": researchers for 1.5x the proposals the workers consume meanwhile
+LATENCY_WINDOW = 12  # the latest proposals whose latency sets `auto`
+
+
+@dataclass
+class Limits:
+    max_experiments: int = 0
+    max_hours: float = 0.0
+    target: Optional[float] = None
+    max_consecutive_failures: int = 0
+
+
+@dataclass
+class Outcome:
+    tag: str
+    stop_reason: str
+    experiments: int
+    incumbent: Optional[Experiment]
+    notes: list[str] = field(default_factory=list)
+
+
+Team = Union[Agent, Sequence[Agent], Sequence[Researcher]]
+
+
+class Driver(Decisions):
+    """One run: a RunSession, a team of researchers and an engine's slots (see the module docstring)."""
+
+    def __init__(self, cfg: Config, tag: str, team: Team = (), *, limits: Optional[Limits] = None,
+                 reporter: Optional[Reporter] = None, ledger: Optional[Ledger] = None, engine=None,
+                 session: Optional[RunSession] = None, grow: Optional[Callable[[int], Agent]] = None):
+        """`team`: one agent, several, or Researchers. `grow(n)`: makes researcher n's agent when `parallel`
+        asks for more than the team has (one `[agent]` replicated); without it the team is what it is."""
+        self.session = session or RunSession(cfg, tag, reporter=reporter, ledger=ledger)
+        s = self.session
+        self.cfg, self.tag, self.ledger, self.ws = cfg, tag, s.ledger, s.ws
+        self.limits = limits or Limits(cfg.stop.max_experiments, cfg.stop.max_hours, cfg.stop.target,
+                                       cfg.stop.max_consecutive_failures)
+        self.policy = policies.make(cfg)
+        self.engine = engine or engines.create(cfg.engine.name, cfg)
+        self.grow = grow
+        members = [team] if not isinstance(team, (list, tuple)) else list(team)
+        self.team: list[Researcher] = [m if isinstance(m, Researcher) else Researcher(s, m, index=i + 1)
+                                       for i, m in enumerate(members)]
+        self.parallel = cfg.agent.parallel if hasattr(cfg.agent, "parallel") else "auto"
+        self.ahead = engines.proposals_ahead(cfg)
+        self.single = (self.ahead == 0 and cfg.engine.workers == 1 and cfg.engine.name == "local"
+                       and self.parallel in (1, "auto") and len(self.team) <= 1)  # the original algorithm
+        self.events: queue.Queue = queue.Queue()
+        self.jobs: deque[Job] = deque()  # wanted by experiments in flight; first in line
+        self.ready: deque[Experiment] = deque()  # proposals (and re-validations) waiting for a slot
+        self.pending: dict[int, Pending] = {}
+        self.running: dict[str, tuple[Job, Slot, float]] = {}
+        self.free: list[Slot] = []
+        self.slots: list[Slot] = []
+        self.losses: Counter = Counter()
+        self.expired: dict[str, float] = {}
+        self.repairs: deque[Experiment] = deque()
+        self.proposing: dict[Researcher, tuple[threading.Thread, float]] = {}
+        self.abandoned: set[Researcher] = set()  # hung past agent.timeout_s: their late answer is dropped
+        self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self.run_walls: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self.class_values: dict[tuple[str, str], list[float]] = {}
+        self.draining, self.paused = "", 0.0
+        self.seq = itertools.count(1)
+        self.logs = cfg.root / ".autoresearch" / "logs" / tag
+        self.started_engine = False
+        s.swarm = swarm.attach(s)  # .autoresearch/swarm.toml: share a frontier over a git hub (swarm.py)
+
+    # -- the run ---------------------------------------------------------------------------------
+    def run(self) -> Outcome:
+        s = self.session
+        with s.open():
+            return self.run_open()
+
+    def run_open(self) -> Outcome:
+        """The run, in a session already open (the caller holds the tag)."""
+        s, reason, error = self.session, "", None
+        self.start()
+        try:
+            self.load_classes()
+            self._resume()
+            if self.ledger.incumbent(self.tag) is None and not s.stop_requested:
+                self.ready.appendleft(self.baseline_row())
+            reason = self._drive(self.stop_reason)
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            self.shutdown(error)
+        return Outcome(self.tag, reason, s.count, self.ledger.incumbent(self.tag), s.notes)
+
+    def settle(self, rows: list[Experiment]) -> list[Experiment]:
+        """Run these begun rows to their terminal state (no proposals): tool mode's path. The engine must
+        have been started (start())."""
+        for exp in rows:
+            self.ready.append(exp)
+        ids = {e.id for e in rows}
+        self._drive(lambda: "" if any(i in self.pending or any(r.id == i for r in self.ready) for i in ids)
+                    else "done", propose=False)
+        return rows  # each finished in place
+
+    def start(self) -> None:
+        if self.started_engine:
+            return
+        s = self.session
+        self.slots = self.engine.start(self._run_info(), self.ws, s.sandbox())
+        self._check_reference(self.slots)
+        self.free = list(self.slots)
+        if hasattr(self.engine, "listener"):  # engines that can: running experiments' progress, for display
+            self.engine.listener = self._progress
+        self.started_engine = True
+
+    def baseline_row(self) -> Experiment:
+        tip = self.ws.tip()
+        exp = self.session.new_experiment(tip, "baseline", kind="baseline")
+        exp.commit = tip
+        self.ledger.begin(exp)
+        self.ws.pin(exp.id, tip)
+        return exp
+
+    def _run_info(self) -> RunInfo:
+        s = self.session
+        root = str(self.cfg.root.resolve())
+        return RunInfo(self.cfg, self.tag, s.id or 0, self.ws.prefix, s.start_commit, s.digests,
+                       marker_prefix(self.cfg.root, self.tag), hashlib.sha1(root.encode()).hexdigest()[:12],
+                       integrity.secret(self.cfg.root) if self.cfg.metric.command else "")
+
+    def _check_reference(self, slots: list[Slot]) -> None:
+        ref, known = self.cfg.engine.reference, {s.hardware for s in slots if s.hardware}
+        if ref and known and all(s.hardware for s in slots) and ref not in known:
+            raise ConfigError(f"`engine.reference` is {ref!r} but the slots are {', '.join(sorted(known))}: "
+                              "name one of them, or leave reference empty")
+
+    def _progress(self, job: Job, kind: str, **data: Any) -> None:
+        """An engine's word on a running primary run (tick, evaluating): passed to the reporter."""
+        st = self.pending.get(job.exp_id)
+        if st is not None and job.purpose == "primary":
+            self.session.report(kind, exp=st.exp, log=str(self.logs / job.log_name), **data)
+
+    # -- stopping ----------------------------------------------------------------------------------
+    def stop_reason(self) -> str:
+        s, lim = self.session, self.limits
+        if s.stop_requested:
+            return s.stop_requested
+        if self.team and all(r.done for r in self.team) and self.grow is None:
+            return self.team[0].done if len(self.team) == 1 else "every researcher stopped: " + "; ".join(
+                r.done for r in self.team)
+        if lim.max_experiments and s.count >= lim.max_experiments:
+            return f"reached --max-experiments {lim.max_experiments}"
+        if lim.max_hours and time.monotonic() - s.started >= lim.max_hours * 3600:
+            return f"reached --max-hours {lim.max_hours:g}"
+        inc = self.ledger.incumbent(self.tag)
+        if lim.target is not None and inc is not None and inc.metric is not None and not policies.better(
+                lim.target, inc.metric, self.cfg.lower_is_better()):
+            return f"reached the target {self.cfg.metric.name} {lim.target:g}"
+        if lim.max_consecutive_failures:
+            recent = self.ledger.experiments(self.tag)[-lim.max_consecutive_failures:]
+            if len(recent) == lim.max_consecutive_failures and all(e.status in FAILED for e in recent):
+                return f"{lim.max_consecutive_failures} failures in a row"
+        return self.cost_cap_reached()
+
+    def cost_cap_reached(self) -> str:
+        a = self.cfg.agent
+        if not (a.max_usd or a.max_tokens):
+            return ""
+        rows = self.ledger.experiments(self.tag)
+        usd = sum(e.cost_usd for e in rows)
+        tokens = sum(e.tokens_in + e.tokens_out for e in rows)
+        if a.max_usd and usd >= a.max_usd:
+            return f"agent cost ${usd:.2f} reached agent.max_usd ${a.max_usd:.2f}"
+        if a.max_tokens and tokens >= a.max_tokens:
+            return f"agent tokens {tokens} reached agent.max_tokens {a.max_tokens}"
+        return ""
+
+    # -- the loop of the driver's thread ---------------------------------------------------------------
+    def _drive(self, stop: Callable[[], str], propose: bool = True) -> str:
+        s = self.session
+        while True:
+            if s.stop_requested:
+                return s.stop_requested
+            if not self.draining and (reason := stop()):
+                self.draining = reason
+                if propose:
+                    busy = len(self.pending) + len(self.ready)
+                    self.ledger.event(self.tag, "drain", f"{reason}: no new proposals; finishing {busy} in flight")
+            self._pause_check()
+            self._watchdog()
+            self._fill(propose)
+            if self.draining and not (self.pending or self.ready or self.running or self._live_proposals()):
+                reason, self.draining = self.draining, ""
+                return reason
+            try:
+                kind, *data = self.events.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if kind == "proposal":
+                self._proposed(*data)
+            elif kind == "proposal_error":
+                raise data[0]
+            elif kind == "done":
+                self._done(*data)
+
+    def _live_proposals(self) -> int:
+        return sum(1 for r in self.proposing if r not in self.abandoned)
+
+    def _fill(self, propose: bool = True) -> None:
+        for slot in sorted(self.free, key=lambda x: x.index):
+            job = self._next_job(slot)
+            if job is not None:
+                self._submit(job, slot)
+        if not propose or self.draining or self.paused or self.session.stop_requested or any(
+                e.kind == "baseline" for e in [*self.ready, *(p.exp for p in self.pending.values())]):
+            return
+        while (len(self.free) + self.ahead_now() - len(self.ready) - self._live_proposals() > 0
+               and self._live_proposals() < self.parallel_now() and not self.stop_reason()):
+            researcher = self._idle_researcher()
+            if researcher is None:
+                return
+            self._ask(researcher, self.repairs.popleft() if self.repairs else None)
+
+    def parallel_now(self) -> int:
+        """How many researchers may propose at once: `agent.parallel`, or for "auto" enough that the workers
+        never wait: the proposals the slots consume while one is made (latency / run time per slot), with a
+        margin; before any latency is known, as many as could be wanted at once."""
+        if self.single:
+            return 1
+        if isinstance(self.parallel, int):
+            return self.parallel
+        want = len(self.slots) + self.ahead_now()
+        if len(self.latencies) >= 3:
+            latency, run_s = statistics.median(self.latencies), self._run_seconds()
+            want = min(want, math.ceil(len(self.slots) * latency / run_s * AUTO_MARGIN) + 1)
+        return max(1, want)
+
+    def ahead_now(self) -> int:
+        """Proposals kept ready beyond the free slots: `engine.proposals_ahead`, else 0 for the original
+        algorithm, else enough for the runs that end while one proposal is made (at least a quarter of
+        the workers)."""
+        if self.cfg.engine.proposals_ahead is not None or self.single:
+            return self.ahead
+        if isinstance(self.parallel, int) and self.parallel > len(self.slots):
+            base = max(self.ahead, self.parallel - len(self.slots))
+        else:
+            base = self.ahead
+        if self.latencies:
+            latency, run_s = statistics.median(self.latencies), self._run_seconds()
+            base = max(base, math.ceil(len(self.slots) * latency / run_s * AUTO_MARGIN))
+        return base
+
+    def _run_seconds(self) -> float:
+        """How long a slot is busy per experiment: the latest runs' median wall time, else the budget."""
+        return max(statistics.median(self.run_walls) if self.run_walls else self.cfg.experiment.budget_s, 1e-3)
+
+    def _idle_researcher(self) -> Optional[Researcher]:
+        idle = [r for r in self.team if r not in self.proposing and not r.done and not r.cap_reached()]
+        if not idle and self.grow is not None and len(self.team) < self.parallel_now():
+            n = len(self.team) + 1
+            r = Researcher(self.session, self.grow(n), index=n)
+            self.team.append(r)
+            return r
+        if not idle:
+            return None
+        return min(idle, key=lambda r: (r.proposals / r.weight, r.index))
+
+    def _ask(self, researcher: Researcher, repair_of: Optional[Experiment]) -> None:
+        running = [e.description for e in self.ready] + [p.exp.description for p in self.pending.values()]
+        others = [r.label for r in self.proposing if r is not researcher and r not in self.abandoned]
+        exclusive = self.single  # nothing of the harness reads hidden data while this agent works
+
+        def work() -> None:
+            try:
+                exp = None
+                if repair_of is None and self.session.swarm is not None:
+                    exp = self.session.swarm.next_candidate()  # a peer's claim, measured here before it can be kept
+                if exp is None:
+                    exp = researcher.propose(repair_of, running=running, others=others, exclusive=exclusive)
+                self.events.put(("proposal", researcher, exp))
+            except BaseException as e:  # a harness bug: the driver raises it
+                self.events.put(("proposal_error", e))
+
+        t = threading.Thread(target=work, name=f"autoresearch-{researcher.label}", daemon=True)
+        self.proposing[researcher] = (t, time.monotonic())
+        t.start()
+
+    def _proposed(self, researcher: Researcher, exp: Optional[Experiment]) -> None:
+        t0 = self.proposing.pop(researcher, (None, time.monotonic()))[1]
+        if researcher in self.abandoned:  # it answered after its timeout: its row is already a crash
+            self.abandoned.discard(researcher)
+            if exp is not None and exp.status == "running":
+                exp.status, exp.reason = "interrupted", "proposed after its researcher was given up on (timeout)"
+                self._record(exp)
+            return
+        self.latencies.append(time.monotonic() - t0)
+        if exp is None:
+            return
+        if exp.status != "running":  # finished as it was proposed (crash, violation, discard)
+            self.session.after_record(exp)
+            return
+        if self.session.stop_requested:
+            exp.status, exp.reason = "interrupted", f"{self.session.stop_requested} (before it ran)"
+            self._record(exp)
+            return
+        twin = next((e for e in [*self.ready, *(p.exp for p in self.pending.values())]
+                     if e.parent == exp.parent and e.patch == exp.patch), None)
+        if twin is None:
+            self.ready.append(exp)
+        else:
+            exp.status, exp.reason = "discard", f"the same change as #{twin.id}, which is in flight: not run twice"
+            self._record(exp)
+
+    def _record(self, exp: Experiment) -> None:
+        self.ledger.finish(exp)
+        self.session.after_record(exp)
+
+    # -- jobs -----------------------------------------------------------------------------------
+    def _next_job(self, slot: Slot) -> Optional[Job]:
+        for i, job in enumerate(self.jobs):
+            if not (job.hardware and slot.hardware and job.hardware != slot.hardware):
+                del self.jobs[i]
+                return job
+        if self.paused or not self.ready:
+            return None
+        exp = self.ready.popleft()
+        st = self.pending[exp.id] = Pending(exp)
+        parent = exp.parent if exp.kind != "baseline" else None
+        return self.job(st, exp.commit, exp.seed, "primary", parent=parent, log=f"{exp.id:05d}.log")
+
+    def job(self, st: Pending, commit: str, seed: int, purpose: str, parent: Optional[str] = None,
+            hardware: str = "", log: str = "") -> Job:
+        key = f"{st.exp.id}:{purpose}:{next(self.seq)}"
+        st.outstanding.add(key)
+        return Job(key, st.exp.id, commit, seed, purpose, parent, hardware,
+                   log or f"{st.exp.id:05d}.{commit[:7]}.s{seed}.{purpose}.log")
+
+    def _submit(self, job: Job, slot: Slot) -> None:
+        self.free.remove(slot)
+        self.running[job.key] = (job, slot, time.monotonic())
+        fut = self.engine.submit(job, slot)
+        fut.add_done_callback(lambda f, j=job, sl=slot: self.events.put(("done", j, sl, f)))
+        if job.purpose == "primary" and job.attempt == 1:
+            exp = self.pending[job.exp_id].exp
+            exp.worker = slot.label
+            self.ledger.update_running(exp.id, worker=slot.label)
+            self.session.report("started", exp=exp)
+
+    def measure(self, row: Experiment, commit: str, seed: int) -> Measurement:
+        """One more run of `commit` for `row`, now, on the first free slot (confirm's path); recorded."""
+        st = self.pending[row.id] = Pending(row, final=True)
+        self.jobs.append(self.job(st, commit, seed, "rerun", log=f"{row.id:05d}.{commit[:7]}.s{seed}.log"))
+        self._drive(lambda: "" if st.outstanding else "done", propose=False)
+        self.pending.pop(row.id, None)
+        return st.last if st.last is not None else Measurement("interrupted", self.session.stop_requested or "stopped")
+
+    # -- results ------------------------------------------------------------------------------
+    def _done(self, job: Job, slot: Slot, fut) -> None:
+        if self.running.pop(job.key, None) is None:
+            return  # given up on by the watchdog; its slot was freed then
+        self.free.append(slot)
+        st = self.pending.get(job.exp_id)
+        try:
+            res: Result = fut.result()
+        except WorkerLost as e:
+            return self._lost(st, job, slot, str(e))
+        if job.key in self.expired and res.measurement.status == "interrupted":
+            return self._lost(st, job, slot, "no answer past its hard timeout (cancelled)")
+        if st is not None:
+            self._measured(st, job, res)
+
+    def _measured(self, st: Pending, job: Job, res: Result) -> None:
+        m, exp = res.measurement, st.exp
+        st.outstanding.discard(job.key)
+        st.last = m
+        log = self.logs / job.log_name
+        if res.log_text is not None:  # a remote worker's logs: kept on the head
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(res.log_text, encoding="utf-8")
+            if "eval_log" in res.extra:
+                m.eval_log = str(log.with_name(log.name[:-4] + ".eval.log"))
+                Path(m.eval_log).write_text(res.extra["eval_log"], encoding="utf-8")
+        self.ledger.add_measurement(exp.id, job.commit, job.seed, m.metric, m.metrics, m.wall_s, m.status,
+                                   load=m.load)
+        st.runs.append({"purpose": job.purpose, "commit": job.commit, "seed": job.seed, "status": m.status,
+                        "metric": m.metric, "worker": res.worker, "hardware": res.hardware, "wall_s": m.wall_s,
+                        "start": res.started_at, "end": res.ended_at, "attempt": job.attempt,
+                        "log_bytes": m.log_bytes,
+                        **({"artifact_sha256": m.artifact_sha256} if m.artifact_sha256 else {})})
+        if m.status == "ok" and m.wall_s:
+            self.run_walls.append(m.wall_s)
+        if m.status == "ok" and m.metric is not None:
+            self.class_values.setdefault((job.commit, res.hardware), []).append(m.metric)
+        if st.final:
+            self.pending.pop(exp.id, None)
+            return  # confirm's runs: recorded, nothing to decide
+        if job.purpose in ("primary", "confirm"):
+            if job.purpose == "primary":
+                exp.exit_code, exp.wall_s, exp.metrics = m.exit_code, m.wall_s, m.metrics
+                exp.peak_mem_mb = m.peak_mem_mb
+                exp.log_tail, exp.log_path, exp.worker, exp.hardware = m.log_tail, str(log), res.worker, res.hardware
+            exp.metric, exp.reason, st.hardware = m.metric, m.reason, res.hardware
+            if m.status != "ok":
+                where = "" if job.purpose == "primary" else f"the confirmation run on {res.hardware}: "
+                return self.finish(st, m.status, where + m.reason)
+            if job.purpose == "confirm" and res.hardware != job.hardware:
+                return self.finish(st, "discard", f"won on {st.screen['hardware']}, but no worker of the reference "
+                                                  f"class {job.hardware} could confirm it (ran on {res.hardware})")
+        elif m.status == "interrupted":
+            return self.finish(st, "interrupted", self.session.stop_requested or m.reason)
+        elif job.purpose == "reference" and m.status != "ok":
+            return self.finish(st, "crash", f"measuring {job.commit[:7]} on {res.hardware} for comparison failed "
+                                            f"({m.status}: {m.reason})")
+        if not st.outstanding:
+            self.decide(st)
+
+    def _lost(self, st: Optional[Pending], job: Job, slot: Slot, reason: str) -> None:
+        self.losses[(job.exp_id, job.commit, job.seed, job.purpose)] += 1
+        if st is None or self.session.stop_requested:
+            if st is not None:
+                st.outstanding.discard(job.key)
+            return
+        st.outstanding.discard(job.key)
+        st.lost.append({"worker": slot.label, "purpose": job.purpose, "commit": job.commit, "reason": reason})
+        what = (f"#{job.exp_id}: {slot.label} was lost while running its {job.purpose} run of {job.commit[:7]} "
+                f"({reason})")
+        if self.losses[(job.exp_id, job.commit, job.seed, job.purpose)] < 2:
+            self.ledger.event(self.tag, "requeue", f"{what}: re-queued once", job.exp_id)
+            again = dataclasses.replace(job, key=f"{job.key}.{job.attempt + 1}", attempt=job.attempt + 1, bundle=None)
+            st.outstanding.add(again.key)
+            self.jobs.appendleft(again)
+            return
+        self.ledger.event(self.tag, "lost", f"{what}: lost twice, recorded as a crash", job.exp_id)
+        now = time.time()
+        m = Measurement("crash", f"its worker was lost twice while running it (last: {reason})")
+        self._measured(st, job, Result(m, slot.label, st.hardware or slot.hardware, now, now))
+
+    def _watchdog(self) -> None:
+        c = self.cfg
+        limit = (c.timeout_s + c.experiment.grace_s + WATCHDOG_SLACK_S + (c.metric.timeout_s if c.metric.command else 0)
+                 + (c.experiment.setup_timeout_s if c.experiment.setup else 0))
+        now = time.monotonic()
+        for key, (job, slot, t0) in list(self.running.items()):
+            if key not in self.expired and now - t0 > limit:
+                self.expired[key] = now
+                self.engine.cancel(key)
+            elif key in self.expired and now - self.expired[key] > WATCHDOG_SLACK_S:  # not even the cancel came back
+                self.running.pop(key)
+                self.free.append(slot)
+                self._lost(self.pending.get(job.exp_id), job, slot, "no answer, even to a cancel")
+        for r, (_, t0) in list(self.proposing.items()):  # a researcher hanging past its agent.timeout_s
+            limit_s = r.cfg.agent.timeout_s + WATCHDOG_SLACK_S / 4
+            if r not in self.abandoned and now - t0 > limit_s:
+                self.abandoned.add(r)
+                r.done = f"the agent {r.label} gave no answer in {limit_s:.0f}s (agent.timeout_s {r.cfg.agent.timeout_s:g})"
+                exp = self.session.new_experiment(self.ws.expected_tip(), "(no answer)", kind="candidate",
+                                                  agent=r.name, researcher=r.label)
+                exp.agent_latency_s = now - t0
+                self.session.finish_unrun(exp, "crash", f"agent failed: {r.done}; the other researchers go on")
+                self.ledger.event(self.tag, "researcher", r.done, exp.id)
+
+    # -- pause, resume -------------------------------------------------------------------------
+    def _pause_check(self) -> None:
+        s = self.session
+        since = paused_since(self.cfg.root, self.tag)
+        if since is not None and not self.paused:
+            self.paused = time.monotonic()
+            self.ledger.event(self.tag, "pause", "paused: no new experiments start; those in flight finish")
+            s.report("note", message=f"paused; `autoresearch resume --tag {self.tag}` continues")
+        elif since is None and self.paused:
+            waited, self.paused = time.monotonic() - self.paused, 0.0
+            s.started += waited  # time paused does not count towards --max-hours
+            self.ledger.event(self.tag, "resume", f"resumed after {waited:.0f}s paused")
+
+    def _resume(self) -> None:
+        """Re-queue what the previous session left unfinished (each at most twice along a chain)."""
+        rows, sessions = self.ledger.experiments(self.tag), self.ledger.sessions(self.tag)
+        if len(sessions) < 2:
+            return
+        since = sessions[-2]["started_at"] or 0.0
+        done = {e.evidence.get("resumed_from") for e in rows}
+        by_id = {e.id: e for e in rows}
+        for e in rows:
+            if (e.status != "interrupted" or not e.commit or e.kind not in ("candidate", "repair", "rebase")
+                    or (e.ended_at or 0) < since or e.id in done
+                    or by_id.get(e.evidence.get("resumed_from"), e).evidence.get("resumed_from")):
+                continue
+            row = dataclasses.replace(e, id=None, status="running", reason="", started_at=0.0, ended_at=None,
+                                      pid=None, worker="", tokens_in=0, tokens_out=0, cost_usd=0.0,
+                                      unverified=self.session.unverified(),
+                                      evidence={"resumed_from": e.id, **({"rebase_of": e.evidence["rebase_of"]}
+                                                                         if e.evidence.get("rebase_of") else {})})
+            self.ledger.begin(row)
+            self.ws.pin(row.id, row.commit)
+            self.ledger.event(self.tag, "resume", f"#{row.id} resumes #{e.id} ({e.reason}): re-queued", row.id)
+            self.session.count += 1  # an experiment of this session, within its limits
+            self.ready.append(row)
+
+    # -- stop -----------------------------------------------------------------------------------
+    def shutdown(self, error: Optional[BaseException]) -> None:
+        s = self.session
+        why = s.stop_requested or (f"harness error: {type(error).__name__}: {error}" if error else "stopped")
+        hurry = isinstance(error, KeyboardInterrupt)  # a second Ctrl-C: do not wait for the agents either
+        for key in list(self.running):
+            self.engine.cancel(key)
+        deadline = time.monotonic() + (2 if hurry else self.cfg.experiment.grace_s + 15)
+        while self.running and time.monotonic() < deadline:
+            self._pump()
+        while not hurry and any(t.is_alive() for r, (t, _) in self.proposing.items() if r not in self.abandoned):
+            self._pump()  # the agents finish their calls; their proposals are recorded `interrupted`
+        self._pump(0)
+        for st in list(self.pending.values()):
+            self._safely(self.finish, st, "interrupted", why)
+        while self.ready:
+            e = self.ready.popleft()
+            e.status, e.reason = "interrupted", f"{why} (before it ran)"
+            self._safely(self._record, e)
+        self._safely(self.engine.stop)
+
+    def _pump(self, timeout: float = 0.2) -> None:
+        """Take in what arrives while stopping: results are recorded, new proposals wait to be interrupted."""
+        try:
+            kind, *data = self.events.get(timeout=timeout) if timeout else self.events.get_nowait()
+        except queue.Empty:
+            return
+        if kind == "done":
+            self._safely(self._done, *data)
+        elif kind == "proposal":
+            researcher, exp = data
+            self.proposing.pop(researcher, None)
+            if exp is not None and exp.status == "running":
+                self.ready.append(exp)
+            elif exp is not None:
+                self._safely(self.session.after_record, exp)
+
+    def _safely(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception as e:  # noqa: BLE001 - stopping must reach every record; the first error is raised
+            self.ledger.event(self.tag, "shutdown", f"while stopping: {type(e).__name__}: {e}")
+
+
+def local_engine(cfg: Config):
+    """One local slot: where tool mode and `confirm` run, whatever engine the project's runs use."""
+    one = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, name="local", workers=1))
+    return engines.create("local", one)
+
+
+def run(cfg: Config, tag: str, team: Team, **kw: Any) -> Outcome:
+    """Open a session on `tag` and run the team until a stop condition (see Driver)."""
+    return Driver(cfg, tag, team, **kw).run()
