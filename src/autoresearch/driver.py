@@ -60,6 +60,7 @@ from .session import Reporter, RunSession, marker_prefix
 from .winners import Decisions, Pending
 
 WATCHDOG_SLACK_S = 120.0  # a job silent this long past its hard timeout counts as lost
+AGENT_SLACK_S = 5.0  # a researcher silent this long past its agent.timeout_s is given up on
 AUTO_MARGIN = 1.5  # parallel = "auto": researchers for 1.5x the proposals the workers consume meanwhile
 LATENCY_WINDOW = 12  # the latest proposals whose latency sets `auto`
 
@@ -508,7 +509,7 @@ class Driver(Decisions):
                 self.free.append(slot)
                 self._lost(self.pending.get(job.exp_id), job, slot, "no answer, even to a cancel")
         for r, (_, t0) in list(self.proposing.items()):  # a researcher hanging past its agent.timeout_s
-            limit_s = r.cfg.agent.timeout_s + WATCHDOG_SLACK_S / 4
+            limit_s = r.cfg.agent.timeout_s + AGENT_SLACK_S
             if r not in self.abandoned and now - t0 > limit_s:
                 self.abandoned.add(r)
                 r.done = f"the agent {r.label} gave no answer in {limit_s:.0f}s (agent.timeout_s {r.cfg.agent.timeout_s:g})"

@@ -43,7 +43,8 @@ class Researcher:
                  cfg=None):
         self.session, self.agent, self.index, self.weight = session, agent, index, weight
         self.cfg = cfg or session.cfg  # its own [[agents]] entry's settings (caps, timeout)
-        self.label = label or f"{getattr(agent, 'name', '?')}#{index}"
+        model = self.cfg.agent.model
+        self.label = label or f"{getattr(agent, 'name', '?')}{':' + model if model else ''}#{index}"
         self.folder = ProposalFolder(session.ws, "propose" if index == 1 else f"propose-{index}")
         self.done = ""  # why this researcher proposes no more ("" while it does)
         self.proposals = 0

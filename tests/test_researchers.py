@@ -1,0 +1,166 @@
+"""A team of researchers feeding N workers: the one driver with several proposers at once.
+
+- four researchers and three workers, the head SIGKILLed at random moments and resumed: nothing
+  lost or duplicated, the tip is the best;
+- two researchers proposing the same change at the same moment: it runs once;
+- one researcher hanging past its agent.timeout_s: its row is a `crash`, the others go on;
+- every row records its researcher.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import HERE, TRAIN, assert_consistent, kill_group, load_cfg, make_project, rows_of, set_constant
+
+from autoresearch.agents.base import Proposal
+from autoresearch.driver import Driver, Limits
+
+SLOW_TRAIN = TRAIN.replace('print(f"aux: 7")', 'time.sleep(0.4)\nprint(f"aux: 7")')
+
+TEAM = '''\
+import re, sys, time
+sys.path.insert(0, TESTS)
+from autoresearch.config import load
+from autoresearch.driver import Driver, Limits
+from autoresearch.agents.base import Proposal
+
+
+class Stepper:
+    """Researcher i moves X down by its own step from wherever the best is: distinct changes."""
+
+    name = "stepper"
+
+    def __init__(self, i):
+        self.i = i
+
+    def propose(self, ctx, wt):
+        time.sleep(0.15 * self.i)
+        text = (wt / "train.py").read_text()
+        x = float(re.search(r"(?m)^X = (.*)$", text).group(1))
+        new = round(x - 0.0137 * self.i - 0.0001 * len(ctx.history), 6)
+        (wt / "train.py").write_text(re.sub(r"(?m)^X = .*$", f"X = {new}", text, count=1))
+        return Proposal(f"researcher {self.i}: X -> {new}")
+
+
+Driver(load("."), "team", [Stepper(i) for i in (1, 2, 3, 4)],
+       limits=Limits(max_experiments=int(sys.argv[1]))).run()
+'''
+
+
+class Sleeper:
+    """Proposes `value` for X after `delay` seconds."""
+
+    name = "sleeper"
+
+    def __init__(self, value: float, delay: float):
+        self.value, self.delay = value, delay
+
+    def propose(self, ctx, wt):
+        time.sleep(self.delay)
+        set_constant(Path(wt) / "train.py", "X", self.value)
+        return Proposal(f"X = {self.value}")
+
+
+class Stepping:
+    """Moves X down a little from the best each call."""
+
+    name = "stepping"
+
+    def __init__(self, step: float):
+        self.step = step
+
+    def propose(self, ctx, wt):
+        text = (Path(wt) / "train.py").read_text()
+        x = float(text.split("\nX = ", 1)[1].split("\n", 1)[0])
+        set_constant(Path(wt) / "train.py", "X", round(x - self.step, 6))
+        return Proposal(f"X {x} -> {round(x - self.step, 6)}")
+
+
+def team_project(tmp_path: Path, workers: int, extra: str = "") -> Path:
+    return make_project(tmp_path / "proj", files={"train.py": SLOW_TRAIN},
+                        extra_toml=f"[engine]\nworkers = {workers}\n" + extra)
+
+
+def test_four_researchers_three_workers_survive_sigkill_at_random_moments_and_resume(tmp_path):
+    root = team_project(tmp_path, 3)
+    script = tmp_path / "team.py"
+    script.write_text(TEAM.replace("TESTS", repr(str(HERE))))
+    rng = random.Random(14)
+    seen: dict[int, tuple] = {}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")]))
+    for round_ in range(3):
+        head = subprocess.Popen([sys.executable, str(script), "40"], cwd=root, env=env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            time.sleep(rng.uniform(2.5, 6.0))
+            assert head.poll() is None, head.stderr.read().decode()[-2000:]
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=10)
+        finally:
+            kill_group(head)
+        rows = rows_of(root, "team")
+        for e in rows:  # a finished row never changes; a running one only becomes `interrupted`
+            if e.id in seen and seen[e.id][0] != "running":
+                assert (e.status, e.commit, e.metric) == seen[e.id], f"#{e.id} changed after it was final"
+            seen[e.id] = (e.status, e.commit, e.metric)
+    r = subprocess.run([sys.executable, str(script), "6"], cwd=root, env=env, capture_output=True, text=True,
+                       timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = assert_consistent(root, "team")  # every row terminal, nothing measured twice, tip = best keep
+    by_id = {e.id: e for e in rows}
+    assert set(seen) <= set(by_id), "a row was lost"
+    for i, (status, commit, metric) in seen.items():
+        if status != "running":
+            assert (by_id[i].status, by_id[i].commit, by_id[i].metric) == (status, commit, metric)
+    researchers = {e.researcher for e in rows if e.kind == "candidate"}
+    assert len(researchers) >= 3, researchers  # several researchers proposed
+    resumed = [e for e in rows if e.evidence.get("resumed_from")]
+    interrupted = [e for e in rows if e.status == "interrupted" and e.commit and e.kind != "baseline"]
+    assert interrupted, "no kill landed while an experiment was in flight: the test proved nothing"
+    assert resumed, "nothing interrupted was resumed"
+    for e in resumed:
+        assert by_id[e.evidence["resumed_from"]].commit == e.commit
+
+
+def test_two_researchers_proposing_the_same_change_run_it_once(tmp_path):
+    root = team_project(tmp_path, 2)
+    agents = [Sleeper(2.0, 0.3), Sleeper(2.0, 0.35)]
+    Driver(load_cfg(root), "dup", agents, limits=Limits(max_experiments=2)).run()
+    rows = rows_of(root, "dup")
+    same = [e for e in rows if e.description == "X = 2.0"]
+    assert len(same) == 2, [(e.id, e.status, e.reason) for e in rows]
+    ran = [e for e in same if e.metric is not None]
+    assert len(ran) == 1 and ran[0].status == "keep"
+    twin = next(e for e in same if e is not ran[0])
+    assert twin.status == "discard" and f"the same change as #{ran[0].id}" in twin.reason
+    from autoresearch.ledger import Ledger
+
+    led = Ledger(root / ".autoresearch" / "ledger.db")
+    assert len(led.measurements(commit=ran[0].commit)) == 1  # measured once
+    assert {e.researcher for e in same} == {"sleeper#1", "sleeper#2"}
+    assert_consistent(root, "dup")
+
+
+def test_a_hanging_researcher_is_a_crash_and_the_others_go_on(tmp_path):
+    root = team_project(tmp_path, 2, extra='[agent]\ntimeout_s = 2\n')
+    hang = Sleeper(1.5, 600.0)
+    t0 = time.monotonic()
+    out = Driver(load_cfg(root), "hang", [hang, Stepping(0.1), Stepping(0.05)],
+                 limits=Limits(max_experiments=8)).run()
+    took = time.monotonic() - t0
+    rows = rows_of(root, "hang")
+    hung = [e for e in rows if e.researcher == "sleeper#1"]
+    assert len(hung) == 1 and hung[0].status == "crash" and "gave no answer" in hung[0].reason, \
+        [(e.id, e.researcher, e.status, e.reason) for e in rows]
+    others = [e for e in rows if e.researcher in ("stepping#2", "stepping#3")]
+    assert len(others) >= 6 and sum(e.status == "keep" for e in others) >= 3
+    assert "max-experiments" in out.stop_reason
+    assert took < 90, f"the run waited for the hung researcher ({took:.0f}s)"
+    assert_consistent(root, "hang")
