@@ -213,3 +213,16 @@ def test_cli_agent_or_model_replaces_the_team_by_one_entry(tmp_path):
 
 def test_label():
     assert label("claude-code", "sonnet", 1) == "claude-code:sonnet#1" and label("mutate", "", 3) == "mutate#3"
+
+
+def test_the_documented_team_loads_as_documented(tmp_path):
+    # docs/agents.md's example team is a config that loads, and its researchers are named as the page says.
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "agents.md").read_text()
+    section = doc[doc.index("## A team of researchers"):]
+    example = section[section.index("```toml\n") + 8:section.index("```\n", section.index("```toml\n") + 8)]
+    cfg = load(project_with(tmp_path, GOOD + example))
+    assert [m.label for m in members(cfg)] == ["claude-code:sonnet#1", "claude-code:sonnet#2", "codex#3", "mutate#4"]
+    assert [m.weight for m in members(cfg)] == [1.0, 1.0, 1.0, 0.5] and cfg.agent.parallel == 4
+    assert [m.cfg.agent.max_usd for m in members(cfg)] == [20.0, 20.0, 10.0, 10.0]
+    for label in ("claude-code:sonnet#1", "codex#3", "mutate#4"):
+        assert label in section
