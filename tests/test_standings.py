@@ -200,3 +200,12 @@ def test_the_cli_reads_a_ledger_from_before_teams(tmp_path):
     s = json.loads(cli("status", "--json", "--tag", TAG, cwd=root).stdout)
     assert [(t["researcher"], t["proposals"], t["keeps"], t["effect"], t["effect_sigma"]) for t in s["researchers"]] \
         == [("mutate", 2, 1, 1.0, None)]
+
+
+def test_spent_is_one_researchers_dollars_and_tokens():
+    rows = [_e(1, kind="baseline", status="keep", cost_usd=9.0),
+            _e(2, researcher="a#1", cost_usd=0.25, tokens_in=100, tokens_out=20),
+            _e(3, researcher="b#2", cost_usd=1.0, tokens_in=1000, tokens_out=1),
+            _e(4, researcher="a#1", status="crash", cost_usd=0.5, tokens_in=10, tokens_out=0)]
+    assert standings.spent(rows, "a#1") == (0.75, 130)
+    assert standings.spent(rows, "b#2") == (1.0, 1001) and standings.spent(rows, "c#3") == (0.0, 0)

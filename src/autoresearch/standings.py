@@ -1,7 +1,8 @@
 """Who is the best researcher: per-researcher figures over a tag, one computation for every view.
 
 Owns `compute()` (rows, their runs and the noise -> `Standings`), `of()` (the same read from the
-ledger), `researcher_of()` (whose row it is) and the text table. `status` (text and `--json`:
+ledger), `researcher_of()` (whose row it is), `spent()` (a researcher's dollars and tokens, for its
+caps) and the text table. `status` (text and `--json`:
 `researchers`, `researchers_total`), `results --json` (each row's `researcher`) and report.html
 show these; none computes its own.
 
@@ -117,6 +118,13 @@ def is_rerun(e: Experiment) -> bool:
     """A row that measures again a change proposed in an earlier row (rebased, or resumed after an interruption)."""
     ev = e.evidence if isinstance(e.evidence, dict) else {}
     return e.kind == "rebase" or bool(ev.get("rebase_of") or ev.get("resumed_from"))
+
+
+def spent(rows: Sequence[Experiment], researcher: str) -> tuple[float, int]:
+    """(dollars, tokens in + out) that `researcher` has spent over `rows` (every session of the tag): what
+    its own `max_usd` / `max_tokens` are checked against."""
+    mine = [e for e in rows if researcher_of(e) == researcher]
+    return math.fsum(e.cost_usd or 0.0 for e in mine), sum((e.tokens_in or 0) + (e.tokens_out or 0) for e in mine)
 
 
 def compute(rows: Sequence[Experiment], runs: dict[str, list[tuple[int, float]]], sd: Optional[float], df: int,
