@@ -100,7 +100,7 @@ def _status(args) -> int:
     out["workers"] = worker_stats(ledger, tag)  # what ran where, utilisation, runs per hour (workers.py)
     from . import standings
 
-    team = standings.of(ledger, tag, spec, rows)  # who proposed what, kept what, at what cost (standings.py)
+    team = standings.of(ledger, tag, spec, rows, noise)  # who proposed what, kept what, at what cost (standings.py)
     out |= team.to_json()
     breaks = [b for b in ledger.integrity if b.tag in (tag, None)]  # checked when the ledger was opened
     out["ledger_integrity"] = {"ok": not breaks, "breaks": [b.to_json() for b in breaks]}

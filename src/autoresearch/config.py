@@ -247,7 +247,8 @@ def load(root: str | os.PathLike, overrides: Optional[dict[str, dict[str, Any]]]
     cfg = Config(root=root, source=source)
     for section, values in raw.items():
         if section not in SECTIONS:
-            raise ConfigError(f"unknown section [{section}] in {CONFIG_NAME}{_suggest(section, [*SECTIONS, 'agents'])}")
+            known = [*SECTIONS, "agents"]
+            raise ConfigError(f"unknown section [{section}] in {CONFIG_NAME}{_suggest(section, known)}")
         if not isinstance(values, dict):
             raise ConfigError(f"`{section}` must be a table ([{section}]), got {type(values).__name__}")
         setattr(cfg, section, _build(section, SECTIONS[section], values))
@@ -306,7 +307,7 @@ def _build(section: str, cls: type, values: dict[str, Any]):
 
 
 def _build_team(team: Any, agent: dict[str, Any]) -> list[TeamEntry]:
-    """`[[agents]]` as TeamEntry's: each entry is [agent] (the raw table, already valid) updated with its own keys."""
+    """`[[agents]]` as TeamEntry's: each is [agent] (the raw table, already valid) updated with its own keys."""
     if isinstance(team, dict) or not isinstance(team, list) or not all(isinstance(t, dict) for t in team):
         raise ConfigError("`agents` must be an array of tables: write one [[agents]] (two brackets) per entry, "
                           "e.g. [[agents]] then name = \"codex\" on the next line")

@@ -147,10 +147,12 @@ def compute(rows: Sequence[Experiment], runs: dict[str, list[tuple[int, float]]]
     return Standings(out, total, sigma)
 
 
-def of(ledger: Ledger, tag: str, spec: figures.Spec, rows: Optional[Sequence[Experiment]] = None) -> Standings:
-    """The tag's standings from the ledger: its rows, their runs, and the noise status reports."""
+def of(ledger: Ledger, tag: str, spec: figures.Spec, rows: Optional[Sequence[Experiment]] = None,
+       noise: Optional[figures.Noise] = None) -> Standings:
+    """The tag's standings from the ledger: its rows, their runs, and the noise status reports (`noise`:
+    figures.noise() when the caller has it already)."""
     rows = list(rows) if rows is not None else ledger.experiments(tag)
-    noise = figures.noise(ledger, tag, spec, rows)
+    noise = noise or figures.noise(ledger, tag, spec, rows)
     return compute(rows, figures.commit_runs(ledger, tag), noise.sd, noise.df, spec)
 
 
