@@ -209,3 +209,22 @@ def test_spent_is_one_researchers_dollars_and_tokens():
             _e(4, researcher="a#1", status="crash", cost_usd=0.5, tokens_in=10, tokens_out=0)]
     assert standings.spent(rows, "a#1") == (0.75, 130)
     assert standings.spent(rows, "b#2") == (1.0, 1001) and standings.spent(rows, "c#3") == (0.0, 0)
+
+
+def test_a_real_run_is_one_researcher_whose_figures_are_the_runs(tmp_path):
+    # A real loop through the CLI (the mutate agent, three proposals): status names one researcher whose
+    # figures are the run's (rows from today's sequential loop carry no researcher: they count for the agent;
+    # the driver of issue 14 labels them mutate#1).
+    root = make_project(tmp_path / "p")
+    r = cli("run", "--agent", "mutate", "--max-experiments", "3", "--tag", "real", "--no-live", cwd=root)
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = json.loads(cli("status", "--json", "--tag", "real", cwd=root).stdout)
+    (one,) = s["researchers"]
+    assert one["researcher"] in ("mutate", "mutate#1") and one["proposals"] == 3 == s["experiments"] - 1
+    assert one == s["researchers_total"] | {"researcher": one["researcher"]}
+    assert one["keeps"] == s["counts"].get("keep", 0) - 1 and one["cost_usd"] == 0 and one["latency_s"] is not None
+    kept = [e for e in json.loads(cli("results", "--json", "--tag", "real", cwd=root).stdout) if e["status"] == "keep"]
+    assert len(kept) >= 2, kept  # the baseline and at least one keep (mutate, seed 0, on this project)
+    # greedy, no noise measured: the effect is in metric units, the mean gain of each keep over the one before
+    gains = [a["metric"] - b["metric"] for a, b in zip(kept, kept[1:])]
+    assert one["effect"] == pytest.approx(sum(gains) / len(gains)) and one["effect_sigma"] is None
