@@ -206,9 +206,7 @@ def _report(args) -> int:
     if args.html:
         from .report_html import report_html
 
-        from . import figures
-
-        from . import standings
+        from . import figures, standings
 
         rows = ledger.experiments(tag)
         spec = figures.Spec.from_config(cfg)

@@ -10,6 +10,9 @@ Guarantees:
   program.md) and no toml gets the original's settings.
 - `Config.snapshot()` is the resolved config as plain data; the ledger stores it with
   every run so a result can always be explained.
+- A team (`[[agents]]`, `Config.team`): each entry is checked as [agent] is, every key it leaves
+  out being [agent]'s; `parallel` is [agent]'s alone. A CLI override of the agent's name, model or
+  command replaces the team by [agent] (agents/team.py turns either into researchers).
 
 Not covered here: whether the run command actually works (the judge finds out).
 """
