@@ -30,6 +30,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from ..config import Config
 from .select import choose
 
 
@@ -38,7 +39,7 @@ class Member:
     """One researcher of the team."""
 
     label: str  # `<backend>[:<model>]#<n>`: what its rows record as `researcher`
-    cfg: Any  # a Config whose `agent` is this researcher's (name resolved)
+    cfg: Config  # a copy of the run's config whose `agent` is this researcher's (name resolved)
     weight: float = 1.0
     reason: str = ""  # why this backend (select.choose()'s reason when the entry said `auto`)
 
@@ -47,7 +48,7 @@ class Member:
         return self.cfg.agent.name
 
 
-def members(cfg: Any, parallel: Optional[int] = None) -> list[Member]:
+def members(cfg: Config, parallel: Optional[int] = None) -> list[Member]:
     """The team of `cfg` (see the module docstring). `parallel`: how many copies of `[agent]` make the
     team when there is no `[[agents]]` (default 1; the driver passes the M it resolved `parallel` to)."""
     if parallel is not None and (isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1):
