@@ -473,3 +473,32 @@ def test_a_v1_file_is_sealed_when_migrated(tmp_path):
     assert any(e["kind"] == "ledger-sealed" and "trust on first use" in e["message"] for e in led.events("old"))
     _raw(led, "UPDATE experiments SET status = 'keep' WHERE id = 2")
     assert [x.ids for x in led.verify("old")] == [[2]]
+
+
+def test_researcher_round_trips_and_rows_from_before_it_keep_their_seals(tmp_path, monkeypatch):
+    # A v5 file (before migration 6) whose finished rows are sealed; opened by this version it gains the
+    # `researcher` column, every old seal still verifies and old rows read researcher "".
+    import autoresearch.ledger as ledger_module
+
+    path = tmp_path / "ledger.db"
+    monkeypatch.setattr(ledger_module, "MIGRATIONS", MIGRATIONS[:5])
+    old = Ledger(path)
+    assert old.schema_version == 5
+    for status in ("keep", "discard", "crash"):
+        _raw(old, 'INSERT INTO experiments (tag, parent, "commit", description, kind, status, agent, metric, '
+                  "started_at) VALUES ('v5', 'p', 'c', 'x', 'candidate', ?, 'mutate', 1.0, 1.0)", status)
+    old.accept("v5")  # sealed as they are, by the v5 code path
+    assert old.verify() == []
+    old.close()
+    monkeypatch.setattr(ledger_module, "MIGRATIONS", MIGRATIONS)
+    led = Ledger(path)
+    assert led.schema_version == 6 == len(MIGRATIONS) and led.integrity == [] and led.verify() == []
+    assert [(e.researcher, e.agent) for e in led.experiments("v5")] == [("", "mutate")] * 3
+    e = new(tag="v5", agent="claude-code", researcher="claude-code:sonnet#2")
+    led.begin(e)
+    assert led.get(e.id).researcher == "claude-code:sonnet#2"
+    e.status = "discard"
+    led.finish(e)
+    assert led.get(e.id).researcher == "claude-code:sonnet#2" and led.verify() == []
+    _raw(led, "UPDATE experiments SET researcher = 'codex#1' WHERE id = ?", e.id)  # who proposed it is sealed too
+    assert [b.ids for b in led.verify("v5")] == [[e.id]]

@@ -98,6 +98,10 @@ def _status(args) -> int:
     from .workers import worker_stats
 
     out["workers"] = worker_stats(ledger, tag)  # what ran where, utilisation, runs per hour (workers.py)
+    from . import standings
+
+    team = standings.of(ledger, tag, spec, rows, noise)  # who proposed what, kept what, at what cost (standings.py)
+    out |= team.to_json()
     breaks = [b for b in ledger.integrity if b.tag in (tag, None)]  # checked when the ledger was opened
     out["ledger_integrity"] = {"ok": not breaks, "breaks": [b.to_json() for b in breaks]}
     if args.json:
@@ -120,6 +124,8 @@ def _status(args) -> int:
     print(f"keep rate {rate:.0%}" if rate is not None else "keep rate -",
           f"| elapsed {figures.duration(out['elapsed_s'])}, runs {figures.duration(out['experiment_s'])} "
           f"| agent cost ${out['cost_usd'] or 0:.2f} ({(out['tokens_in'] or 0) + (out['tokens_out'] or 0)} tokens)")
+    for line in team.lines():
+        print(line)
     for w in out["workers"] if len(out["workers"]) > 1 or any(w["now"] for w in out["workers"]) else []:
         print(f"worker {w['worker']} ({w['hardware'] or '?'}): {w['runs']} runs, busy {w['utilisation']:.0%}, "
               f"{w['per_hour']:g}/h" + (f", now {'; '.join(w['now'])}" if w["now"] else ""))
@@ -165,7 +171,10 @@ def _results(args) -> int:
 
 
 def _row_json(e: Experiment) -> dict[str, Any]:
+    from .standings import researcher_of
+
     d = e.to_json()
+    d["researcher"] = researcher_of(e)  # as status names it: rows from before teams by their agent
     d.pop("patch", None)
     d.pop("log_tail", None)
     return d
@@ -197,12 +206,14 @@ def _report(args) -> int:
     if args.html:
         from .report_html import report_html
 
-        from . import figures
+        from . import figures, standings
 
         rows = ledger.experiments(tag)
-        fig = figures.improvement(ledger, tag, figures.Spec.from_config(cfg), rows)
+        spec = figures.Spec.from_config(cfg)
+        fig = figures.improvement(ledger, tag, spec, rows)
         print(report_html(rows, (out or root) / "report.html", cfg.metric.name, cfg.lower_is_better(), tag=tag,
-                          events=ledger.events(tag), project=root.name, figure=fig, swarm=ledger.swarm_notes(tag)))
+                          events=ledger.events(tag), project=root.name, figure=fig, swarm=ledger.swarm_notes(tag),
+                          researchers=standings.of(ledger, tag, spec, rows)))
         return 0
     for p in _write_report(root, cfg, tag, out):
         print(p)

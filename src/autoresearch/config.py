@@ -10,6 +10,9 @@ Guarantees:
   program.md) and no toml gets the original's settings.
 - `Config.snapshot()` is the resolved config as plain data; the ledger stores it with
   every run so a result can always be explained.
+- A team (`[[agents]]`, `Config.team`): each entry is checked as [agent] is, every key it leaves
+  out being [agent]'s; `parallel` is [agent]'s alone. A CLI override of the agent's name, model or
+  command replaces the team by [agent] (agents/team.py turns either into researchers).
 
 Not covered here: whether the run command actually works (the judge finds out).
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -97,6 +101,7 @@ class AgentConfig:
     max_reasks: int = 2  # API agents: replies sent back to the model when an edit does not apply
     request_timeout_s: float = 300.0  # API agents: one HTTP request
     network: Any = "auto"  # "auto" | true | false: may a process agent reach the network (see network_for)
+    parallel: Any = "auto"  # int >= 1 | "auto": researchers proposing at once ([agent] only; see agents/team.py)
 
     def network_for(self, default: bool) -> bool:
         """`network` resolved: "auto" is the backend's `default` (API and CLI agents yes, command and mutate no)."""
@@ -144,6 +149,20 @@ class TrackingConfig:
     artifact_location: str = ""  # default: .autoresearch/mlflow-artifacts for local stores
 
 
+@dataclass
+class TeamEntry:
+    """One `[[agents]]` entry: an [agent] table (each key it leaves out is [agent]'s) and its share."""
+
+    agent: AgentConfig
+    weight: float = 1.0  # its share of the proposals, relative to the other entries'
+    count: int = 1  # researchers made from this entry
+
+
+TEAM_KEYS = ("weight", "count")  # what an [[agents]] entry has beyond [agent]'s keys
+TEAM_ONLY_IN_AGENT = ("parallel",)  # [agent] keys an entry may not set: they belong to the team
+TEAM_OVERRIDES = ("name", "model", "command")  # a CLI value for one of these replaces the team by [agent]
+
+
 SECTIONS: dict[str, type] = {
     "experiment": ExperimentConfig,
     "metric": MetricConfig,
@@ -173,6 +192,7 @@ class Config:
     stop: StopConfig = field(default_factory=StopConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    team: list[TeamEntry] = field(default_factory=list)  # [[agents]]; empty: the team is [agent] itself
     source: str = "defaults"  # the toml path, or "zero-config"
 
     @property
@@ -195,6 +215,7 @@ class Config:
 
     def snapshot(self) -> dict[str, Any]:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS} | {
+            "agents": [dataclasses.asdict(e.agent) | {"weight": e.weight, "count": e.count} for e in self.team],
             "timeout_s_resolved": self.timeout_s,
             "source": self.source,
         }
@@ -220,15 +241,22 @@ def load(root: str | os.PathLike, overrides: Optional[dict[str, dict[str, Any]]]
             f"no {CONFIG_NAME} in {root}: run `autoresearch init --here` to write one, "
             f"or `autoresearch init DIR --template quickstart` to start from a template"
         )
+    team = raw.pop("agents", None)
     for section, values in (overrides or {}).items():
-        raw.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+        values = {k: v for k, v in values.items() if v is not None}
+        raw.setdefault(section, {}).update(values)
+        if section == "agent" and any(k in TEAM_OVERRIDES for k in values):
+            team = None  # --agent/--model/--agent-command: the run is that one agent, not the configured team
     cfg = Config(root=root, source=source)
     for section, values in raw.items():
         if section not in SECTIONS:
-            raise ConfigError(f"unknown section [{section}] in {CONFIG_NAME}{_suggest(section, SECTIONS)}")
+            known = [*SECTIONS, "agents"]
+            raise ConfigError(f"unknown section [{section}] in {CONFIG_NAME}{_suggest(section, known)}")
         if not isinstance(values, dict):
             raise ConfigError(f"`{section}` must be a table ([{section}]), got {type(values).__name__}")
         setattr(cfg, section, _build(section, SECTIONS[section], values))
+    if team is not None:
+        cfg.team = _build_team(team, raw.get("agent") or {})
     _check(cfg)
     return cfg
 
@@ -259,10 +287,17 @@ def _build(section: str, cls: type, values: dict[str, Any]):
     for key, value in values.items():
         if key not in known:
             raise ConfigError(f"unknown key `{section}.{key}`{_suggest(key, known)}")
-        if (section, key) == ("agent", "network"):
+        if cls is AgentConfig and key == "network":
             if value not in ("auto", True, False):
-                raise ConfigError(f"`agent.network` must be \"auto\", true or false, got {value!r}: write "
+                raise ConfigError(f"`{section}.network` must be \"auto\", true or false, got {value!r}: write "
                                   "network = true to let the agent reach the network, false to cut it off")
+            kwargs[key] = value
+            continue
+        if cls is AgentConfig and key == "parallel":
+            if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"`{section}.parallel` must be a whole number >= 1 or \"auto\", got {value!r}: "
+                                  "write e.g. parallel = 4 (researchers proposing at once), or \"auto\" to size it "
+                                  "from the proposal latency, the budget and the workers")
             kwargs[key] = value
             continue
         kwargs[key] = _coerce(f"{section}.{key}", hints[key], value)
@@ -272,6 +307,40 @@ def _build(section: str, cls: type, values: dict[str, Any]):
                 f"`{section}.{key}` must be one of {', '.join(map(repr, choices))}, got {value!r}"
             )
     return cls(**kwargs)
+
+
+def _build_team(team: Any, agent: dict[str, Any]) -> list[TeamEntry]:
+    """`[[agents]]` as TeamEntry's: each is [agent] (the raw table, already valid) updated with its own keys."""
+    if isinstance(team, dict) or not isinstance(team, list) or not all(isinstance(t, dict) for t in team):
+        raise ConfigError("`agents` must be an array of tables: write one [[agents]] (two brackets) per entry, "
+                          "e.g. [[agents]] then name = \"codex\" on the next line")
+    if not team:
+        raise ConfigError("`agents` is empty: add [[agents]] entries, or remove it to run [agent] alone")
+    known = {f.name for f in dataclasses.fields(AgentConfig)} - set(TEAM_ONLY_IN_AGENT) | set(TEAM_KEYS)
+    out = []
+    for i, values in enumerate(team, 1):
+        where = f"agents[{i}]"  # entries counted from 1, in file order
+        for key in values:
+            if key in TEAM_ONLY_IN_AGENT:
+                raise ConfigError(f"`{where}.{key}` is the team's, not an entry's: set {key} once in [agent]")
+            if key not in known:
+                raise ConfigError(f"unknown key `{where}.{key}` (the {_ordinal(i)} [[agents]] entry)"
+                                  f"{_suggest(key, known)}")
+        weight = values.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < math.inf:
+            raise ConfigError(f"`{where}.weight` must be a positive number, got {weight!r}: its share of the "
+                              "proposals, e.g. weight = 2 for twice the others' (default 1)")
+        count = _coerce(f"{where}.count", int, values.get("count", 1))
+        if count < 1:
+            raise ConfigError(f"`{where}.count` must be at least 1 (got {count}): the researchers made from this "
+                              "entry; remove the entry to have none")
+        own = {k: v for k, v in values.items() if k not in TEAM_KEYS}
+        out.append(TeamEntry(_build(where, AgentConfig, {**agent, **own}), float(weight), count))
+    return out
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
 def _coerce(key: str, typ: Any, value: Any) -> Any:
@@ -356,16 +425,13 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"`metric.pattern` is not a valid regular expression ({err})") from None
         if rx.groups < 1:
             raise ConfigError("`metric.pattern` needs one capture group around the number, e.g. 'loss=([0-9.]+)'")
-    if cfg.agent.repair_attempts < 0:
-        raise ConfigError("`agent.repair_attempts` must be >= 0")
-    for model, pair in cfg.agent.prices.items():
-        if len(pair) != 2 or min(pair) < 0:
-            raise ConfigError(f"`agent.prices.{model}` must be [usd_per_M_input, usd_per_M_output], got {pair}: "
-                              f"e.g. prices = {{ \"{model}\" = [3.0, 15.0] }}")
-    if cfg.agent.max_retries < 0 or cfg.agent.max_reasks < 0:
-        raise ConfigError("`agent.max_retries` and `agent.max_reasks` must be >= 0")
-    if cfg.agent.request_timeout_s <= 0:
-        raise ConfigError(f"`agent.request_timeout_s` must be positive (got {cfg.agent.request_timeout_s:g})")
+    _check_agent(cfg.agent, "agent")
+    for i, entry in enumerate(cfg.team, 1):
+        _check_agent(entry.agent, f"agents[{i}]")
+    size = sum(e.count for e in cfg.team)
+    if cfg.team and cfg.agent.parallel != "auto" and cfg.agent.parallel > size:
+        raise ConfigError(f"`agent.parallel` is {cfg.agent.parallel} but [[agents]] makes {size} researcher(s), and "
+                          "each proposes one change at a time: raise an entry's `count`, or lower parallel")
     if cfg.engine.workers < 1:
         raise ConfigError(f"`engine.workers` must be at least 1 (got {cfg.engine.workers})")
     if cfg.engine.proposals_ahead is not None and cfg.engine.proposals_ahead < 0:
@@ -400,6 +466,20 @@ def _check(cfg: Config) -> None:
         )
     if not cfg.program_path.exists():
         raise ConfigError(f"program.md is missing in {cfg.root}: write the research direction there in plain English")
+
+
+def _check_agent(a: AgentConfig, where: str) -> None:
+    """The checks of one agent table: [agent] (`where` = "agent") or an [[agents]] entry ("agents[2]")."""
+    if a.repair_attempts < 0:
+        raise ConfigError(f"`{where}.repair_attempts` must be >= 0")
+    for model, pair in a.prices.items():
+        if len(pair) != 2 or min(pair) < 0:
+            raise ConfigError(f"`{where}.prices.{model}` must be [usd_per_M_input, usd_per_M_output], got {pair}: "
+                              f"e.g. prices = {{ \"{model}\" = [3.0, 15.0] }}")
+    if a.max_retries < 0 or a.max_reasks < 0:
+        raise ConfigError(f"`{where}.max_retries` and `{where}.max_reasks` must be >= 0")
+    if a.request_timeout_s <= 0:
+        raise ConfigError(f"`{where}.request_timeout_s` must be positive (got {a.request_timeout_s:g})")
 
 
 def _refuse_unmatched(cfg: Config, files: list[str]) -> None:

@@ -122,7 +122,8 @@ def commit_runs(ledger: Ledger, tag: str) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
-def _values(row: Experiment, runs: dict[str, list[tuple[int, float]]]) -> list[float]:
+def row_values(row: Experiment, runs: dict[str, list[tuple[int, float]]]) -> list[float]:
+    """A row's values: its commit's runs (`commit_runs`), else its own metric once (rows with no measurement)."""
     got = [v for _, v in runs.get(row.commit or "", [])]
     if got:
         return got
@@ -274,8 +275,8 @@ def from_runs(rows: Sequence[Experiment], runs: dict[str, list[tuple[int, float]
     fig.base_id, fig.base_commit = base.id, base.commit or ""
     if best is not None:
         fig.best_id, fig.best_commit, fig.best_description = best.id, best.commit or "", best.description
-    base_vals = _values(base, runs)
-    best_vals = _values(best, runs) if best is not None else []
+    base_vals = row_values(base, runs)
+    best_vals = row_values(best, runs) if best is not None else []
     if not base_vals:
         return fig
     if fig.same or not best_vals:
@@ -363,7 +364,7 @@ def noise(ledger: Ledger, tag: str, spec: Spec, rows: Optional[Sequence[Experime
     base, _ = ends(rows)
     cal = next((ev["message"] for ev in reversed(ledger.events(tag)) if ev["kind"] == "calibration"), "")
     return Noise(sd, df, len(repeated), sum(map(len, repeated)), spec.relative,
-                 len(_values(base, runs)) if base else 0, cal)
+                 len(row_values(base, runs)) if base else 0, cal)
 
 
 # -- evidence --------------------------------------------------------------------------------------------

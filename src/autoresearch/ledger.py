@@ -101,6 +101,7 @@ class Experiment:
     cost_usd: float = 0.0
     agent_latency_s: Optional[float] = None
     unverified: str = ""  # why its result is not vouched for (made without the sandbox); empty when verified
+    researcher: str = ""  # who proposed it: agents/team.py's label (`codex#3`); "" in rows from before teams
     id: Optional[int] = None
 
     @property
@@ -167,6 +168,9 @@ MIGRATIONS: list[Any] = [
     );
     CREATE TABLE swarm_seen (tag TEXT NOT NULL, peer TEXT NOT NULL, tip TEXT NOT NULL, PRIMARY KEY (tag, peer));
     """,
+    # 6: the researcher of a team that proposed the row (agents/team.py). NULL in older rows, read as "":
+    # a NOT NULL DEFAULT '' column would give every sealed row a new column value and break its seal.
+    "ALTER TABLE experiments ADD COLUMN researcher TEXT;",
 ]
 
 GENESIS = "0" * 64  # the digest before the first seal
@@ -841,7 +845,7 @@ def _from_row(row: sqlite3.Row) -> Experiment:
         d[k] = d[k] or 0
     d["cost_usd"] = d["cost_usd"] or 0.0
     for k in ("patch", "rationale", "agent", "reason", "log_path", "log_tail", "host", "hardware", "worker",
-              "unverified"):
+              "unverified", "researcher"):
         d[k] = d[k] or ""
     return Experiment(**d)
 

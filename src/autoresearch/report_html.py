@@ -2,9 +2,9 @@
 
 Contents, top to bottom: the summary figures (report.summary() and figures.py's improvement
 figure, so they agree with `status` and report.md) with the cost and time totals; the progress
-chart (report.progress_png()
-inlined as a base64 PNG); the table of every experiment with status filters; each kept change
-with its delta, evidence and diff; the run's notes (steering edits, pauses, tracking errors).
+chart (report.progress_png() inlined as a base64 PNG); the researchers (standings.py, as `status`
+shows them); the table of every experiment with status filters; each kept change with its delta,
+evidence and diff; the run's notes (steering edits, pauses, tracking errors).
 Rows made while a protection was off are marked unverified, with a banner above the figures.
 
 Guarantees:
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from . import __version__
-from . import figures
+from . import figures, standings
 from .ledger import Experiment
 from .report import progress_png, summary, unverified_note
 
@@ -137,13 +137,17 @@ JS = """
 
 def report_html(rows: Sequence[Experiment], path: str | os.PathLike, metric_name: str, lower_is_better: bool,
                 tag: str = "", events: Sequence[dict[str, Any]] = (), project: str = "",
-                figure: Optional[figures.Figure] = None, swarm: Sequence[dict[str, Any]] = ()) -> Path:
+                figure: Optional[figures.Figure] = None, swarm: Sequence[dict[str, Any]] = (),
+                researchers: Optional[standings.Standings] = None) -> Path:
     """Write the self-contained HTML report to `path` and return it.
 
     `figure`: the improvement figure (figures.py); without one, the rows alone give it. `swarm`: the
-    ledger's verdicts on peers (Ledger.swarm_notes), shown with the rows adopted from them."""
+    ledger's verdicts on peers (Ledger.swarm_notes), shown with the rows adopted from them.
+    `researchers`: the per-researcher figures (standings.py); without them, the rows alone give them
+    (each row's metric once, no noise: effects in metric units)."""
     rows, path = list(rows), Path(path)
     figure = figure or figures.from_runs(rows, {}, None, 0, figures.Spec(metric_name, lower_is_better))
+    researchers = researchers or standings.compute(rows, {}, None, 0, figures.Spec(metric_name, lower_is_better))
     s = summary(rows, lower_is_better, figure)
     scale = max([abs(m) for e in rows if (m := _metric(e)) is not None] or [1.0])
     # One number format per report: the figure's (to a tenth of the measured noise), else by magnitude.
@@ -159,6 +163,7 @@ def report_html(rows: Sequence[Experiment], path: str | os.PathLike, metric_name
         f"<p class=unverified id=unverified>{_e(unverified_note(s))}</p>" if s["unverified"] else "",
         _cards(rows, s, metric_name, f, figure),
         "<h2>Progress</h2>", _chart(rows, metric_name, lower_is_better, tag),
+        _researchers(researchers),
         "<h2>Experiments</h2>", _table(rows, metric_name, lower_is_better, f),
         "<h2>Kept changes</h2>", _kept(rows, metric_name, f),
         _swarm(rows, swarm),
@@ -206,6 +211,31 @@ def _cards(rows: list[Experiment], s: dict[str, Any], name: str, f: Any, figure:
     body = "".join(f"<div class=card><div class=k>{_e(k)}</div><div class=v>{v if v.startswith('<span') else _e(v)}"
                    f"</div><div class=n>{_e(n)}</div></div>" for k, v, n in cards)
     return f"<section class=cards id=totals>{body}</section>"
+
+
+def _researchers(team: standings.Standings) -> str:
+    """Who proposed what, kept what, at what cost: standings.py's figures, one row per researcher and the total."""
+    if not team.researchers:
+        return ""
+    unit = "σ" if team.noise_measured else "metric units"
+    head = ("<tr><th>researcher</th><th class=num>proposals</th><th class=num>keeps</th><th class=num>keep rate</th>"
+            f"<th class=num>effect per keep ({unit})</th><th class=num>failed</th><th class=num>median latency</th>"
+            "<th class=num>tokens</th><th class=num>cost</th><th class=num>$ per keep</th></tr>")
+    body = []
+    for s in team.researchers + [team.total]:
+        effect = s.effect_sigma if team.noise_measured else s.effect
+        cells = [str(s.proposals), str(s.keeps), f"{s.keep_rate:.0%}" if s.keep_rate is not None else "–",
+                 (f"{effect:+.2g}" if team.noise_measured else figures.Format().signed(effect))
+                 if effect is not None else "–",
+                 str(s.failed), figures.duration(s.latency_s) if s.latency_s is not None else "–", f"{s.tokens:,}",
+                 f"${s.cost_usd:.2f}", f"${s.usd_per_keep:.2f}" if s.usd_per_keep is not None else "–"]
+        name = f"<b>{_e(s.researcher)}</b>" if s is team.total else f"<code>{_e(s.researcher)}</code>"
+        body.append(f"<tr data-researcher='{_e(s.researcher)}'><td>{name}</td>"
+                    + "".join(f"<td class=num>{_e(c)}</td>" for c in cells) + "</tr>")
+    return (f"<h2>Researchers</h2><table id=researchers>{head}{''.join(body)}</table>"
+            "<p class=why>failed: crash, timeout, violation or checks failed. Effect per keep: the mean gain of a "
+            "keep over the incumbent it was judged against. $ per keep: the researcher's agent cost over its keeps."
+            "</p>")
 
 
 def _chart(rows: list[Experiment], name: str, lower: bool, tag: str) -> str:
