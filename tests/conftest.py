@@ -278,9 +278,10 @@ def assert_consistent(root: Path, tag: str) -> list:
     assert ids == sorted(set(ids)), f"ids not unique/increasing: {ids}"
     for e in rows:
         assert e.status in TERMINAL, f"#{e.id} is {e.status}"
-    # identical code proposed again is measured again on purpose (loop.same_code: evidence pooled)
+    # identical code proposed again is measured again on purpose (researcher.same_code: evidence pooled);
+    # the same change proposed while its twin is in flight is never run (same_change_as)
     measured = [e.commit for e in rows if e.commit and e.status != "interrupted"
-                and "same_code_as" not in (e.evidence or {})]
+                and not {"same_code_as", "same_change_as"} & set(e.evidence or {})]
     assert len(measured) == len(set(measured)), f"a commit was measured twice: {measured}"
     pins = git(root, "for-each-ref", "--format=%(refname) %(objectname)", f"refs/autoresearch/{tag}/")
     by_id = {e.id: e for e in rows}

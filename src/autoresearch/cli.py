@@ -239,7 +239,6 @@ def _run(args) -> int:
     tag = args.tag or default_tag()
     choice = agents.choose(cfg)  # agent.name = "auto": configured, else a key, else a CLI, else mutate
     cfg.agent.name = choice.name  # the run's config snapshot records the agent actually used
-    agent = agents.create(choice.name, cfg)
     limits = Limits(
         max_experiments=args.max_experiments if args.max_experiments is not None else cfg.stop.max_experiments,
         max_hours=args.max_hours if args.max_hours is not None else cfg.stop.max_hours,
@@ -247,7 +246,10 @@ def _run(args) -> int:
         max_consecutive_failures=cfg.stop.max_consecutive_failures,
     )
     reporter = make_reporter(cfg.metric.name, cfg.experiment.budget_s, tag, live=False if args.no_live else None)
-    print(f"autoresearch: tag {tag}, agent {agent.name} ({choice.reason}), policy {_policy_name(cfg)}, "
+    driver = Driver.from_config(cfg, tag, limits=limits, reporter=reporter)  # the team: [[agents]] or [agent]
+    who = (f"agent {choice.name} ({choice.reason})" if not cfg.team else
+           f"team {', '.join(r.label for r in driver.team)}")
+    print(f"autoresearch: tag {tag}, {who}, parallel {cfg.agent.parallel}, policy {_policy_name(cfg)}, "
           f"budget {cfg.experiment.budget_s:g}s (config: {cfg.source})", flush=True)
     from .config import describe_patterns, tracked_or_present
 
@@ -255,8 +257,7 @@ def _run(args) -> int:
         print(f"autoresearch: {line}", flush=True)  # what the agent may change, and what never changes
     t0 = time.monotonic()
     try:
-        outcome = Driver(cfg, tag, agent, limits=limits, reporter=reporter,
-                         grow=lambda n: agents.create(choice.name, _researcher_cfg(cfg, n))).run()
+        outcome = driver.run()
     finally:
         if hasattr(reporter, "close"):
             reporter.close()
@@ -274,13 +275,6 @@ def _run(args) -> int:
     if fig.base_mean is not None:
         print(f"autoresearch: improvement: {fig.text()}")
     return 0
-
-
-def _researcher_cfg(cfg, n: int):
-    """Researcher n of a team replicated from `[agent]`: its own seed, so no two propose alike."""
-    import dataclasses
-
-    return dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, seed=cfg.agent.seed + n - 1))
 
 
 def _experiment(args) -> int:

@@ -48,7 +48,9 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from . import engines, integrity, swarm
 from . import policy as policies
+from . import agents
 from .agents.base import Agent
+from .agents.team import Member, members
 from .config import Config
 from .control import paused_since
 from .engines.base import Job, Result, RunInfo, Slot, WorkerLost
@@ -82,7 +84,7 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
 
 
-Team = Union[Agent, Sequence[Agent], Sequence[Researcher]]
+Team = Union[Agent, Sequence[Union[Agent, Member, Researcher]]]
 
 
 class Driver(Decisions):
@@ -90,9 +92,10 @@ class Driver(Decisions):
 
     def __init__(self, cfg: Config, tag: str, team: Team = (), *, limits: Optional[Limits] = None,
                  reporter: Optional[Reporter] = None, ledger: Optional[Ledger] = None, engine=None,
-                 session: Optional[RunSession] = None, grow: Optional[Callable[[int], Agent]] = None):
-        """`team`: one agent, several, or Researchers. `grow(n)`: makes researcher n's agent when `parallel`
-        asks for more than the team has (one `[agent]` replicated); without it the team is what it is."""
+                 session: Optional[RunSession] = None, grow: Optional[Callable[[int], Union[Agent, Member]]] = None):
+        """`team`: one agent, several, the config's Members (agents/team.py), or Researchers. `grow(n)`: makes
+        researcher n (an agent or a Member) when `parallel` asks for more than the team has (one `[agent]`
+        replicated); without it the team is what it is."""
         self.session = session or RunSession(cfg, tag, reporter=reporter, ledger=ledger)
         s = self.session
         self.cfg, self.tag, self.ledger, self.ws = cfg, tag, s.ledger, s.ws
@@ -101,10 +104,9 @@ class Driver(Decisions):
         self.policy = policies.make(cfg)
         self.engine = engine or engines.create(cfg.engine.name, cfg)
         self.grow = grow
-        members = [team] if not isinstance(team, (list, tuple)) else list(team)
-        self.team: list[Researcher] = [m if isinstance(m, Researcher) else Researcher(s, m, index=i + 1)
-                                       for i, m in enumerate(members)]
-        self.parallel = cfg.agent.parallel if hasattr(cfg.agent, "parallel") else "auto"
+        given = [team] if not isinstance(team, (list, tuple)) else list(team)
+        self.team: list[Researcher] = [self.researcher(m, i + 1) for i, m in enumerate(given)]
+        self.parallel = cfg.agent.parallel
         self.ahead = engines.proposals_ahead(cfg)
         self.single = (self.ahead == 0 and cfg.engine.workers == 1 and cfg.engine.name == "local"
                        and self.parallel in (1, "auto") and len(self.team) <= 1)  # the original algorithm
@@ -128,6 +130,23 @@ class Driver(Decisions):
         self.logs = cfg.root / ".autoresearch" / "logs" / tag
         self.started_engine = False
         s.swarm = swarm.attach(s)  # .autoresearch/swarm.toml: share a frontier over a git hub (swarm.py)
+
+    @classmethod
+    def from_config(cls, cfg: Config, tag: str, **kw: Any) -> "Driver":
+        """The team the config declares: `[[agents]]` as it is, or `[agent]` replicated up to `parallel`
+        (grown as "auto" asks for more)."""
+        if cfg.team:
+            return cls(cfg, tag, members(cfg), **kw)
+        fixed = cfg.agent.parallel if isinstance(cfg.agent.parallel, int) else 1
+        return cls(cfg, tag, members(cfg, parallel=fixed), grow=lambda n: members(cfg, parallel=n)[-1], **kw)
+
+    def researcher(self, m: Union[Agent, Member, Researcher], index: int) -> Researcher:
+        if isinstance(m, Researcher):
+            return m
+        if isinstance(m, Member):
+            return Researcher(self.session, agents.create(m.cfg.agent.name, m.cfg, self.ledger), label=m.label,
+                              index=index, weight=m.weight, cfg=m.cfg, own_caps=bool(self.cfg.team))
+        return Researcher(self.session, m, index=index)
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self) -> Outcome:
@@ -318,7 +337,7 @@ class Driver(Decisions):
         idle = [r for r in self.team if r not in self.proposing and not r.done and not r.cap_reached()]
         if not idle and self.grow is not None and len(self.team) < self.parallel_now():
             n = len(self.team) + 1
-            r = Researcher(self.session, self.grow(n), index=n)
+            r = self.researcher(self.grow(n), n)
             self.team.append(r)
             return r
         if not idle:
@@ -369,6 +388,7 @@ class Driver(Decisions):
             self.ready.append(exp)
         else:
             exp.status, exp.reason = "discard", f"the same change as #{twin.id}, which is in flight: not run twice"
+            exp.evidence = {**(exp.evidence or {}), "same_change_as": twin.id}
             self._record(exp)
 
     def _record(self, exp: Experiment) -> None:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from . import clean, figures
+from . import clean, figures, standings
 from .agents.base import Agent, Proposal
 from .agents.context import Context, read_files
 from .ledger import Experiment
@@ -40,9 +40,11 @@ class Researcher:
     """One member of the team: an agent, its label (backend, model, index), its weight and its folder."""
 
     def __init__(self, session: RunSession, agent: Agent, *, label: str = "", index: int = 1, weight: float = 1.0,
-                 cfg=None):
-        self.session, self.agent, self.index, self.weight = session, agent, index, weight
-        self.cfg = cfg or session.cfg  # its own [[agents]] entry's settings (caps, timeout)
+                 cfg=None, own_caps: bool = False):
+        """`cfg`: its own settings (an `[[agents]]` entry's model, caps, timeout); `own_caps`: its max_usd and
+        max_tokens bound it alone (an `[[agents]]` entry), else they are the team's (the driver's)."""
+        self.session, self.agent, self.index, self.weight, self.own_caps = session, agent, index, weight, own_caps
+        self.cfg = cfg or session.cfg
         model = self.cfg.agent.model
         self.label = label or f"{getattr(agent, 'name', '?')}{':' + model if model else ''}#{index}"
         self.folder = ProposalFolder(session.ws, "propose" if index == 1 else f"propose-{index}")
@@ -135,11 +137,9 @@ class Researcher:
     def cap_reached(self) -> str:
         """This researcher's own cost cap (its [[agents]] entry's max_usd / max_tokens), if reached."""
         a = self.cfg.agent
-        if self.cfg is self.session.cfg or not (a.max_usd or a.max_tokens):
+        if not self.own_caps or not (a.max_usd or a.max_tokens):
             return ""  # the team's shared cap is the driver's (agent.max_usd over all rows)
-        rows = [e for e in self.session.ledger.experiments(self.session.tag)
-                if getattr(e, "researcher", "") == self.label]
-        usd, tokens = sum(e.cost_usd for e in rows), sum(e.tokens_in + e.tokens_out for e in rows)
+        usd, tokens = standings.spent(self.session.ledger.experiments(self.session.tag), self.label)
         if a.max_usd and usd >= a.max_usd:
             return f"{self.label}: agent cost ${usd:.2f} reached its max_usd ${a.max_usd:.2f}"
         if a.max_tokens and tokens >= a.max_tokens:

@@ -273,8 +273,7 @@ class RunSession:
             tokens_in=p.tokens_in, tokens_out=p.tokens_out, cost_usd=p.cost_usd, agent_latency_s=p.latency_s,
             hardware=hardware(), unverified=self.unverified(),
         )
-        if researcher and hasattr(exp, "researcher"):
-            exp.researcher = researcher
+        exp.researcher = researcher
         return exp
 
     def commit_message(self, exp: Experiment) -> str:

@@ -12,7 +12,8 @@ Guarantees:
   leaves out being [agent]'s) with `name` resolved: `agents.create(m.cfg.agent.name, m.cfg)` builds
   the researcher, and nothing one member's copy is changed to reaches another or `cfg`.
 - Without `[[agents]]` the team is `[agent]` itself, replicated `parallel` times (#1..#parallel),
-  each with weight 1. With `[[agents]]` the team is exactly what it declares (`count` researchers
+  each with weight 1. The k-th copy of an entry (from 0) gets `agent.seed + k`, so copies of a
+  seeded backend (mutate, a sampling model) do not propose the same changes. With `[[agents]]` the team is exactly what it declares (`count` researchers
   per entry, each with the entry's weight); `parallel` does not add researchers to it (config.py
   refuses a `parallel` larger than the team), it only says how many propose at once.
 - `weight` is a researcher's share of the proposals relative to the others' (an entry with
@@ -60,8 +61,9 @@ def members(cfg: Config, parallel: Optional[int] = None) -> list[Member]:
         own.agent = copy.deepcopy(agent)
         choice = choose(own)
         own.agent.name = choice.name
-        for _ in range(count):
+        for k in range(count):
             mine = copy.deepcopy(own)  # each researcher its own copy: one's changes never reach another
+            mine.agent.seed = own.agent.seed + k  # copies of one entry must not propose alike (mutate, sampling)
             out.append(Member(label(mine.agent.name, mine.agent.model, len(out) + 1), mine, weight, choice.reason))
     return out
 
