@@ -1,8 +1,11 @@
 """Scaling: N workers on a local Ray instance against N x one worker, and how busy the slots stay.
 
 Each experiment sleeps for a fixed budget (no CPU: the 2-core machine only pays the harness),
-on a Ray instance with N simulated GPU slots (a custom resource, `gpu_slot`); the agent takes a
-set time per proposal and writes a new score. The full harness runs: proposals in their
+on a Ray instance with N simulated GPU slots (a custom resource, `gpu_slot`); each researcher
+takes a set time per proposal and writes a new score. The team is `[agent] parallel = "auto"`
+(researchers added as the driver asks for them); `single` measures the same with one researcher
+(`parallel = 1`): with a realistic agent (--agent-s 2 on a 10 s budget: a 60 s agent on a 300 s
+run) one proposer cannot keep 16 workers busy. The full harness runs: proposals in their
 worktree, commits, bundles to the node cache, the judge (sandbox included), the ledger, the
 policy (greedy), keeps by compare-and-swap, rebases. For N in --slots it runs N x --rounds
 experiments and reads, from the ledger alone (each run's worker, start, end, wall time):
@@ -14,9 +17,10 @@ experiments and reads, from the ledger alone (each run's worker, start, end, wal
                                                                      faster than budget / N]
     wall eff.    all runs / (N x whole session) / throughput(1)     [for context: ramp-up included]
 
-The last line is one JSON object: {"efficiency": {N: ...}, "busy_fraction": {N: ...}, ...}.
+The last line is one JSON object: {"efficiency": {N: ...}, "busy_fraction": {N: ...}, "researchers":
+{N: ...}, ..., "single": {the same for one researcher}}.
 
-    python benchmarks/scaling.py [--budget 10] [--agent-s 0.05] [--rounds 3] [--slots 1 2 4 8 16]
+    python benchmarks/scaling.py [--budget 10] [--agent-s 0.05] [--rounds 3] [--slots 1 2 4 8 16] [--no-single]
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ memory = ""
 [policy]
 name = "greedy"
 
+[agent]
+parallel = {parallel}
+
 [engine]
 name = "ray"
 workers = {workers}
@@ -72,13 +79,13 @@ class SleepyAgent:
         return Proposal(f"score {value:.9f}")
 
 
-def project(folder: Path, budget: float, workers: int) -> Path:
-    root = folder / f"n{workers}"
+def project(folder: Path, budget: float, workers: int, parallel: str) -> Path:
+    root = folder / f"n{workers}-{parallel.strip(chr(34))}"
     root.mkdir(parents=True)
     (root / "score.txt").write_text("score: 1.0\n")
     (root / "program.md").write_text("Make the score lower.\n")
     (root / "autoresearch.toml").write_text(TOML.format(budget=budget, timeout=budget * 3 + 30, workers=workers,
-                                                        cache=folder / "node-cache"))
+                                                        cache=folder / "node-cache", parallel=parallel))
     ident = ["-c", "user.name=bench", "-c", "user.email=bench@localhost"]
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "bench project"]):
         subprocess.run(["git", *ident, *args], cwd=root, check=True, capture_output=True)
@@ -91,7 +98,8 @@ def measure(root: Path, workers: int, rounds: int, agent_s: float) -> dict:
     from autoresearch.driver import Driver, Limits
 
     t0 = time.monotonic()
-    Driver(load(root), "bench", SleepyAgent(agent_s, workers), limits=Limits(max_experiments=workers * rounds)).run()
+    Driver(load(root), "bench", SleepyAgent(agent_s, workers), limits=Limits(max_experiments=workers * rounds),
+           grow=lambda n: SleepyAgent(agent_s, workers * 1000 + n)).run()
     elapsed = time.monotonic() - t0
     ledger = Ledger(root / ".autoresearch" / "ledger.db")
     rows = ledger.experiments("bench")
@@ -109,6 +117,7 @@ def measure(root: Path, workers: int, rounds: int, agent_s: float) -> dict:
     allruns = [r for runs in slots.values() for r in runs]
     whole = max(r["end"] for r in allruns) - min(r["start"] for r in allruns)
     return {"workers": workers, "slots_used": len(slots), "runs": len(allruns), "rows": len(rows),
+            "researchers": len({e.researcher for e in rows if e.researcher}),
             "kept": sum(e.status == "keep" for e in rows), "throughput_per_h": rate * 3600,
             "busy_fraction": busy / span, "wall_rate": len(allruns) / whole, "elapsed_s": elapsed}
 
@@ -119,6 +128,7 @@ def main() -> int:
     ap.add_argument("--agent-s", type=float, default=0.05, help="seconds the agent takes per proposal")
     ap.add_argument("--rounds", type=int, default=3, help="experiments per slot (default 3)")
     ap.add_argument("--slots", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    ap.add_argument("--no-single", action="store_true", help="skip the one-researcher comparison")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
@@ -133,30 +143,48 @@ def main() -> int:
         return os.getpid()
 
     ray.get([warm.remote() for _ in range(most)])  # start the worker processes once, as a long run would
-    results = {}
+    modes = {"auto": '"auto"'} | ({} if args.no_single else {"single": "1"})
+    results: dict[str, dict[int, dict]] = {m: {} for m in modes}
     with tempfile.TemporaryDirectory(prefix="autoresearch-scaling-") as tmp:
         for n in args.slots:
-            results[n] = measure(project(Path(tmp), args.budget, n), n, args.rounds, args.agent_s)
-            print(f"N={n:>2}: {results[n]['runs']} runs in {results[n]['elapsed_s']:.0f}s", file=sys.stderr, flush=True)
+            for mode, parallel in modes.items():
+                r = results[mode][n] = measure(project(Path(tmp), args.budget, n, parallel), n, args.rounds,
+                                               args.agent_s)
+                print(f"N={n:>2} {mode:>6}: {r['runs']} runs in {r['elapsed_s']:.0f}s, {r['researchers']} "
+                      f"researcher(s)", file=sys.stderr, flush=True)
     ray.shutdown()
+    out: dict = {"budget_s": args.budget, "agent_s": args.agent_s, "rounds": args.rounds}
+    for mode in modes:
+        figures = table(results[mode], args, mode)
+        if mode == "auto":
+            out |= figures
+        else:
+            out[mode] = figures
+    print(json.dumps(out))
+    return 0
+
+
+def table(results: dict[int, dict], args, mode: str) -> dict:
     one = results[min(args.slots)]["throughput_per_h"] / min(args.slots)
-    print(f"budget {args.budget:g}s per experiment, agent {args.agent_s:g}s per proposal, "
+    print(f"\n{mode}: budget {args.budget:g}s per experiment, agent {args.agent_s:g}s per proposal, "
           f"{args.rounds} rounds; one worker: {one:.0f} experiments/h")
-    print(f"{'N':>3} {'runs':>5} {'exp/h':>8} {'efficiency':>10} {'busy':>7} {'wall eff.':>9} {'kept':>5}")
-    eff, busy, wall = {}, {}, {}
+    print(f"{'N':>3} {'runs':>5} {'exp/h':>8} {'efficiency':>10} {'busy':>7} {'wall eff.':>9} {'kept':>5} "
+          f"{'researchers':>11}")
+    eff, busy, wall, who = {}, {}, {}, {}
     for n, r in results.items():
         eff[n] = r["throughput_per_h"] / (n * one)
         wall[n] = r["wall_rate"] * 3600 / (n * one)
         busy[n] = r["busy_fraction"]
+        who[n] = r["researchers"]
         print(f"{n:>3} {r['runs']:>5} {r['throughput_per_h']:>8.0f} {eff[n]:>10.3f} {busy[n]:>7.1%} "
-              f"{wall[n]:>9.3f} {r['kept']:>5}")
-    print(json.dumps({"budget_s": args.budget, "agent_s": args.agent_s, "rounds": args.rounds,
-                      "efficiency": {str(n): round(v, 4) for n, v in eff.items()},
-                      "busy_fraction": {str(n): round(v, 4) for n, v in busy.items()},
-                      "wall_efficiency": {str(n): round(v, 4) for n, v in wall.items()},
-                      "experiments_per_hour": {str(n): round(r["throughput_per_h"], 1) for n, r in results.items()},
-                      "goal_met": eff[max(eff)] >= 0.9 and min(busy.values()) >= 0.97}))
-    return 0
+              f"{wall[n]:>9.3f} {r['kept']:>5} {who[n]:>11}")
+    top = max(eff)
+    return {"efficiency": {str(n): round(v, 4) for n, v in eff.items()},
+            "busy_fraction": {str(n): round(v, 4) for n, v in busy.items()},
+            "researchers": {str(n): v for n, v in who.items()},
+            "wall_efficiency": {str(n): round(v, 4) for n, v in wall.items()},
+            "experiments_per_hour": {str(n): round(r["throughput_per_h"], 1) for n, r in results.items()},
+            "goal_met": eff[top] >= 0.9 and busy[top] >= 0.97}
 
 
 if __name__ == "__main__":

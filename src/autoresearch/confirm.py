@@ -7,7 +7,7 @@ machine hits both alike, and reports the improvement with a confidence interval.
 
 Guarantees:
 - Takes the tag's lock (a running loop and `confirm` never overlap) and reconciles first,
-  like any session; the runs go through the loop's own judge, sandbox, protected-file
+  like any session; the runs go through the driver's engine and judge, sandbox, protected-file
   digests and worktree, and every one is stored in the ledger's `measurements` table
   (attached to the baseline's and the best's rows), with an event `confirm` holding the
   summary. Ctrl-C stops after the current run; what was measured stays recorded.

@@ -126,7 +126,7 @@ def estimate(experiments: Iterable[Any], runs: dict[int, list[tuple[str, float]]
     runs as (commit, metric) in the order taken. Experiments after `judged_id` are ignored;
     the judged one contributes only its re-measures of other commits, never its own runs, and
     neither does an earlier experiment of the very same commit (identical code proposed again,
-    loop.same_code): its runs are the judged one's runs now, not evidence about the reference.
+    researcher.same_code): its runs are the judged one's runs now, not evidence about the reference.
     """
     exps = [e for e in experiments if judged_id is None or e.id <= judged_id]
     judged_commit = next((e.commit for e in exps if e.id == judged_id), None)

@@ -34,7 +34,7 @@ def create(name: str, cfg) -> Engine:
 
 def proposals_ahead(cfg) -> int:
     """Proposals kept ready beyond the free slots: `engine.proposals_ahead`, else 0 for one local worker
-    (the sequential loop) and a quarter of the workers (at least 1) otherwise — enough to absorb a burst
+    (the original's sequential algorithm) and a quarter of the workers (at least 1) otherwise — enough to absorb a burst
     of experiments ending together while the agent works through them one at a time."""
     ahead = cfg.engine.proposals_ahead
     if ahead is not None:

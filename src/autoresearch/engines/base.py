@@ -17,7 +17,7 @@ An engine promises:
 - `cancel(key)` makes a job stop soon (its Result then says `interrupted`), and
   `stop()` releases everything the engine started.
 
-Not covered here: which job runs next, retries and decisions (scheduler.py).
+Not covered here: which job runs next, retries and decisions (driver.py, winners.py).
 """
 
 from __future__ import annotations

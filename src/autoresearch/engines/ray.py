@@ -20,7 +20,7 @@ Guarantees:
   worktree on that node kills them by their marker.
 
 Not covered: Ray's own fault tolerance of the head node (if the head dies, the run dies
-and a restart resumes it, see scheduler.py); `ray.init` options beyond those above.
+and a restart resumes it, see driver.py); `ray.init` options beyond those above.
 """
 
 from __future__ import annotations
