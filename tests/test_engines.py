@@ -33,15 +33,21 @@ def test_engines_are_plugins_and_an_unknown_name_names_the_fix(project):
         engines.create("rayy", cfg)
 
 
-def test_who_drives_sequential_loop_or_scheduler(project):
+def test_one_driver_runs_the_original_algorithm_with_one_worker_and_proposes_ahead_otherwise(project):
+    from autoresearch.driver import Driver
+
     def cfg(**engine):
         return load(project, {"engine": engine})
 
-    assert not engines.concurrent(cfg())  # one local worker: the original, sequential algorithm
+    def single(c) -> bool:
+        return Driver(c, "t", ScriptedAgent()).single
+
+    assert single(cfg())  # one local worker: the original, sequential algorithm
     assert engines.proposals_ahead(cfg()) == 0
-    assert engines.concurrent(cfg(workers=2)) and engines.proposals_ahead(cfg(workers=2)) == 1
-    assert engines.concurrent(cfg(proposals_ahead=1))  # one worker, proposing while it runs
-    assert engines.concurrent(cfg(name="ray"))
+    assert not single(cfg(workers=2)) and engines.proposals_ahead(cfg(workers=2)) == 1
+    assert not single(cfg(proposals_ahead=1))  # one worker, proposing while it runs
+    assert not single(cfg(name="ray"))
+    assert not single(load(project, {"agent": {"parallel": 2}}))  # two researchers: one proposes while one runs
     with pytest.raises(ConfigError, match="proposals_ahead"):
         cfg(proposals_ahead=-1)
 

@@ -3,15 +3,16 @@
 Pause and resume:
 - `pause(root, tag)` writes `.autoresearch/control/<tag>.pause`; `resume()` removes it. Any
   process may do either; neither touches the ledger or git, so they are safe while a loop runs.
-- The loop calls `Control.hold()` between experiments (never inside one): the experiment in
-  flight, its confirmation runs and its record finish as usual; then, while the file exists,
-  the loop waits, reporting `paused`, and records `pause` and `resume` events in the ledger
-  (so `watch` and the report can tell "requested" from "in effect"). A stop (Ctrl-C, SIGTERM)
-  ends the wait at once. Time spent paused does not count towards --max-hours.
+- The driver checks the flag between events (`Control.watch()`, never inside an experiment): no
+  new proposal or experiment starts (the baseline excepted); the experiments in flight, their
+  confirmation runs and their records finish as usual; then the pause is in effect: it reports
+  `paused` and records `pause` and `resume` events in the ledger (so `watch` and the report can
+  tell "requested" from "in effect"). A stop (Ctrl-C, SIGTERM) ends the wait at once. Time spent
+  paused does not count towards --max-hours.
 - The pause file outlives the loop: a run started on a paused tag waits until `resume`.
 
 Steering notes:
-- program.md and ideas.md are read live for every proposal (loop.context()). `Control.note_steering()`,
+- program.md and ideas.md are read live for every proposal (Researcher.context()). `Control.note_steering()`,
   called just before, records a `steering` event whenever one of them differs from the last
   version the ledger knows (digest, line counts, and the first changed line when the old text
   was seen by this process). The first time a tag sees a file its digest is recorded too, so
@@ -80,24 +81,31 @@ class Control:
         self._digests: Optional[dict[str, str]] = None  # file -> last digest the ledger knows
         self._texts: dict[str, str] = {}
         self._seen = False  # note_steering() ran once in this process
+        self.holding, self.held_since, self.held_after = False, 0.0, None  # a pause in effect (watch())
 
-    def hold(self, stopped: Callable[[], Any]) -> float:
-        """If the tag is paused, wait until resumed or stopped; returns the seconds waited (0: not paused)."""
-        since = paused_since(self.root, self.tag)
-        if since is None or stopped():
+    def watch(self, idle: bool, stopped: bool) -> float:
+        """Called by the driver between events. Returns 0.0 while not paused (or not yet in effect: something
+        is still in flight, `idle` False); the seconds waited when a pause ends (resumed or `stopped`), so they
+        do not count towards --max-hours. True while the pause holds is `self.holding`."""
+        requested = paused_since(self.root, self.tag) is not None
+        if requested and not self.holding and idle and not stopped:
+            self.holding, self.held_since, self.held_after = True, time.monotonic(), self._last_experiment()
+            last = self.held_after
+            self.ledger.event(self.tag, "pause", f"paused after #{last}: waiting for `autoresearch resume`"
+                              if last else "paused: waiting for `autoresearch resume`", last)
+            self.report("note", message=f"paused (after #{last}); `autoresearch resume --tag {self.tag}` continues")
             return 0.0
-        t0 = time.monotonic()
-        last = self._last_experiment()
-        self.ledger.event(self.tag, "pause", f"paused after #{last}: waiting for `autoresearch resume`"
-                          if last else "paused: waiting for `autoresearch resume`", last)
-        self.report("note", message=f"paused (after #{last}); `autoresearch resume --tag {self.tag}` continues")
-        while paused_since(self.root, self.tag) is not None and not stopped():
-            time.sleep(POLL_S)
-        waited = time.monotonic() - t0
-        how = "stopped while paused" if stopped() else "resumed"
-        self.ledger.event(self.tag, "resume", f"{how} after {waited:.0f}s paused", last)
-        self.report("note", message=f"{how} after {waited:.0f}s")
-        return max(waited, 1e-6)
+        if self.holding and (not requested or stopped):
+            waited, self.holding = time.monotonic() - self.held_since, False
+            how = "stopped while paused" if stopped else "resumed"
+            self.ledger.event(self.tag, "resume", f"{how} after {waited:.0f}s paused", self.held_after)
+            self.report("note", message=f"{how} after {waited:.0f}s")
+            return max(waited, 1e-6)
+        return 0.0
+
+    def requested(self) -> bool:
+        """The pause flag is set (whether or not the pause is in effect yet)."""
+        return paused_since(self.root, self.tag) is not None
 
     def _last_experiment(self) -> Optional[int]:
         rows = self.ledger.experiments(self.tag)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
-import math
 import queue
 import statistics
 import threading
@@ -63,7 +62,7 @@ from .winners import Decisions, Pending
 
 WATCHDOG_SLACK_S = 120.0  # a job silent this long past its hard timeout counts as lost
 AGENT_SLACK_S = 5.0  # a researcher silent this long past its agent.timeout_s is given up on
-AUTO_MARGIN = 1.5  # parallel = "auto": researchers for 1.5x the proposals the workers consume meanwhile
+AUTO_MARGIN = 1.5  # parallel = "auto": ask for proposals 1.5 x their latency before a slot frees
 LATENCY_WINDOW = 12  # the latest proposals whose latency sets `auto`
 
 
@@ -125,7 +124,7 @@ class Driver(Decisions):
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.run_walls: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.class_values: dict[tuple[str, str], list[float]] = {}
-        self.draining, self.paused = "", 0.0
+        self.draining, self.paused = "", False
         self.seq = itertools.count(1)
         self.logs = cfg.root / ".autoresearch" / "logs" / tag
         self.started_engine = False
@@ -293,44 +292,39 @@ class Driver(Decisions):
         if not propose or self.draining or self.paused or self.session.stop_requested or any(
                 e.kind == "baseline" for e in [*self.ready, *(p.exp for p in self.pending.values())]):
             return
-        while (len(self.free) + self.ahead_now() - len(self.ready) - self._live_proposals() > 0
+        while (self.wanted() - len(self.ready) - self._live_proposals() > 0
                and self._live_proposals() < self.parallel_now() and not self.stop_reason()):
             researcher = self._idle_researcher()
             if researcher is None:
                 return
             self._ask(researcher, self.repairs.popleft() if self.repairs else None)
 
+    def wanted(self) -> int:
+        """Proposals that should be ready or in the making now: one per free slot plus the proposals kept
+        ahead. With `parallel = "auto"` and the proposal latency measured, "ahead" looks at the clock
+        instead: one for every slot whose run will end before a proposal asked now arrives (latency x
+        AUTO_MARGIN), so workers that finish together (they started together) do not wait."""
+        if self.single:
+            return len(self.free)
+        if self.parallel != "auto" or self.cfg.engine.proposals_ahead is not None or not self.latencies:
+            return len(self.free) + self.ahead
+        horizon, busy_s, now = statistics.median(self.latencies) * AUTO_MARGIN, self._slot_seconds(), time.monotonic()
+        soon = sum(1 for _, _, t0 in self.running.values() if now - t0 >= busy_s - horizon)
+        return len(self.free) + max(soon, 1)
+
     def parallel_now(self) -> int:
-        """How many researchers may propose at once: `agent.parallel`, or for "auto" enough that the workers
-        never wait: the proposals the slots consume while one is made (latency / run time per slot), with a
-        margin; before any latency is known, as many as could be wanted at once."""
+        """How many researchers may propose at once: 1 for the original algorithm, `agent.parallel`, or for
+        "auto" as many as wanted() asks for: it is sized from the measured proposal latency, the time a
+        slot is busy per experiment and the number of workers."""
         if self.single:
             return 1
         if isinstance(self.parallel, int):
             return self.parallel
-        want = len(self.slots) + self.ahead_now()
-        if len(self.latencies) >= 3:
-            latency, run_s = statistics.median(self.latencies), self._run_seconds()
-            want = min(want, math.ceil(len(self.slots) * latency / run_s * AUTO_MARGIN) + 1)
-        return max(1, want)
+        return max(1, len(self.slots) + self.ahead)
 
-    def ahead_now(self) -> int:
-        """Proposals kept ready beyond the free slots: `engine.proposals_ahead`, else 0 for the original
-        algorithm, else enough for the runs that end while one proposal is made (at least a quarter of
-        the workers)."""
-        if self.cfg.engine.proposals_ahead is not None or self.single:
-            return self.ahead
-        if isinstance(self.parallel, int) and self.parallel > len(self.slots):
-            base = max(self.ahead, self.parallel - len(self.slots))
-        else:
-            base = self.ahead
-        if self.latencies:
-            latency, run_s = statistics.median(self.latencies), self._run_seconds()
-            base = max(base, math.ceil(len(self.slots) * latency / run_s * AUTO_MARGIN))
-        return base
-
-    def _run_seconds(self) -> float:
-        """How long a slot is busy per experiment: the latest runs' median wall time, else the budget."""
+    def _slot_seconds(self) -> float:
+        """How long a slot is busy per run (submit to result, the evaluation included): the latest runs'
+        median, else the budget."""
         return max(statistics.median(self.run_walls) if self.run_walls else self.cfg.experiment.budget_s, 1e-3)
 
     def _idle_researcher(self) -> Optional[Researcher]:
@@ -401,7 +395,7 @@ class Driver(Decisions):
             if not (job.hardware and slot.hardware and job.hardware != slot.hardware):
                 del self.jobs[i]
                 return job
-        if self.paused or not self.ready:
+        if not self.ready or self.paused and self.ready[0].kind != "baseline":  # a paused run still measures it
             return None
         exp = self.ready.popleft()
         st = self.pending[exp.id] = Pending(exp)
@@ -436,9 +430,11 @@ class Driver(Decisions):
 
     # -- results ------------------------------------------------------------------------------
     def _done(self, job: Job, slot: Slot, fut) -> None:
-        if self.running.pop(job.key, None) is None:
+        took = self.running.pop(job.key, None)
+        if took is None:
             return  # given up on by the watchdog; its slot was freed then
         self.free.append(slot)
+        self.run_walls.append(time.monotonic() - took[2])
         st = self.pending.get(job.exp_id)
         try:
             res: Result = fut.result()
@@ -467,8 +463,6 @@ class Driver(Decisions):
                         "start": res.started_at, "end": res.ended_at, "attempt": job.attempt,
                         "log_bytes": m.log_bytes,
                         **({"artifact_sha256": m.artifact_sha256} if m.artifact_sha256 else {})})
-        if m.status == "ok" and m.wall_s:
-            self.run_walls.append(m.wall_s)
         if m.status == "ok" and m.metric is not None:
             self.class_values.setdefault((job.commit, res.hardware), []).append(m.metric)
         if st.final:
@@ -541,16 +535,13 @@ class Driver(Decisions):
 
     # -- pause, resume -------------------------------------------------------------------------
     def _pause_check(self) -> None:
+        """`autoresearch pause`: nothing new starts; once nothing is in flight the pause is in effect."""
         s = self.session
-        since = paused_since(self.cfg.root, self.tag)
-        if since is not None and not self.paused:
-            self.paused = time.monotonic()
-            self.ledger.event(self.tag, "pause", "paused: no new experiments start; those in flight finish")
-            s.report("note", message=f"paused; `autoresearch resume --tag {self.tag}` continues")
-        elif since is None and self.paused:
-            waited, self.paused = time.monotonic() - self.paused, 0.0
-            s.started += waited  # time paused does not count towards --max-hours
-            self.ledger.event(self.tag, "resume", f"resumed after {waited:.0f}s paused")
+        self.paused = s.control.requested()
+        idle = not (self.pending or self.running or self._live_proposals()
+                    or any(e.kind == "baseline" for e in self.ready))
+        waited = s.control.watch(idle, stopped=s.stop_requested is not None)
+        s.started += waited  # time paused does not count towards --max-hours
 
     def _resume(self) -> None:
         """Re-queue what the previous session left unfinished (each at most twice along a chain)."""
@@ -581,6 +572,7 @@ class Driver(Decisions):
         s = self.session
         why = s.stop_requested or (f"harness error: {type(error).__name__}: {error}" if error else "stopped")
         hurry = isinstance(error, KeyboardInterrupt)  # a second Ctrl-C: do not wait for the agents either
+        self.session.control.watch(idle=False, stopped=True)  # a pause in effect ends here
         for key in list(self.running):
             self.engine.cancel(key)
         deadline = time.monotonic() + (2 if hurry else self.cfg.experiment.grace_s + 15)
