@@ -249,7 +249,8 @@ def _run(args) -> int:
     reporter = make_reporter(cfg.metric.name, cfg.experiment.budget_s, tag, live=False if args.no_live else None)
     print(f"autoresearch: tag {tag}, agent {agent.name} ({choice.reason}), policy {_policy_name(cfg)}, "
           f"budget {cfg.experiment.budget_s:g}s (config: {cfg.source})", flush=True)
-    from .config import describe_patterns, tracked_or_present
+    from .config import describe_patterns
+    from .workspace import tracked_or_present
 
     for line in describe_patterns(cfg.experiment.editable, cfg.experiment.protected, tracked_or_present(root)):
         print(f"autoresearch: {line}", flush=True)  # what the agent may change, and what never changes

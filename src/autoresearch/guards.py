@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .config import Config
-from .errors import ConfigError
+from .bounds import Bound, parse_bound
 from .judge import experiment_env, log_cap, read_tail
 from .ledger import Experiment
 from .procs import run_tree
@@ -51,71 +51,7 @@ from .sandbox import Sandbox
 from .session import marker_prefix
 from .workspace import Workspace
 
-_NUM = r"(\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)"
-_RELATIVE = re.compile(rf"^\s*([+-])\s*{_NUM}\s*(%?)\s*$")
-_ABSOLUTE = re.compile(rf"^\s*(<=|<|>=|>)\s*(-?\s*{_NUM})\s*$")
-FORMS = '"+10%", "-5%", "+64", "-0.5", "<= 900", "< 900", ">= 0.9" or "> 0.9"'
 REASON_LINES = 3
-MAX_CHECKS_RETRIES = 10
-
-
-@dataclass(frozen=True)
-class Bound:
-    metric: str
-    text: str
-    op: str  # <=, <, >=, >
-    amount: float
-    relative: bool  # True: amount is added to (or taken from) the incumbent's value
-    percent: bool
-
-    def limit(self, incumbent: Optional[float]) -> Optional[float]:
-        """The value the metric must stay within, or None when there is nothing to compare with."""
-        if not self.relative:
-            return self.amount
-        if incumbent is None:
-            return None
-        step = abs(incumbent) * self.amount / 100 if self.percent else self.amount
-        return incumbent + step if self.op == "<=" else incumbent - step
-
-    def holds(self, value: float, limit: float) -> bool:
-        return {"<=": value <= limit, "<": value < limit, ">=": value >= limit, ">": value > limit}[self.op]
-
-
-def parse_bound(metric: str, text: str) -> Bound:
-    """One bound of `metric.bounds.<metric>`; raises ConfigError naming the key and the forms."""
-    key = f"metric.bounds.{metric}"
-    m = _RELATIVE.match(text)
-    if m:
-        return Bound(metric, text.strip(), "<=" if m.group(1) == "+" else ">=", float(m.group(2)), True,
-                     bool(m.group(3)))
-    m = _ABSOLUTE.match(text)
-    if m:
-        return Bound(metric, text.strip(), m.group(1), float(m.group(2).replace(" ", "")), False, False)
-    raise ConfigError(f"`{key}` has a bound {text!r} that is not understood: write one of {FORMS}")
-
-
-def check_config(cfg: Config) -> None:
-    """Validate `metric.bounds` and the checks settings (called by config.load)."""
-    m, e = cfg.metric, cfg.experiment
-    recorded = set(m.record) | ({m.memory} if m.memory else set())
-    for name, texts in m.bounds.items():
-        key = f"metric.bounds.{name}"
-        if name == m.name:
-            raise ConfigError(f"`{key}` bounds the primary metric, which the policy already judges: "
-                              "bound secondary metrics only (use stop.target for a goal)")
-        if name not in recorded:
-            raise ConfigError(f"`{key}`: {name} is not recorded, so it is never read from the log: "
-                              f"add it to `metric.record`, e.g. record = [\"{name}\"]")
-        if not texts:
-            raise ConfigError(f"`{key}` is empty: give at least one bound, e.g. {name} = \"+10%\"")
-        for text in texts:
-            parse_bound(name, text)
-    if e.checks_timeout_s <= 0:
-        raise ConfigError(f"`experiment.checks_timeout_s` must be positive (got {e.checks_timeout_s:g}): "
-                          "e.g. checks_timeout_s = 600")
-    if not 0 <= e.checks_retries <= MAX_CHECKS_RETRIES:
-        raise ConfigError(f"`experiment.checks_retries` must be between 0 and {MAX_CHECKS_RETRIES} (got "
-                          f"{e.checks_retries}): the times a failing check is run again, e.g. checks_retries = 1")
 
 
 def bounds(cfg: Config) -> list[Bound]:

@@ -49,12 +49,43 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from .errors import WorkspaceError
+from .globs import matches
+from .layout import HOME, Layout
 
-HARNESS_OUTPUTS = (".autoresearch/", "results.tsv", "progress.png", "report.md", "report.html",
+HARNESS_OUTPUTS = (f"{HOME}/", "results.tsv", "progress.png", "report.md", "report.html",
                    # temp files of an atomic write interrupted by SIGKILL
                    ".results.tsv.*.tmp", ".progress.png.*.tmp", ".report.md.*.tmp", ".report.html.*.tmp")
 CLEAN = ("-ffdxq",)  # ignored files (a saved model, a cache) and nested repositories go too
 STEERING_FILES = ("program.md", "ideas.md")  # read live from the checkout; may be edited mid-run
+
+
+WALK_MAX_DEPTH = 64  # folders below the project: a run can nest thousands (free), paths outgrow PATH_MAX
+
+
+def tracked_or_present(root: Path) -> list[str]:
+    """Project files as relative posix paths (skipping .git and the harness's own folder), never
+    through a link to a folder, at most WALK_MAX_DEPTH folders down. Walked with a stack: a run can
+    nest folders thousands deep, and os.walk (recursive on 3.11) raised RecursionError."""
+    out = []
+    stack = [(Path(root), 0)]
+    while stack:
+        here, depth = stack.pop()
+        try:
+            entries = list(os.scandir(here))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                is_dir, is_link = entry.is_dir(), entry.is_symlink()
+            except OSError:
+                continue
+            if is_dir:  # a link to a folder is neither walked nor a file (as os.walk had it)
+                if not is_link and depth < WALK_MAX_DEPTH and entry.name not in (".git", HOME, "__pycache__", ".venv",
+                                                                 "node_modules"):
+                    stack.append((Path(entry.path), depth + 1))
+            else:
+                out.append(Path(entry.path).relative_to(root).as_posix())
+    return sorted(out)
 
 
 class GitError(WorkspaceError):
@@ -246,8 +277,9 @@ class Workspace:
         self.git = Git(self.top)
         self.branch = f"autoresearch/{tag}"
         self.ref = f"refs/heads/{self.branch}"
-        self.home = self.root / ".autoresearch"
-        self.trees = self.home / "worktrees" / tag
+        self.layout = Layout(self.root)
+        self.home = self.layout.home
+        self.trees = self.layout.worktrees(tag)
         self.refs_lock = threading.RLock()
         self._known: Optional[dict[str, str]] = None  # the tag's refs as the harness set them: see watch()
         self._found: list[str] = []  # refs its own moves found moved by someone else, not yet reported
@@ -623,9 +655,6 @@ class Workspace:
 
     def digests(self, wt: Path, globs: list[str]) -> dict[str, str]:
         """sha256 of every file under `wt` matching `globs` (the protected set)."""
-        from .config import tracked_or_present
-        from .globs import matches
-
         out = {}
         for rel in tracked_or_present(wt):
             if matches(rel, globs):

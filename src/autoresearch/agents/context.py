@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ..config import Config, tracked_or_present
+from ..config import Config
+from ..workspace import tracked_or_present
 from ..ledger import Experiment
 from . import notebook
 
