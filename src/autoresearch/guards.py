@@ -101,7 +101,7 @@ def run_checks(cfg: Config, ws: Workspace, wt: Path, *, log_path: Path, marker: 
     box = sandbox or Sandbox.for_project(cfg, ws)
     rd = box.new_run_dir([])
     try:
-        wrap = box.wrap(worktree=ws._top_of(wt), cwd=wt, rd=rd, env=env, evaluation=False)
+        wrap = box.wrap(worktree=ws.top_of(wt), cwd=wt, rd=rd, env=env, evaluation=False)
         res = run_tree(cfg.experiment.checks, cwd=wt, env=env, log_path=log_path,
                        timeout_s=cfg.experiment.checks_timeout_s, grace_s=cfg.experiment.grace_s, marker=marker,
                        should_stop=should_stop, wrap=wrap, log_max_bytes=log_cap(cfg))

@@ -97,7 +97,7 @@ def _project_rules(cfg) -> list[tuple[str, str]]:
 
 def _changed(ws, parent: str, commit: str) -> list[str]:
     out = ws.git("diff", "--name-only", parent, commit, "--", ws.prefix or ".")
-    return [ws._rel(p) for p in out.splitlines() if p]
+    return [ws.project_path(p) for p in out.splitlines() if p]
 
 
 def _compare(old: Optional[str], new: Optional[str], path: str) -> Optional[str]:

@@ -153,7 +153,7 @@ def judge(
             return Measurement(*found)
     box = sandbox or Sandbox.for_project(cfg, ws)
     env = experiment_env(cfg, seed, env_extra)
-    _setup_once(cfg, box, wt, env, log_path.parent / "setup.log", marker)
+    run_setup(cfg, box, wt, env, log_path.parent / "setup.log", marker)
     hidden = resolve_paths(cfg.experiment.hidden, cfg.root, env)
     data = resolve_paths(cfg.experiment.data, cfg.root, env)
     secret = integrity.secret(cfg.root) if cfg.metric.command else ""  # read before the tripwire is armed
@@ -349,7 +349,7 @@ def _evaluate(cfg: Config, m: Measurement, wt: Path, env: dict[str, str], wrap: 
         m.status, m.reason = _metric_status(cfg, m.metric, f"the evaluation's output ({log.name})")
 
 
-def _setup_once(cfg: Config, box: Sandbox, wt: Path, env: dict[str, str], log: Path, marker: str) -> None:
+def run_setup(cfg: Config, box: Sandbox, wt: Path, env: dict[str, str], log: Path, marker: str) -> None:
     """`experiment.setup` (protected code, just verified) once per session, before the first run."""
     if not cfg.experiment.setup or box.setup_done:
         return

@@ -109,7 +109,7 @@ def init_here(root: Path, answers: Answers, ask: Optional[Ask] = None, say: Call
         for rel in written:
             (root / rel).unlink(missing_ok=True)
         raise
-    full = [ws._full(rel) for rel in written]
+    full = [ws.repo_path(rel) for rel in written]
     git("add", "--", *full)
     git("commit", "-q", "-m", f"autoresearch: init --here ({', '.join(written)})", "--", *full)
     return Done(written, git("rev-parse", "HEAD"), value, wall)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from ..config import Config
-from ..judge import _setup_once, experiment_env, judge, read_end
+from ..judge import experiment_env, judge, read_end, run_setup
 from ..procs import kill_marked
 from ..sandbox import is_anchored
 from ..workspace import Workspace, run_git
@@ -96,7 +96,7 @@ def setup_once(run: RunInfo, sandbox, wt: Path, env_extra: dict[str, str], folde
     with flock(folder / f"{name}.lock"):
         if not done.exists():
             env = experiment_env(cfg, cfg.experiment.seed, env_extra)
-            _setup_once(cfg, sandbox, wt, env, folder / f"{name}.log", f"{marker}:node")
+            run_setup(cfg, sandbox, wt, env, folder / f"{name}.log", f"{marker}:node")
             done.touch()
     sandbox.setup_done = True
 
