@@ -19,6 +19,7 @@ from .config import Config, load
 from .errors import AutoresearchError
 from .cli_results import (cmd_diff, cmd_ledger, cmd_report, cmd_results, cmd_status, cmd_watch, open_ledger, pick_tag,
                           print_json, project_root, write_report)
+from .layout import Layout
 from .ledger import Ledger
 
 
@@ -46,7 +47,7 @@ def _swarm(args) -> int:
         if not args.hub:
             raise AutoresearchError("swarm init needs the hub: `autoresearch swarm init <git URL or path>`")
         s = swarm.init(root, args.hub, args.name, args.sync, args.hardware, rejoin=args.rejoin)
-        print(f"joined the swarm at {s.hub} as {s.name} (settings: {root / swarm.SETTINGS}); `autoresearch run` "
+        print(f"joined the swarm at {s.hub} as {s.name} (settings: {Layout(root).swarm_settings}); `autoresearch run` "
               "now shares its results and adopts the others' after measuring them here")
         return 0
     ledger = open_ledger(root)
@@ -264,7 +265,7 @@ def _run(args) -> int:
     inc = outcome.incumbent
     from . import figures
 
-    fig = figures.improvement(Ledger(root / ".autoresearch" / "ledger.db"), tag, figures.Spec.from_config(cfg))
+    fig = figures.improvement(Ledger(Layout(root).ledger), tag, figures.Spec.from_config(cfg))
     best = (f"{fig.fmt(fig.best_mean)} ({figures.runs_text(fig.best_runs)}) at {inc.commit[:7]} (#{inc.id})"
             if inc and fig.best_mean is not None else "none")
     if inc and inc.unverified:
@@ -331,7 +332,7 @@ def _control_tag(root: Path, tag: Optional[str]) -> str:
 
 
 def _has_tag(root: Path, tag: str) -> bool:
-    path = root / ".autoresearch" / "ledger.db"
+    path = Layout(root).ledger
     if not path.exists():
         return False
     ledger = Ledger(path)

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from .config import Config, load
 from .errors import AutoresearchError
+from .layout import Layout
 from .ledger import Experiment, Ledger
 
 
@@ -25,7 +26,7 @@ def project_root(args) -> Path:
 
 
 def open_ledger(root: Path) -> Ledger:
-    path = root / ".autoresearch" / "ledger.db"
+    path = Layout(root).ledger
     if not path.exists():
         raise AutoresearchError(f"no runs yet in {root}: start one with `autoresearch run`")
     return Ledger(path)
@@ -57,7 +58,7 @@ def write_report(root: Path, cfg: Config, tag: str, out: Optional[Path] = None) 
     from . import figures
     from .report import progress_png, report_md
 
-    ledger = Ledger(root / ".autoresearch" / "ledger.db")
+    ledger = Ledger(Layout(root).ledger)
     rows = ledger.experiments(tag)
     out = out or root
     lower = cfg.lower_is_better()

@@ -48,6 +48,7 @@ from typing import Any, Optional
 
 from . import figures
 from .errors import AutoresearchError
+from .layout import Layout
 from .ledger import Experiment, Ledger
 from .policy import resolve
 from .workspace import Git, Workspace, run_git
@@ -129,7 +130,7 @@ def finalize(root: Path, tag: str, ledger: Ledger, *, branch: Optional[str] = No
     out = Finalized(tag, branch, base, best, tip, commits,
                     [(e, dropped[e.id]) for e in kept if e.id in dropped])
     out.summary = pr_summary(out, rows, meta)
-    out.summary_path = Path(summary_path) if summary_path else root / ".autoresearch" / "finalize" / f"{tag}.md"
+    out.summary_path = Path(summary_path) if summary_path else Layout(root).summary(tag)
     out.summary_path.parent.mkdir(parents=True, exist_ok=True)
     out.summary_path.write_text(out.summary, encoding="utf-8")
     return out

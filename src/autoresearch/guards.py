@@ -42,9 +42,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .config import Config
 from .bounds import Bound, parse_bound
+from .config import Config
 from .judge import experiment_env, log_cap, read_tail
+from .layout import Layout
 from .ledger import Experiment
 from .procs import run_tree
 from .sandbox import Sandbox
@@ -135,7 +136,7 @@ def enforce(cfg: Config, ws: Workspace, exp: Experiment, incumbent: Optional[Exp
             return
     if not cfg.experiment.checks.strip():
         return
-    log = Path(exp.log_path) if exp.log_path else cfg.root / ".autoresearch" / "logs" / exp.tag / f"{exp.id:05d}.log"
+    log = Path(exp.log_path) if exp.log_path else Layout(cfg.root).log(exp.tag, exp.id)
     attempts: list[dict[str, Any]] = []
     for attempt in range(cfg.experiment.checks_retries + 1):
         wt = ws.worktree(worktree, at=exp.commit)  # clean, at the candidate: outputs (and a failed try's) are gone

@@ -32,6 +32,8 @@ import struct
 from pathlib import Path
 from typing import Iterable, Optional
 
+from .layout import HOME, Layout
+
 # ------------------------------------------------------------------ static review of a patch
 
 _CLOCK = r"(?:time|perf_counter|monotonic|process_time|thread_time)(?:_ns)?"
@@ -42,7 +44,7 @@ RULES: list[tuple[str, str]] = [
     (r"environ\s*\[\s*['\"]AUTORESEARCH_\w+['\"]\s*\]\s*=(?!=)|(?:putenv|unsetenv|setdefault|environ\.update|"
      r"environ\.pop)\s*\(.*AUTORESEARCH_", "sets the harness's AUTORESEARCH_* variables (budget, seed, paths)"),
     (r"AUTORESEARCH_EVAL_SECRET|eval_secret", "reaches for the evaluation's secret"),
-    (r"\.autoresearch\b|ledger\.db|results\.tsv|refs/(?:heads/)?autoresearch",
+    (rf"{re.escape(HOME)}\b|ledger\.db|results\.tsv|refs/(?:heads/)?autoresearch",
      "reaches for the harness's state (ledger, logs, results.tsv, refs)"),
     (r"""["']git["']\s*[,\]]|["']git\s+\w|\bgit\s+(?:commit|reset|update-ref|push|checkout|switch|branch|rebase|"""
      r"""stash|tag|notes|gc|filter-branch)\b""", "runs git (the branch and history are the harness's)"),
@@ -272,7 +274,7 @@ def secret(root: Path) -> str:
     experiment's environment is an allow-list, so a run never inherits it."""
     if os.environ.get("AUTORESEARCH_EVAL_SECRET"):
         return os.environ["AUTORESEARCH_EVAL_SECRET"]
-    path = Path(root) / ".autoresearch" / "eval_secret"
+    path = Layout(root).eval_secret
     if not path.exists():
         import secrets
 

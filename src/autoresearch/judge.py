@@ -66,6 +66,7 @@ from typing import Callable, Optional
 from . import integrity
 from .config import Config
 from .errors import AutoresearchError
+from .layout import Layout
 from .procs import run_tree
 from .sandbox import Sandbox, resolve_paths
 from .workspace import Workspace
@@ -166,7 +167,7 @@ def judge(
         if wrap is None:
             wrap = box.wrap(worktree=top, cwd=wt, rd=rd, env=env, evaluation=False, readable=hidden + data)
         watch = list(rd.decoys.values()) if rd.decoys else hidden + (
-            [cfg.root / ".autoresearch" / "eval_secret"] if secret else [])
+            [Layout(cfg.root).eval_secret] if secret else [])
         prints = integrity.fingerprint(hidden + data)
         if box.data_prints is None:
             box.data_prints = prints  # the session's reference: data may not change while it runs

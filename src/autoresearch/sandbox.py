@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
 from .errors import ConfigError
+from .layout import HOME, Layout
 from .workspace import remove_tree, run_git
 
 INSTALL_HINT = "apt-get install bubblewrap"
@@ -331,7 +332,7 @@ class Sandbox:
             for p in dict.fromkeys(r.resolve() for r in back if r.exists()):
                 if any(d == p or d in p.parents for d in self.agent_state):
                     a += ["--ro-bind", str(p), str(p)]
-        a += ["--tmpfs", str(self.root / ".autoresearch")]
+        a += ["--tmpfs", str(Layout(self.root).home)]
         if self.git_dir is not None:
             a += ["--tmpfs", str(self.git_dir)]
         bind = "--ro-bind" if evaluation else "--bind"
@@ -400,7 +401,7 @@ class Sandbox:
         # a .venv in the project, an agent script in the checkout: bound back alone, read-only
         for p in dict.fromkeys([Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(),
                                 *(Path(r).resolve() for r in readable)]):
-            if p.exists() and any(h in p.parents for h in hidden) and not {".autoresearch", ".git"} & set(p.parts):
+            if p.exists() and any(h in p.parents for h in hidden) and not {HOME, ".git"} & set(p.parts):
                 a += ["--ro-bind", str(p), str(p)]
         for f in home_files:
             if f.exists():

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import BusyError
+from .layout import Layout
 from .ledger import Ledger, write_tsv
 from .procs import kill_marked_prefix
 from .workspace import Workspace
@@ -33,7 +34,7 @@ from .workspace import Workspace
 
 class TagLock:
     def __init__(self, root: Path, tag: str):
-        self.path = root / ".autoresearch" / "locks" / f"{tag}.lock"
+        self.path = Layout(root).lock(tag)
         self.tag = tag
         self._fd: Optional[int] = None
 

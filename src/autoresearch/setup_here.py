@@ -34,6 +34,7 @@ from typing import Callable, Optional
 from .config import CONFIG_NAME, describe_patterns, load, matching_files, unmatched_hint
 from .errors import AutoresearchError, ConfigError
 from .globs import matches
+from .layout import Layout
 from .workspace import Git, Workspace, find_root
 
 Ask = Callable[[str, str], str]  # (question, default) -> answer
@@ -273,7 +274,7 @@ def _validate(ws: Workspace, head: str, a: Answers, toml: str, program: str,
 
     ws.ignore_outputs()
     wt = ws.worktree("validate", at=head)
-    logs = ws.root / ".autoresearch" / "logs" / TAG
+    logs = Layout(ws.root).logs(TAG)
     try:
         (wt / CONFIG_NAME).write_text(toml, encoding="utf-8")
         if not (wt / "program.md").exists():

@@ -30,6 +30,7 @@ from typing import Optional, Union
 from .config import CONFIG_NAME
 from .globs import matches
 from .integrity import Tripwire
+from .layout import Layout
 from .ledger import Ledger
 from .sandbox import resolve_paths
 from .workspace import tracked_or_present
@@ -68,7 +69,7 @@ class StateGuard:
 
     def _watched(self) -> list[Path]:
         env = dict(os.environ) | self.cfg.experiment.env
-        secret = self.cfg.root / ".autoresearch" / "eval_secret"
+        secret = Layout(self.cfg.root).eval_secret
         return resolve_paths(self.cfg.experiment.hidden, self.cfg.root, env) + ([secret] if secret.exists() else [])
 
     def check(self) -> list[str]:

@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from . import clean
 from . import policy as policies
 from .errors import AutoresearchError, ConfigError
+from .layout import Layout
 from .proposal import PROGRAM
 from .workspace import GitError, NothingChanged, RebaseConflict, run_git
 
@@ -68,7 +69,6 @@ if TYPE_CHECKING:
     from .ledger import Experiment
     from .loop import Loop
 
-SETTINGS = Path(".autoresearch") / "swarm.toml"
 NS = "refs/autoresearch-swarm"  # on the hub: <name>/log, <name>/best/<class>
 SEEN = "refs/autoresearch-swarm-seen"  # the local mirror of the hub's swarm refs
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
@@ -128,7 +128,7 @@ def init(root: Path, hub: str, name: str = "", sync_s: float = 60.0, hardware: s
     if name in taken and not rejoin:
         raise ConfigError(f"{name} already publishes on the hub {hub}: choose another --name, or pass --rejoin if "
                           f"this checkout continues {name}'s run")
-    path = Path(root) / SETTINGS
+    path = Layout(root).swarm_settings
     path.parent.mkdir(parents=True, exist_ok=True)
     s = Settings(hub, name, sync_s, hardware)
     path.write_text(f"hub = {json.dumps(hub)}\nname = {json.dumps(name)}\nsync_s = {sync_s:g}\n"
@@ -138,7 +138,7 @@ def init(root: Path, hub: str, name: str = "", sync_s: float = 60.0, hardware: s
 
 def load(root: Path) -> Optional[Settings]:
     """The participant's settings, or None when this project is not in a swarm."""
-    path = Path(root) / SETTINGS
+    path = Layout(root).swarm_settings
     if not path.exists():
         return None
     try:

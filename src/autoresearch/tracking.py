@@ -44,6 +44,7 @@ from typing import Any, Optional
 
 from .config import Config
 from .errors import ConfigError
+from .layout import Layout
 from .ledger import Experiment, Ledger
 from .policy import resolve
 
@@ -148,7 +149,7 @@ class MlflowTracker:
             return self.cfg.tracking.artifact_location
         if self.uri.split(":", 1)[0] in ("http", "https", "databricks"):
             return None  # the server decides
-        return (self.cfg.root / ".autoresearch" / "mlflow-artifacts").resolve().as_uri()
+        return Layout(self.cfg.root).mlflow_artifacts.resolve().as_uri()
 
     def _already_logged(self, client: Any, experiment_id: str) -> set[int]:
         ids: set[int] = set()

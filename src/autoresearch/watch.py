@@ -33,6 +33,7 @@ from typing import Any, Optional
 from . import figures
 from .control import paused_since
 from .errors import AutoresearchError
+from .layout import Layout
 from .ledger import Experiment, Ledger
 from .progress import last_progress
 
@@ -81,7 +82,7 @@ class Snapshot:
 
 
 def snapshot(root: Path, tag: Optional[str] = None) -> Snapshot:
-    path = Path(root) / ".autoresearch" / "ledger.db"
+    path = Layout(root).ledger
     if not path.exists():
         raise AutoresearchError(f"no runs yet in {root}: start one with `autoresearch run`")
     ledger = Ledger(path)
@@ -110,7 +111,7 @@ def snapshot(root: Path, tag: Optional[str] = None) -> Snapshot:
 def activity(root: Path, tag: str, exp_id: int, now: Optional[float] = None) -> str:
     """What experiment `exp_id` is doing, from the log written last among its logs (the run's, a rerun's,
     the evaluation's `.eval.log`, the checks' `.checks*.log`): '' when nothing is known yet."""
-    folder = root / ".autoresearch" / "logs" / tag
+    folder = Layout(root).logs(tag)
     try:
         logs = sorted(((p.stat().st_mtime, p) for p in folder.glob(f"{exp_id:05d}*.log")), key=lambda t: t[0])
     except OSError:

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import AgentError
+from ..layout import Layout
 from ..procs import run_tree
 from ..session import marker_prefix
 from . import notebook
@@ -126,7 +127,7 @@ class CLIAgent:
     def propose(self, ctx: Context, workdir: Path) -> Proposal:
         a = self.cfg.agent
         prompt = ctx.render() + "\n" + INSTRUCTIONS
-        logs = self.cfg.root / ".autoresearch" / "logs" / ctx.tag
+        logs = Layout(self.cfg.root).logs(ctx.tag)
         logs.mkdir(parents=True, exist_ok=True)
         log = logs / f"agent-{len(ctx.history):05d}.log"
         log.unlink(missing_ok=True)

@@ -24,6 +24,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..layout import Layout
 from ..procs import run_tree
 from ..sandbox import named_paths, state_folders
 from ..session import marker_prefix
@@ -53,7 +54,7 @@ class CommandAgent:
                              "or pass --agent-command '<shell command>'")
 
     def propose(self, ctx: Context, workdir: Path) -> Proposal:
-        logs = self.cfg.root / ".autoresearch" / "logs" / ctx.tag
+        logs = Layout(self.cfg.root).logs(ctx.tag)
         logs.mkdir(parents=True, exist_ok=True)
         n = len(ctx.history)
         log = logs / f"agent-{n:05d}.log"
