@@ -50,6 +50,7 @@ from .ledger import Experiment
 from .procs import run_tree
 from .sandbox import Sandbox
 from .session import marker_prefix
+from .states import Kind, Status
 from .workspace import Workspace
 
 REASON_LINES = 3
@@ -108,7 +109,7 @@ def run_checks(cfg: Config, ws: Workspace, wt: Path, *, log_path: Path, marker: 
                        should_stop=should_stop, wrap=wrap, log_max_bytes=log_cap(cfg))
     finally:
         rd.cleanup()
-    status = ("interrupted" if res.interrupted else "timeout" if res.timed_out
+    status = (Status.INTERRUPTED if res.interrupted else Status.TIMEOUT if res.timed_out
               else "passed" if res.exit_code == 0 else "failed")
     return ChecksResult(status == "passed", status, res.exit_code, res.wall_s, str(log_path), read_tail(log_path))
 
@@ -122,16 +123,16 @@ def enforce(cfg: Config, ws: Workspace, exp: Experiment, incumbent: Optional[Exp
     names the run worktree to check in (engines running several at once pass their own).
     `on_checks(attempt)` is called as each run of the checks starts (0: the first; display only).
     """
-    if exp.status != "keep":
+    if exp.status != Status.KEEP:
         return
-    if exp.kind == "baseline" or (incumbent is not None and incumbent.id == exp.id):
+    if exp.kind == Kind.BASELINE or (incumbent is not None and incumbent.id == exp.id):
         incumbent = None
     record: dict[str, Any] = {}
     exp.evidence = dict(exp.evidence or {}, guards=record)
     if cfg.metric.bounds:
         problems, record["bounds"] = check_bounds(cfg, exp.metrics, incumbent.metrics if incumbent else None)
         if problems:
-            exp.status = "discard"
+            exp.status = Status.DISCARD
             exp.reason = f"{exp.reason}; but {'; '.join(problems)}" if exp.reason else "; ".join(problems)
             return
     if not cfg.experiment.checks.strip():
@@ -159,16 +160,16 @@ def enforce(cfg: Config, ws: Workspace, exp: Experiment, incumbent: Optional[Exp
                     f"{len(attempts) - 1}: flaky (experiment.checks_retries)")
             exp.reason = f"{exp.reason}; {note}" if exp.reason else note
         return
-    if res.status == "interrupted":
-        exp.status, exp.reason = "interrupted", "stopped by the user while the checks ran"
+    if res.status == Status.INTERRUPTED:
+        exp.status, exp.reason = Status.INTERRUPTED, "stopped by the user while the checks ran"
         return
     last = [ln.strip() for ln in res.tail.splitlines() if ln.strip()][-REASON_LINES:]
     what = (f"timed out after {cfg.experiment.checks_timeout_s:g}s (experiment.checks_timeout_s)"
-            if res.status == "timeout" else f"exited {res.exit_code}")
-    exp.status = "checks_failed"
+            if res.status == Status.TIMEOUT else f"exited {res.exit_code}")
+    exp.status = Status.CHECKS_FAILED
     tries = f"; it failed all {len(attempts)} attempts (experiment.checks_retries)" if len(attempts) > 1 else ""
     exp.reason = (f"checks `{cfg.experiment.checks}` {what}" + (f": {' | '.join(last)}"[:600] if last else "")
                   + f" (full output: {res.log_path}{tries})")
-    if exp.kind == "baseline":
+    if exp.kind == Kind.BASELINE:
         exp.reason += "; they fail at the starting point: fix the project or `experiment.checks` first"
     exp.log_tail = res.tail

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from .layout import HOME, Layout
+from .states import Status
 
 # ------------------------------------------------------------------ static review of a patch
 
@@ -64,7 +65,7 @@ def review(cfg, ws, parent: str, commit: str) -> Optional[tuple[str, str]]:
     for line in code:
         for pattern, why in rules:
             if re.search(pattern, line):
-                return "violation", f"integrity: the patch {why}: `{line.strip()[:120]}`"
+                return Status.VIOLATION, f"integrity: the patch {why}: `{line.strip()[:120]}`"
     changed = [p for p in _changed(ws, parent, commit) if cfg.is_editable(p)]
     if not changed:
         return None
@@ -75,8 +76,8 @@ def review(cfg, ws, parent: str, commit: str) -> Optional[tuple[str, str]]:
             return None  # a real change somewhere: the policy judges it
         kinds.add(kind)
     if kinds == {"noop"}:
-        return "discard", "no-op change: only comments, docstrings or formatting differ (not run)"
-    return "discard", "seed-only change: a different random seed is noise, not an improvement (not run)"
+        return Status.DISCARD, "no-op change: only comments, docstrings or formatting differ (not run)"
+    return Status.DISCARD, "seed-only change: a different random seed is noise, not an improvement (not run)"
 
 
 def _project_rules(cfg) -> list[tuple[str, str]]:

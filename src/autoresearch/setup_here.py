@@ -35,6 +35,7 @@ from .config import CONFIG_NAME, describe_patterns, load, matching_files, unmatc
 from .errors import AutoresearchError, ConfigError
 from .globs import matches
 from .layout import Layout
+from .states import OK
 from .workspace import Git, Workspace, find_root
 
 Ask = Callable[[str, str], str]  # (question, default) -> answer
@@ -284,7 +285,7 @@ def _validate(ws: Workspace, head: str, a: Answers, toml: str, program: str,
         marker = marker_prefix(ws.root, TAG)
         m = judge(cfg, ws, wt, seed=cfg.experiment.seed, log_path=logs / "run.log", marker=f"{marker}run",
                   protected_digests=ws.digests(wt, cfg.experiment.protected), restore_from=head)
-        if m.status != "ok":
+        if m.status != OK:
             seen = _printed_metrics(m.log_tail)
             hint = (f" (it printed {', '.join(seen[:6])}: is one of these the metric?)" if seen and m.metric is None
                     else "")

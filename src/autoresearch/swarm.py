@@ -63,6 +63,7 @@ from . import policy as policies
 from .errors import AutoresearchError, ConfigError
 from .layout import Layout
 from .proposal import PROGRAM
+from .states import Kind, Status
 from .workspace import GitError, NothingChanged, RebaseConflict, run_git
 
 if TYPE_CHECKING:
@@ -213,7 +214,7 @@ class Swarm:
 
     # -- the task ------------------------------------------------------------------------
     def start(self) -> Optional[str]:
-        base = next((e for e in self.ledger.experiments(self.tag) if e.kind == "baseline" and e.commit), None)
+        base = next((e for e in self.ledger.experiments(self.tag) if e.kind == Kind.BASELINE and e.commit), None)
         return base.commit if base else None
 
     def task(self) -> Optional[dict[str, Any]]:
@@ -258,7 +259,7 @@ class Swarm:
                 tip = self.append(tip, "task.json", task)
             n = 0
             for e in self.ledger.experiments(self.tag):
-                if e.status != "running" and e.id is not None and f"r-{e.id:06d}.json" not in have:
+                if e.status != Status.RUNNING and e.id is not None and f"r-{e.id:06d}.json" not in have:
                     tip, n = self.append(tip, f"r-{e.id:06d}.json", self.record(e)), n + 1
             inc = self.ledger.incumbent(self.tag)
             best = inc.commit if inc is not None else None
@@ -380,7 +381,7 @@ class Swarm:
         inc, start = self.ledger.incumbent(self.tag), self.start()
         if not commit or inc is None or inc.metric is None or start is None:
             return
-        claim = next((r for r in reversed(peer.records) if r["commit"] == commit and r["status"] == "keep"), None)
+        claim = next((r for r in reversed(peer.records) if r["commit"] == commit and r["status"] == Status.KEEP), None)
         if claim is None:
             return self.refuse(peer.name, commit, f"{peer.name}'s best {commit[:7]} has no kept record claiming it")
         if class_ref(claim["hardware"]) != class_ref(self.hardware) or \
@@ -467,7 +468,7 @@ class Swarm:
         if inc is None or start is None:
             return None
         desc = f"{'adopt' if kind == 'adopt' else 'merge'} {item['origin']}: {item['description']}"
-        exp = loop.new_experiment(inc.commit, desc, kind="candidate")
+        exp = loop.new_experiment(inc.commit, desc, kind=Kind.CANDIDATE)
         exp.agent = "swarm"
         message = f"{desc}\n\nautoresearch: {kind} of {item['origin']} ({item['commit'][:7]}) on {self.tag}"
         try:
@@ -494,8 +495,8 @@ class Swarm:
     def recorded(self, exp: "Experiment") -> None:
         """After a row is final: a re-measured claim updates the peer's reputation; then publish (best effort)."""
         sw = (exp.evidence or {}).get("swarm")
-        if isinstance(sw, dict) and sw.get("kind") == "adopt" and exp.status != "interrupted":
-            held = exp.status == "keep"
+        if isinstance(sw, dict) and sw.get("kind") == "adopt" and exp.status != Status.INTERRUPTED:
+            held = exp.status == Status.KEEP
             reason = (f"{exp.evidence['origin']} claimed {sw['claim']:g}; re-measured here as #{exp.id}: "
                       f"{exp.metric if exp.metric is not None else exp.status} ({exp.status}: {exp.reason})")
             self.ledger.swarm_note(self.tag, sw["peer"], "held" if held else "refuted", reason, commit=sw["commit"],
@@ -516,9 +517,9 @@ class Swarm:
                        (f", {r['metric']:g}" if isinstance(r.get("metric"), (int, float)) else "") + ")"
                 if class_ref(r["hardware"]) != class_ref(self.hardware):
                     other.append(line + f" [class {r['hardware']}: a hint, not comparable]")
-                elif r["status"] == "keep" and r["kind"] != "baseline":
+                elif r["status"] == Status.KEEP and r["kind"] != Kind.BASELINE:
                     kept.append(line)
-                elif r["status"] != "keep":
+                elif r["status"] != Status.KEEP:
                     failed.append(line)
         if not (kept or failed or other):
             return ""
@@ -584,7 +585,7 @@ def status(root: Path, tag: str, ledger: Any) -> dict[str, Any]:
         for ref, sha in refs.items():
             if ref.startswith(f"{name}/best/"):
                 klass = ref.split("/best/", 1)[1]
-                claim = next((x for x in reversed(records) if x["commit"] == sha and x["status"] == "keep"), None)
+                claim = next((x for x in reversed(records) if x["commit"] == sha and x["status"] == Status.KEEP), None)
                 b = {"commit": sha, "metric": claim and claim.get("metric"), "at": claim and claim.get("at"),
                      "id": claim and claim["id"]}
                 entry["bests"][klass] = b
@@ -595,7 +596,7 @@ def status(root: Path, tag: str, ledger: Any) -> dict[str, Any]:
                     # claims as published; `verified`: measured here (or our own)
                     frontier.setdefault(klass, []).append({"participant": name, "verified": held, **b})
         for x in records:
-            if x.get("origin") and x["status"] == "keep":
+            if x.get("origin") and x["status"] == Status.KEEP:
                 spread.setdefault(x["origin"], []).append({"adopted_by": name, "id": x["id"], "at": x.get("at")})
         mine = [n for n in notes if n["peer"] == name]
         entry["reputation"] = {k: sum(1 for n in mine if n["status"] == k)

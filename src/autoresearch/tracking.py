@@ -47,10 +47,11 @@ from .errors import ConfigError
 from .layout import Layout
 from .ledger import Experiment, Ledger
 from .policy import resolve
+from .states import Status
 
 RETRY_AFTER_S = 60.0
 BACKLOG_PER_CALL = 25
-_RUN_STATUS = {"keep": "FINISHED", "discard": "FINISHED", "interrupted": "KILLED"}  # the rest: FAILED
+_RUN_STATUS = {Status.KEEP: "FINISHED", Status.DISCARD: "FINISHED", Status.INTERRUPTED: "KILLED"}  # the rest: FAILED
 
 
 class NoTracker:
@@ -113,7 +114,7 @@ class MlflowTracker:
 
     def _sync(self, exp: Experiment) -> int:
         client, experiment_id = self._connect()
-        done = [e for e in self.ledger.experiments(self.tag) if e.status != "running" and e.id not in self._logged]
+        done = [e for e in self.ledger.experiments(self.tag) if e.status != Status.RUNNING and e.id not in self._logged]
         current = [e for e in done if e.id == exp.id]
         backlog = [e for e in done if e.id != exp.id][:BACKLOG_PER_CALL]
         for e in current + backlog:
