@@ -29,6 +29,7 @@ import ctypes
 import os
 import re
 import struct
+import textwrap
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -71,7 +72,7 @@ def review(cfg, ws, parent: str, commit: str) -> Optional[tuple[str, str]]:
         return None
     kinds = set()
     for path in changed:
-        kind = _compare(ws.file_at(parent, path), ws.file_at(commit, path), path)
+        kind = change_kind(ws.file_at(parent, path), ws.file_at(commit, path), path)
         if kind is None:
             return None  # a real change somewhere: the policy judges it
         kinds.add(kind)
@@ -103,8 +104,13 @@ def _changed(ws, parent: str, commit: str) -> list[str]:
     return [ws.project_path(p) for p in out.splitlines() if p]
 
 
-def _compare(old: Optional[str], new: Optional[str], path: str) -> Optional[str]:
-    """'noop', 'seed' or None (a real change) for one file."""
+def change_kind(old: Optional[str], new: Optional[str], path: str) -> Optional[str]:
+    """'noop', 'seed' or None (a real change) for one file, `old` -> `new` (None: absent).
+
+    The one seed-only/no-op detector: Python is compared as syntax trees (docstrings, comments
+    and formatting aside); a change is 'seed' when every constant that differs sits under a
+    seed-like name or call (`SEED = 1`, `torch.manual_seed(1)`, `default_rng(seed + 1)`), or
+    when statements that differ in shape both only set a seed. Other files: 'noop' if equal."""
     if old is None or new is None or not path.endswith(".py"):
         return "noop" if old == new else None
     try:
@@ -117,6 +123,42 @@ def _compare(old: Optional[str], new: Optional[str], path: str) -> Optional[str]
     if not contexts:
         return "noop"
     return "seed" if all(any(_SEEDY.search(c) for c in ctx) for ctx in contexts) else None
+
+
+def seed_only_change(patch: str) -> bool:
+    """True when a unified diff only changes a seed, judged by `change_kind` on each group of replaced
+    lines (dedented: a hunk inside a function compares like the whole file would). For callers that
+    hold a patch and not the files (the policies); review() compares whole files.
+
+    Not seed-only: pure additions or removals, new, deleted, renamed or binary files, a group whose
+    lines are not Python on their own (e.g. half a call, a JSON line: the policy judges those), and a
+    patch whose groups are only no-ops (review() discards those as no-ops)."""
+    groups: list[tuple[list[str], list[str]]] = []
+    minus: list[str] = []
+    plus: list[str] = []
+    for line in patch.splitlines():
+        if line.startswith(("---", "+++")):
+            continue
+        if line.startswith(("new file", "deleted file", "Binary files", "rename ", "similarity ")):
+            return False
+        if line.startswith("-"):
+            if plus:
+                groups.append((minus, plus))
+                minus, plus = [], []
+            minus.append(line[1:])
+        elif line.startswith("+"):
+            plus.append(line[1:])
+        elif minus or plus:
+            groups.append((minus, plus))
+            minus, plus = [], []
+    if minus or plus:
+        groups.append((minus, plus))
+    kinds = set()
+    for old, new in groups:
+        if not old or not new:
+            return False
+        kinds.add(change_kind(textwrap.dedent("\n".join(old)), textwrap.dedent("\n".join(new)), "hunk.py"))
+    return "seed" in kinds and kinds <= {"seed", "noop"}
 
 
 _SEEDY = re.compile(r"seed|default_rng|RandomState|PRNGKey|Generator|random\.Random", re.IGNORECASE)

@@ -12,8 +12,8 @@ tag, which takes back the luck that got the incumbent kept), with the noise sd p
 every commit of the tag measured more than once (stats.compare_to_level):
 - baseline: measured on `policy.calibration_runs` seeds (seed, seed+1, ...); their spread
   is the first noise estimate, recorded as an event and as the baseline's evidence.
-- seed-only: a patch whose every changed line only changes a number on a line that
-  mentions a seed is discarded at once (policy.seed_only_change).
+- seed-only: a patch that only changes a seed (every differing constant under a seed-like
+  name or call) is discarded at once (integrity.seed_only_change).
 - incumbent re-measure: one fresh run before judging when the noise rests on fewer than
   calibration_runs - 1 degrees of freedom, or when the incumbent's level is known less
   well than one run would tell (kept on thin evidence, its children not yet in).
@@ -61,8 +61,9 @@ from typing import Any, Optional
 
 from . import levels, pairing, stats
 from .config import Config
+from .integrity import seed_only_change
 from .ledger import Experiment, Ledger
-from .policy import Verdict, seed_only_change
+from .policy import Verdict
 from .states import OK, Kind, Status
 
 TEST = "pooled t (one-sided)"
