@@ -7,6 +7,8 @@
   with os._exit, printing the metric itself when an evaluation command owns it). A
   change that cannot change the result — only comments, docstrings or formatting — or
   that only changes a seed is a `discard`, not run: neither is research.
+  `change_kind()` is the one no-op/seed-only detector (syntax trees); `seed_only_change()`
+  runs it on a patch's hunks for the policies, which hold a patch and not the files.
 - `Tripwire`: inotify watches on hidden data (or the decoys the sandbox mounts in its
   place) and on the evaluation's secret; any open or read during a run is a `violation`.
 - `fingerprint()`: (size, mtime, ctime, inode) of data outside the worktree; the judge

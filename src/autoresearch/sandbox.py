@@ -34,6 +34,10 @@ in force); the judge's checks (digests, tripwire, fingerprints, the guard) still
 every row the session makes is marked unverified (`Sandbox.unverified`, kept in the row).
 `sandbox = "bwrap"` with bwrap unusable is a ConfigError naming `apt-get install bubblewrap`.
 
+A command agent's own paths are read from its command line here (`named_paths`: readable, its
+script; `state_folders`: writable, its memory between proposals): the agent's wrap binds them and
+every run's wrap hides the state folders, so the rule lives where both wraps are built.
+
 Not covered: a sandbox against the kernel or the GPU driver (bwrap is not a VM); runs on
 macOS or without user namespaces (fallback only); compile caches under a read-only HOME
 persisting across runs (each run gets a fresh /tmp).
