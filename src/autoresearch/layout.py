@@ -89,7 +89,3 @@ class Layout:
     def remote(self, cluster: str) -> Path:
         return self.home / "remote" / cluster
 
-
-def of(root) -> Layout:
-    """The layout of the project at `root`."""
-    return Layout(Path(root))
