@@ -1497,10 +1497,10 @@ def test_r10_a_command_agent_cannot_widen_its_state_folder_with_a_link(tmp_path,
     outside (here `precious`, standing for site-packages or ~/.ssh); the next proposal's sandbox was
     built by following it, so the outside folder was bound writable and the agent planted a file there."""
     from autoresearch import agents
-    from autoresearch.agents import command as command_mod
+    from autoresearch import sandbox as sandbox_mod
     from conftest import make_project
 
-    monkeypatch.setattr(command_mod, "REFUSE_LINKS", refuse)
+    monkeypatch.setattr(sandbox_mod, "REFUSE_LINKS", refuse)
     root = make_project(tmp_path / "p")
     st, precious = tmp_path / "st", tmp_path / "precious"
     st.mkdir()

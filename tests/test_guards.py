@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from autoresearch import agents
+from autoresearch.bounds import parse_bound
 from autoresearch.config import load
 from autoresearch.errors import AutoresearchError, ConfigError
-from autoresearch.guards import check_bounds, parse_bound
+from autoresearch.guards import check_bounds
 from autoresearch.ledger import Ledger
 from autoresearch.driver import Driver, Limits
 from autoresearch.procs import marked_pids

@@ -21,9 +21,10 @@ from conftest import ScriptedAgent, cli, git, ledger_of, make_project, rows_of
 from autoresearch import stats
 from autoresearch.config import Config, ExperimentConfig, MetricConfig, PolicyConfig, load
 from autoresearch.errors import ConfigError
+from autoresearch.integrity import seed_only_change
 from autoresearch.ledger import Experiment, Ledger
 from autoresearch.driver import Driver, Limits
-from autoresearch.policy import Greedy, make, resolve, seed_only_change
+from autoresearch.policy import Greedy, make, resolve
 from autoresearch.policy_confirm import Confirm
 
 SD = 0.1
@@ -132,6 +133,18 @@ def test_seed_only_change():
     assert not seed_only_change("@@\n+torch.manual_seed(3)\n")  # an added line: judged, not assumed
     assert not seed_only_change("@@\n-seed = 1\n+seed = 1\n") and not seed_only_change("")
     assert not seed_only_change("new file mode 100644\n@@\n+seed = 1\n")
+
+
+def test_seed_only_change_is_the_review_s_syntax_tree_check():
+    """The policies and review() share one detector (integrity.change_kind): a seeding call whose line never
+    says "seed" is a seed change, an indented hunk compares like the file, a new way to compute the seed is
+    still only the seed, and a comment is not code. The line-regex detector it replaced got the first, the third
+    and the last wrong."""
+    assert seed_only_change("@@\n-rng = np.random.default_rng(1)\n+rng = np.random.default_rng(2)\n")
+    assert seed_only_change("@@ def main():\n-    torch.manual_seed(1)\n+    torch.manual_seed(2)\n     train()\n")
+    assert seed_only_change("@@\n-seed = int(1)\n+seed = int(time.time())\n")  # still only what sets the seed
+    assert not seed_only_change("@@\n-    seed=1,\n+    seed=2, lr=0.1,\n")  # an argument added beside it
+    assert not seed_only_change("@@\n-x = 1  # seed\n+x = 2  # seed\n")  # a comment naming a seed is no seed
 
 
 # -- the confirm rule on a real ledger -------------------------------------------------------------------------

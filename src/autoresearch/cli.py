@@ -17,8 +17,9 @@ from typing import Optional
 from . import __version__
 from .config import Config, load
 from .errors import AutoresearchError
-from .cli_results import (_diff, _ledger, _ledger_verb, _print_json, _report, _results, _root, _status, _tag, _watch,
-                          _write_report)
+from .cli_results import (cmd_diff, cmd_ledger, cmd_report, cmd_results, cmd_status, cmd_watch, open_ledger, pick_tag,
+                          print_json, project_root, write_report)
+from .layout import Layout
 from .ledger import Ledger
 
 
@@ -41,18 +42,18 @@ def main(argv: Optional[list[str]] = None) -> int:
 def _swarm(args) -> int:
     from . import swarm
 
-    root = _root(args)
+    root = project_root(args)
     if args.action == "init":
         if not args.hub:
             raise AutoresearchError("swarm init needs the hub: `autoresearch swarm init <git URL or path>`")
         s = swarm.init(root, args.hub, args.name, args.sync, args.hardware, rejoin=args.rejoin)
-        print(f"joined the swarm at {s.hub} as {s.name} (settings: {root / swarm.SETTINGS}); `autoresearch run` "
+        print(f"joined the swarm at {s.hub} as {s.name} (settings: {Layout(root).swarm_settings}); `autoresearch run` "
               "now shares its results and adopts the others' after measuring them here")
         return 0
-    ledger = _ledger(root)
-    st = swarm.status(root, _tag(ledger, args.tag), ledger)
+    ledger = open_ledger(root)
+    st = swarm.status(root, pick_tag(ledger, args.tag), ledger)
     if args.json:
-        _print_json(st)
+        print_json(st)
     else:
         print(swarm.render(st))
     return 0
@@ -102,32 +103,32 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--tag")
     sp.add_argument("--json", action="store_true")
 
-    sp = cmd("status", _status, "best result, counts, keep rate, cost, time")
+    sp = cmd("status", cmd_status, "best result, counts, keep rate, cost, time")
     sp.add_argument("--tag")
     sp.add_argument("--json", action="store_true")
 
-    sp = cmd("ledger", _ledger_verb, "verify: check the ledger's seal chain (names rows changed outside autoresearch); "
+    sp = cmd("ledger", cmd_ledger, "verify: check the ledger's seal chain (names rows changed outside autoresearch); "
                                      "accept: seal a tag's rows as they are now, your decision after a break")
     sp.add_argument("action", choices=("verify", "accept"))
     sp.add_argument("--tag")
     sp.add_argument("--json", action="store_true")
 
-    sp = cmd("results", _results, "every experiment of a run")
+    sp = cmd("results", cmd_results, "every experiment of a run")
     sp.add_argument("--tag")
     fmt = sp.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--tsv", action="store_true")
 
-    sp = cmd("diff", _diff, "the change an experiment made")
+    sp = cmd("diff", cmd_diff, "the change an experiment made")
     sp.add_argument("id", type=int)
     sp.add_argument("--tag", help="the run the experiment belongs to (default: any)")
 
-    sp = cmd("report", _report, "write progress.png and report.md (or one self-contained report.html)")
+    sp = cmd("report", cmd_report, "write progress.png and report.md (or one self-contained report.html)")
     sp.add_argument("--tag")
     sp.add_argument("--out", help="folder to write to (default: the project folder)")
     sp.add_argument("--html", action="store_true", help="write report.html: chart, filterable table, kept diffs")
 
-    sp = cmd("watch", _watch, "follow a running loop from another terminal (read-only; Ctrl-C leaves)")
+    sp = cmd("watch", cmd_watch, "follow a running loop from another terminal (read-only; Ctrl-C leaves)")
     sp.add_argument("--tag")
     sp.add_argument("--plain", action="store_true", help="plain lines instead of the live view")
     sp.add_argument("--once", action="store_true", help="print one snapshot and exit")
@@ -210,7 +211,7 @@ def _init_here(args) -> int:
                                 "(or use -C to point at the project folder)")
     answers = Answers(run=args.run, editable=args.editable, protected=args.protected, metric=args.metric,
                       direction=args.direction, budget=args.budget, checks=args.checks)
-    done = init_here(_root(args), answers, ask=tty_ask if sys.stdin.isatty() else None)
+    done = init_here(project_root(args), answers, ask=tty_ask if sys.stdin.isatty() else None)
     print(f"autoresearch: wrote and committed {', '.join(done.files)} ({done.commit[:7]})")
     print("next: autoresearch run")
     return 0
@@ -222,7 +223,7 @@ def _run(args) -> int:
     from .driver import Driver, Limits
     from .workspace import default_tag
 
-    root = _root(args)
+    root = project_root(args)
     overrides = {
         "agent": {"name": args.agent, "command": args.agent_command, "model": args.model},
         "policy": {"name": args.policy},
@@ -251,7 +252,8 @@ def _run(args) -> int:
            f"team {', '.join(r.label for r in driver.team)}")
     print(f"autoresearch: tag {tag}, {who}, parallel {cfg.agent.parallel}, policy {_policy_name(cfg)}, "
           f"budget {cfg.experiment.budget_s:g}s (config: {cfg.source})", flush=True)
-    from .config import describe_patterns, tracked_or_present
+    from .config import describe_patterns
+    from .workspace import tracked_or_present
 
     for line in describe_patterns(cfg.experiment.editable, cfg.experiment.protected, tracked_or_present(root)):
         print(f"autoresearch: {line}", flush=True)  # what the agent may change, and what never changes
@@ -261,11 +263,11 @@ def _run(args) -> int:
     finally:
         if hasattr(reporter, "close"):
             reporter.close()
-    _write_report(root, cfg, tag)
+    write_report(root, cfg, tag)
     inc = outcome.incumbent
     from . import figures
 
-    fig = figures.improvement(Ledger(root / ".autoresearch" / "ledger.db"), tag, figures.Spec.from_config(cfg))
+    fig = figures.improvement(Ledger(Layout(root).ledger), tag, figures.Spec.from_config(cfg))
     best = (f"{fig.fmt(fig.best_mean)} ({figures.runs_text(fig.best_runs)}) at {inc.commit[:7]} (#{inc.id})"
             if inc and fig.best_mean is not None else "none")
     if inc and inc.unverified:
@@ -280,10 +282,10 @@ def _run(args) -> int:
 def _experiment(args) -> int:
     from .tool import experiment
 
-    cfg = load(_root(args))
+    cfg = load(project_root(args))
     verdict = experiment(cfg, args.message, tag=args.tag)
     if args.json:
-        _print_json(verdict)
+        print_json(verdict)
     else:
         m = verdict["metric"]
         best = verdict["best_metric"]
@@ -298,7 +300,7 @@ def _pause(args) -> int:
     from . import control
     from .watch import snapshot
 
-    root = _root(args)
+    root = project_root(args)
     tag = _control_tag(root, args.tag)
     control.pause(root, tag)
     s = snapshot(root, tag) if _has_tag(root, tag) else None
@@ -315,7 +317,7 @@ def _pause(args) -> int:
 def _resume(args) -> int:
     from . import control
 
-    root = _root(args)
+    root = project_root(args)
     tag = _control_tag(root, args.tag)
     print(f"autoresearch: resumed {tag}" if control.resume(root, tag) else f"autoresearch: {tag} was not paused")
     return 0
@@ -328,11 +330,11 @@ def _control_tag(root: Path, tag: Optional[str]) -> str:
         if not valid_tag(tag):
             raise AutoresearchError(f"tag {tag!r} is not a valid tag: use letters, digits, '-', '_'")
         return tag
-    return _tag(_ledger(root), None)
+    return pick_tag(open_ledger(root), None)
 
 
 def _has_tag(root: Path, tag: str) -> bool:
-    path = root / ".autoresearch" / "ledger.db"
+    path = Layout(root).ledger
     if not path.exists():
         return False
     ledger = Ledger(path)
@@ -345,13 +347,13 @@ def _has_tag(root: Path, tag: str) -> bool:
 def _finalize(args) -> int:
     from .finalize import finalize
 
-    root = _root(args)
-    ledger = _ledger(root)
-    tag = _tag(ledger, args.tag)
+    root = project_root(args)
+    ledger = open_ledger(root)
+    tag = pick_tag(ledger, args.tag)
     done = finalize(root, tag, ledger, branch=args.branch, force=args.force,
                     summary_path=Path(args.summary).resolve() if args.summary else None)
     if args.json:
-        _print_json(done.to_json())
+        print_json(done.to_json())
         return 0
     print(done.summary)
     print(f"autoresearch: branch {done.branch} at {done.tip[:7]}: {len(done.commits)} commit(s) on "
@@ -363,8 +365,8 @@ def _confirm(args) -> int:
     from .confirm import confirm, render
     from .live import make_reporter
 
-    root = _root(args)
-    tag = _tag(_ledger(root), args.tag)
+    root = project_root(args)
+    tag = pick_tag(open_ledger(root), args.tag)
     cfg = load(root)
     reporter = None if args.json else make_reporter(cfg.metric.name, cfg.experiment.budget_s, tag, live=False)
     try:
@@ -373,7 +375,7 @@ def _confirm(args) -> int:
         if hasattr(reporter, "close"):
             reporter.close()
     if args.json:
-        _print_json(out)
+        print_json(out)
     else:
         print(render(out))
     return 0
@@ -390,7 +392,7 @@ def _launch(args) -> int:
     from .launch import LaunchSpec, pull, up, write_task
     from .workspace import default_tag
 
-    root = _root(args)
+    root = project_root(args)
     spec = LaunchSpec(tag=args.tag or default_tag(), nodes=args.nodes, accelerators=args.gpus, cloud=args.cloud,
                       spot=args.spot, workers=args.workers, max_hours=args.max_hours,
                       max_experiments=args.max_experiments, agent=args.agent, secrets=args.secret,

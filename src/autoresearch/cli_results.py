@@ -14,24 +14,25 @@ from typing import Any, Optional
 
 from .config import Config, load
 from .errors import AutoresearchError
+from .layout import Layout
 from .ledger import Experiment, Ledger
 
 
-def _root(args) -> Path:
+def project_root(args) -> Path:
     root = Path(args.project).resolve()
     if not root.is_dir():
         raise AutoresearchError(f"{root} is not a folder: pass an existing project with -C")
     return root
 
 
-def _ledger(root: Path) -> Ledger:
-    path = root / ".autoresearch" / "ledger.db"
+def open_ledger(root: Path) -> Ledger:
+    path = Layout(root).ledger
     if not path.exists():
         raise AutoresearchError(f"no runs yet in {root}: start one with `autoresearch run`")
     return Ledger(path)
 
 
-def _tag(ledger: Ledger, tag: Optional[str]) -> str:
+def pick_tag(ledger: Ledger, tag: Optional[str]) -> str:
     tags = ledger.tags()
     if tag:
         if tag not in tags:
@@ -49,15 +50,15 @@ def _cfg_quiet(root: Path) -> Optional[Config]:
         return None
 
 
-def _print_json(obj: Any) -> None:
+def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=None, default=str))
 
 
-def _write_report(root: Path, cfg: Config, tag: str, out: Optional[Path] = None) -> list[Path]:
+def write_report(root: Path, cfg: Config, tag: str, out: Optional[Path] = None) -> list[Path]:
     from . import figures
     from .report import progress_png, report_md
 
-    ledger = Ledger(root / ".autoresearch" / "ledger.db")
+    ledger = Ledger(Layout(root).ledger)
     rows = ledger.experiments(tag)
     out = out or root
     lower = cfg.lower_is_better()
@@ -67,13 +68,13 @@ def _write_report(root: Path, cfg: Config, tag: str, out: Optional[Path] = None)
                       figure=figures.improvement(ledger, tag, spec, rows), noise=figures.noise(ledger, tag, spec, rows))]
 
 
-def _status(args) -> int:
+def cmd_status(args) -> int:
     from . import figures
     from .report import summary, unverified_note
 
-    root = _root(args)
-    ledger = _ledger(root)
-    tag = _tag(ledger, args.tag)
+    root = project_root(args)
+    ledger = open_ledger(root)
+    tag = pick_tag(ledger, args.tag)
     rows = ledger.experiments(tag)
     cfg = _cfg_quiet(root)
     spec = figures.Spec.of(ledger, tag, cfg)
@@ -105,7 +106,7 @@ def _status(args) -> int:
     breaks = [b for b in ledger.integrity if b.tag in (tag, None)]  # checked when the ledger was opened
     out["ledger_integrity"] = {"ok": not breaks, "breaks": [b.to_json() for b in breaks]}
     if args.json:
-        _print_json(out)
+        print_json(out)
         return 0
     name = out["metric"] or "metric"
     print(f"tag {tag}: {len(rows)} experiments, " + ", ".join(f"{k} {v}" for k, v in sorted(out["counts"].items())))
@@ -132,17 +133,17 @@ def _status(args) -> int:
     return 0
 
 
-def _results(args) -> int:
+def cmd_results(args) -> int:
     from .ledger import write_tsv
 
-    root = _root(args)
-    ledger = _ledger(root)
-    tag = _tag(ledger, args.tag)
+    root = project_root(args)
+    ledger = open_ledger(root)
+    tag = pick_tag(ledger, args.tag)
     rows = ledger.experiments(tag)
     cfg = _cfg_quiet(root)
     name = cfg.metric.name if cfg else "metric"
     if args.json:
-        _print_json([_row_json(e) for e in rows])
+        print_json([_row_json(e) for e in rows])
     elif args.tsv:
         import tempfile
 
@@ -180,10 +181,10 @@ def _row_json(e: Experiment) -> dict[str, Any]:
     return d
 
 
-def _diff(args) -> int:
-    root = _root(args)
-    ledger = _ledger(root)
-    tag = _tag(ledger, args.tag) if getattr(args, "tag", None) else None  # an unknown tag names the known ones
+def cmd_diff(args) -> int:
+    root = project_root(args)
+    ledger = open_ledger(root)
+    tag = pick_tag(ledger, args.tag) if getattr(args, "tag", None) else None  # an unknown tag names the known ones
     exp = ledger.get(args.id)
     if exp is None or (tag is not None and exp.tag != tag):
         where = f" in tag `{tag}`" if tag else ""
@@ -195,10 +196,10 @@ def _diff(args) -> int:
     return 0
 
 
-def _report(args) -> int:
-    root = _root(args)
-    ledger = _ledger(root)
-    tag = _tag(ledger, args.tag)
+def cmd_report(args) -> int:
+    root = project_root(args)
+    ledger = open_ledger(root)
+    tag = pick_tag(ledger, args.tag)
     cfg = load(root)
     out = Path(args.out).resolve() if args.out else None
     if out:
@@ -215,25 +216,25 @@ def _report(args) -> int:
                           events=ledger.events(tag), project=root.name, figure=fig, swarm=ledger.swarm_notes(tag),
                           researchers=standings.of(ledger, tag, spec, rows)))
         return 0
-    for p in _write_report(root, cfg, tag, out):
+    for p in write_report(root, cfg, tag, out):
         print(p)
     return 0
 
 
-def _watch(args) -> int:
+def cmd_watch(args) -> int:
     from .watch import watch
 
-    return watch(_root(args), args.tag, plain=True if args.plain else None, once=args.once, interval=args.interval)
+    return watch(project_root(args), args.tag, plain=True if args.plain else None, once=args.once, interval=args.interval)
 
 
-def _ledger_verb(args) -> int:
+def cmd_ledger(args) -> int:
     """`ledger verify`: the seal chain's breaks (exit 1 if any); `ledger accept`: seal the rows as they are now."""
-    root = _root(args)
-    ledger = _ledger(root)
+    root = project_root(args)
+    ledger = open_ledger(root)
     if args.action == "verify":
         breaks = ledger.verify(args.tag)
         if args.json:
-            _print_json({"ok": not breaks, "breaks": [b.to_json() for b in breaks]})
+            print_json({"ok": not breaks, "breaks": [b.to_json() for b in breaks]})
         else:
             for b in breaks:
                 print(f"{b.tag or '-'}\t{b.kind}\t{b.table}\t{','.join(str(i) for i in b.ids)}\t{b.message}")
@@ -244,7 +245,7 @@ def _ledger_verb(args) -> int:
         raise AutoresearchError("`ledger accept` needs --tag: it seals that tag's rows as they are now")
     accepted = ledger.accept(args.tag)
     if args.json:
-        _print_json({"accepted": [b.to_json() for b in accepted]})
+        print_json({"accepted": [b.to_json() for b in accepted]})
     else:
         for b in accepted:
             print(f"accepted: {b.message}")

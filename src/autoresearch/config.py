@@ -33,8 +33,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from .bounds import check as check_bounds_settings
 from .errors import ConfigError
 from .globs import matches
+from .sandbox import PACKAGE_PREFIX, check_package_pattern
+from .sandbox import check_config as check_sandbox_setting
+from .workspace import tracked_or_present
 
 CONFIG_NAME = "autoresearch.toml"
 ORIGINAL_FILES = ("prepare.py", "train.py", "program.md")
@@ -405,9 +409,7 @@ def _check(cfg: Config) -> None:
                           "(its first and last halves), e.g. log_max_mb = 32")
     if m.timeout_s <= 0:
         raise ConfigError(f"`metric.timeout_s` must be positive (got {m.timeout_s:g})")
-    from .sandbox import PACKAGE_PREFIX, check_config, check_package_pattern
-
-    check_config(e.sandbox)
+    check_sandbox_setting(e.sandbox)
     for key in ("hidden", "data"):
         for pat in getattr(e, key):
             if pat.startswith(PACKAGE_PREFIX) and (why := check_package_pattern(pat)):
@@ -448,9 +450,7 @@ def _check(cfg: Config) -> None:
     if not (0 < cfg.policy.alpha < 0.5):
         raise ConfigError(f"`policy.alpha` must be between 0 and 0.5 (got {cfg.policy.alpha:g})")
     _check_tracking(cfg.tracking)
-    from .guards import check_config as _check_guards
-
-    _check_guards(cfg)  # metric.bounds, experiment.checks_timeout_s
+    check_bounds_settings(cfg)  # metric.bounds, experiment.checks_timeout_s
     files = tracked_or_present(cfg.root)
     _refuse_unmatched(cfg, files)
     for key in ("editable", "protected"):
@@ -509,36 +509,6 @@ def _check_tracking(t: "TrackingConfig") -> None:
                           "its own MLflow experiment: e.g. experiment = \"{project}/{tag}\"")
 
 
-WALK_MAX_DEPTH = 64  # folders below the project: a run can nest thousands (free), paths outgrow PATH_MAX
-
-
-def tracked_or_present(root: Path) -> list[str]:
-    """Project files as relative posix paths (skipping .git and the harness's own folder), never
-    through a link to a folder, at most WALK_MAX_DEPTH folders down. Walked with a stack: a run can
-    nest folders thousands deep, and os.walk (recursive on 3.11) raised RecursionError."""
-    out = []
-    stack = [(Path(root), 0)]
-    while stack:
-        here, depth = stack.pop()
-        try:
-            entries = list(os.scandir(here))
-        except OSError:
-            continue
-        for entry in entries:
-            try:
-                is_dir, is_link = entry.is_dir(), entry.is_symlink()
-            except OSError:
-                continue
-            if is_dir:  # a link to a folder is neither walked nor a file (as os.walk had it)
-                if not is_link and depth < WALK_MAX_DEPTH and entry.name not in (".git", ".autoresearch", "__pycache__", ".venv",
-                                                                 "node_modules"):
-                    stack.append((Path(entry.path), depth + 1))
-            else:
-                out.append(Path(entry.path).relative_to(root).as_posix())
-    return sorted(out)
-
-
-# -- what the editable/protected patterns match: shown by `init --here` and `run` -------------------
 def matching_files(pattern: str, files: list[str]) -> list[str]:
     """The files (project paths, posix) that one editable/protected pattern matches; the one matcher."""
     return [f for f in files if matches(f, [pattern])]

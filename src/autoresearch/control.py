@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from .layout import Layout
 from .ledger import Ledger
 
 STEERING = ("program.md", "ideas.md")
@@ -40,7 +41,7 @@ _DIGEST = re.compile(r"sha256:([0-9a-f]+|none)")
 
 # -- the pause flag ------------------------------------------------------------------------------
 def pause_path(root: Path, tag: str) -> Path:
-    return Path(root) / ".autoresearch" / "control" / f"{tag}.pause"
+    return Layout(root).pause(tag)
 
 
 def pause(root: Path, tag: str, note: str = "") -> Path:

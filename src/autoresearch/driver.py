@@ -223,7 +223,7 @@ class Driver(Decisions):
         s, lim = self.session, self.limits
         if s.stop_requested:
             return s.stop_requested
-        if self.team and all(r.done for r in self.team) and self.grow is None:
+        if self.team and all(r.done for r in self.team):  # (more copies of the same agents would say the same)
             return self.team[0].done if len(self.team) == 1 else "every researcher stopped: " + "; ".join(
                 r.done for r in self.team)
         if lim.max_experiments and s.count >= lim.max_experiments:
@@ -329,7 +329,8 @@ class Driver(Decisions):
 
     def _idle_researcher(self) -> Optional[Researcher]:
         idle = [r for r in self.team if r not in self.proposing and not r.done and not r.cap_reached()]
-        if not idle and self.grow is not None and len(self.team) < self.parallel_now():
+        if not idle and self.grow is not None and len(self.team) < self.parallel_now() and \
+                not any(r.done for r in self.team):
             n = len(self.team) + 1
             r = self.researcher(self.grow(n), n)
             self.team.append(r)

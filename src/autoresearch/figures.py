@@ -35,6 +35,7 @@ from typing import Any, Optional, Sequence
 
 from . import stats
 from .ledger import Experiment, Ledger
+from .states import OK, Kind, Status
 
 
 # -- what the metric is --------------------------------------------------------------------------
@@ -115,7 +116,7 @@ def commit_runs(ledger: Ledger, tag: str) -> dict[str, list[tuple[int, float]]]:
     seen: set[tuple[str, int]] = set()
     for m in ledger.measurements(tag=tag):
         v = m["metric"]
-        if m["status"] != "ok" or v is None or not math.isfinite(v) or (m["commit"], m["seed"]) in seen:
+        if m["status"] != OK or v is None or not math.isfinite(v) or (m["commit"], m["seed"]) in seen:
             continue
         seen.add((m["commit"], m["seed"]))
         out.setdefault(m["commit"], []).append((m["seed"], v))
@@ -133,9 +134,9 @@ def row_values(row: Experiment, runs: dict[str, list[tuple[int, float]]]) -> lis
 def ends(rows: Sequence[Experiment]) -> tuple[Optional[Experiment], Optional[Experiment]]:
     """(start, best) of a tag's rows (see the module docstring)."""
     rows = list(rows)
-    base = next((e for e in rows if e.kind == "baseline" and _finite(e.metric) is not None), None)
-    base = base or next((e for e in rows if e.status == "keep" and _finite(e.metric) is not None), None)
-    kept = [e for e in rows if e.status == "keep"]
+    base = next((e for e in rows if e.kind == Kind.BASELINE and _finite(e.metric) is not None), None)
+    base = base or next((e for e in rows if e.status == Status.KEEP and _finite(e.metric) is not None), None)
+    kept = [e for e in rows if e.status == Status.KEEP]
     return base, (kept[-1] if kept else None)
 
 
@@ -330,7 +331,7 @@ def _confirm_runs(ledger: Ledger, tag: str, fig: Figure) -> Optional[tuple[list[
 def confirm_values(ms: list[dict[str, Any]], exp_id: Optional[int], commit: str) -> list[float]:
     """The usable values among `ms` measured for `exp_id` on `commit`."""
     return [m["metric"] for m in ms if m["experiment_id"] == exp_id and m["commit"] == commit
-            and m["status"] == "ok" and m["metric"] is not None and math.isfinite(m["metric"])]
+            and m["status"] == OK and m["metric"] is not None and math.isfinite(m["metric"])]
 
 
 # -- the noise ----------------------------------------------------------------------------------------

@@ -48,8 +48,10 @@ from typing import Any, Optional
 
 from . import figures
 from .errors import AutoresearchError
+from .layout import Layout
 from .ledger import Experiment, Ledger
 from .policy import resolve
+from .states import Kind, Status
 from .workspace import Git, Workspace, run_git
 
 
@@ -81,13 +83,13 @@ def finalize(root: Path, tag: str, ledger: Ledger, *, branch: Optional[str] = No
              summary_path: Optional[Path] = None, force: bool = False) -> Finalized:
     ledger.require_intact(tag)  # a branch made of forged keeps would look like any other
     rows = ledger.experiments(tag)
-    base = next((e for e in rows if e.kind == "baseline" and e.status == "keep" and e.commit), None)
+    base = next((e for e in rows if e.kind == Kind.BASELINE and e.status == Status.KEEP and e.commit), None)
     best = ledger.incumbent(tag)
     if base is None or best is None:
         raise FinalizeError(f"tag `{tag}` has no measured baseline: run `autoresearch run --tag {tag}` first")
     kept, seen = [], {base.commit}
     for e in rows:  # a commit kept twice (e.g. re-measured) is one change, made by its first keep
-        if e.status == "keep" and e.kind != "baseline" and e.commit and e.commit not in seen:
+        if e.status == Status.KEEP and e.kind != Kind.BASELINE and e.commit and e.commit not in seen:
             kept.append(e)
             seen.add(e.commit)
     if not kept:
@@ -129,7 +131,7 @@ def finalize(root: Path, tag: str, ledger: Ledger, *, branch: Optional[str] = No
     out = Finalized(tag, branch, base, best, tip, commits,
                     [(e, dropped[e.id]) for e in kept if e.id in dropped])
     out.summary = pr_summary(out, rows, meta)
-    out.summary_path = Path(summary_path) if summary_path else root / ".autoresearch" / "finalize" / f"{tag}.md"
+    out.summary_path = Path(summary_path) if summary_path else Layout(root).summary(tag)
     out.summary_path.parent.mkdir(parents=True, exist_ok=True)
     out.summary_path.write_text(out.summary, encoding="utf-8")
     return out
@@ -207,7 +209,7 @@ def _run_meta(ledger: Ledger, tag: str) -> dict[str, Any]:
 
 def _beaten(e: Experiment, rows: list[Experiment]) -> Optional[Experiment]:
     """The incumbent `e` was compared with: the keep whose commit is e's parent."""
-    return next((k for k in reversed(rows) if k.status == "keep" and k.commit == e.parent and k.id < e.id), None)
+    return next((k for k in reversed(rows) if k.status == Status.KEEP and k.commit == e.parent and k.id < e.id), None)
 
 
 def _num(v: Optional[float]) -> str:
@@ -220,7 +222,7 @@ def _signed(v: float) -> str:
 
 def deltas(e: Experiment, rows: list[Experiment]) -> tuple[Optional[float], Optional[float], Optional[float]]:
     """(delta vs the incumbent it beat, delta vs the baseline, percent vs the baseline)."""
-    base = next((k for k in rows if k.kind == "baseline" and k.metric is not None), None)
+    base = next((k for k in rows if k.kind == Kind.BASELINE and k.metric is not None), None)
     prev = _beaten(e, rows)
     d_prev = e.metric - prev.metric if e.metric is not None and prev and prev.metric is not None else None
     d_base = e.metric - base.metric if e.metric is not None and base and base.metric is not None else None

@@ -42,80 +42,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from .bounds import Bound, parse_bound
 from .config import Config
-from .errors import ConfigError
 from .judge import experiment_env, log_cap, read_tail
+from .layout import Layout
 from .ledger import Experiment
 from .procs import run_tree
 from .sandbox import Sandbox
 from .session import marker_prefix
+from .states import Kind, Status
 from .workspace import Workspace
 
-_NUM = r"(\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)"
-_RELATIVE = re.compile(rf"^\s*([+-])\s*{_NUM}\s*(%?)\s*$")
-_ABSOLUTE = re.compile(rf"^\s*(<=|<|>=|>)\s*(-?\s*{_NUM})\s*$")
-FORMS = '"+10%", "-5%", "+64", "-0.5", "<= 900", "< 900", ">= 0.9" or "> 0.9"'
 REASON_LINES = 3
-MAX_CHECKS_RETRIES = 10
-
-
-@dataclass(frozen=True)
-class Bound:
-    metric: str
-    text: str
-    op: str  # <=, <, >=, >
-    amount: float
-    relative: bool  # True: amount is added to (or taken from) the incumbent's value
-    percent: bool
-
-    def limit(self, incumbent: Optional[float]) -> Optional[float]:
-        """The value the metric must stay within, or None when there is nothing to compare with."""
-        if not self.relative:
-            return self.amount
-        if incumbent is None:
-            return None
-        step = abs(incumbent) * self.amount / 100 if self.percent else self.amount
-        return incumbent + step if self.op == "<=" else incumbent - step
-
-    def holds(self, value: float, limit: float) -> bool:
-        return {"<=": value <= limit, "<": value < limit, ">=": value >= limit, ">": value > limit}[self.op]
-
-
-def parse_bound(metric: str, text: str) -> Bound:
-    """One bound of `metric.bounds.<metric>`; raises ConfigError naming the key and the forms."""
-    key = f"metric.bounds.{metric}"
-    m = _RELATIVE.match(text)
-    if m:
-        return Bound(metric, text.strip(), "<=" if m.group(1) == "+" else ">=", float(m.group(2)), True,
-                     bool(m.group(3)))
-    m = _ABSOLUTE.match(text)
-    if m:
-        return Bound(metric, text.strip(), m.group(1), float(m.group(2).replace(" ", "")), False, False)
-    raise ConfigError(f"`{key}` has a bound {text!r} that is not understood: write one of {FORMS}")
-
-
-def check_config(cfg: Config) -> None:
-    """Validate `metric.bounds` and the checks settings (called by config.load)."""
-    m, e = cfg.metric, cfg.experiment
-    recorded = set(m.record) | ({m.memory} if m.memory else set())
-    for name, texts in m.bounds.items():
-        key = f"metric.bounds.{name}"
-        if name == m.name:
-            raise ConfigError(f"`{key}` bounds the primary metric, which the policy already judges: "
-                              "bound secondary metrics only (use stop.target for a goal)")
-        if name not in recorded:
-            raise ConfigError(f"`{key}`: {name} is not recorded, so it is never read from the log: "
-                              f"add it to `metric.record`, e.g. record = [\"{name}\"]")
-        if not texts:
-            raise ConfigError(f"`{key}` is empty: give at least one bound, e.g. {name} = \"+10%\"")
-        for text in texts:
-            parse_bound(name, text)
-    if e.checks_timeout_s <= 0:
-        raise ConfigError(f"`experiment.checks_timeout_s` must be positive (got {e.checks_timeout_s:g}): "
-                          "e.g. checks_timeout_s = 600")
-    if not 0 <= e.checks_retries <= MAX_CHECKS_RETRIES:
-        raise ConfigError(f"`experiment.checks_retries` must be between 0 and {MAX_CHECKS_RETRIES} (got "
-                          f"{e.checks_retries}): the times a failing check is run again, e.g. checks_retries = 1")
 
 
 def bounds(cfg: Config) -> list[Bound]:
@@ -165,13 +103,13 @@ def run_checks(cfg: Config, ws: Workspace, wt: Path, *, log_path: Path, marker: 
     box = sandbox or Sandbox.for_project(cfg, ws)
     rd = box.new_run_dir([])
     try:
-        wrap = box.wrap(worktree=ws._top_of(wt), cwd=wt, rd=rd, env=env, evaluation=False)
+        wrap = box.wrap(worktree=ws.top_of(wt), cwd=wt, rd=rd, env=env, evaluation=False)
         res = run_tree(cfg.experiment.checks, cwd=wt, env=env, log_path=log_path,
                        timeout_s=cfg.experiment.checks_timeout_s, grace_s=cfg.experiment.grace_s, marker=marker,
                        should_stop=should_stop, wrap=wrap, log_max_bytes=log_cap(cfg))
     finally:
         rd.cleanup()
-    status = ("interrupted" if res.interrupted else "timeout" if res.timed_out
+    status = (Status.INTERRUPTED if res.interrupted else Status.TIMEOUT if res.timed_out
               else "passed" if res.exit_code == 0 else "failed")
     return ChecksResult(status == "passed", status, res.exit_code, res.wall_s, str(log_path), read_tail(log_path))
 
@@ -185,21 +123,21 @@ def enforce(cfg: Config, ws: Workspace, exp: Experiment, incumbent: Optional[Exp
     names the run worktree to check in (engines running several at once pass their own).
     `on_checks(attempt)` is called as each run of the checks starts (0: the first; display only).
     """
-    if exp.status != "keep":
+    if exp.status != Status.KEEP:
         return
-    if exp.kind == "baseline" or (incumbent is not None and incumbent.id == exp.id):
+    if exp.kind == Kind.BASELINE or (incumbent is not None and incumbent.id == exp.id):
         incumbent = None
     record: dict[str, Any] = {}
     exp.evidence = dict(exp.evidence or {}, guards=record)
     if cfg.metric.bounds:
         problems, record["bounds"] = check_bounds(cfg, exp.metrics, incumbent.metrics if incumbent else None)
         if problems:
-            exp.status = "discard"
+            exp.status = Status.DISCARD
             exp.reason = f"{exp.reason}; but {'; '.join(problems)}" if exp.reason else "; ".join(problems)
             return
     if not cfg.experiment.checks.strip():
         return
-    log = Path(exp.log_path) if exp.log_path else cfg.root / ".autoresearch" / "logs" / exp.tag / f"{exp.id:05d}.log"
+    log = Path(exp.log_path) if exp.log_path else Layout(cfg.root).log(exp.tag, exp.id)
     attempts: list[dict[str, Any]] = []
     for attempt in range(cfg.experiment.checks_retries + 1):
         wt = ws.worktree(worktree, at=exp.commit)  # clean, at the candidate: outputs (and a failed try's) are gone
@@ -222,16 +160,16 @@ def enforce(cfg: Config, ws: Workspace, exp: Experiment, incumbent: Optional[Exp
                     f"{len(attempts) - 1}: flaky (experiment.checks_retries)")
             exp.reason = f"{exp.reason}; {note}" if exp.reason else note
         return
-    if res.status == "interrupted":
-        exp.status, exp.reason = "interrupted", "stopped by the user while the checks ran"
+    if res.status == Status.INTERRUPTED:
+        exp.status, exp.reason = Status.INTERRUPTED, "stopped by the user while the checks ran"
         return
     last = [ln.strip() for ln in res.tail.splitlines() if ln.strip()][-REASON_LINES:]
     what = (f"timed out after {cfg.experiment.checks_timeout_s:g}s (experiment.checks_timeout_s)"
-            if res.status == "timeout" else f"exited {res.exit_code}")
-    exp.status = "checks_failed"
+            if res.status == Status.TIMEOUT else f"exited {res.exit_code}")
+    exp.status = Status.CHECKS_FAILED
     tries = f"; it failed all {len(attempts)} attempts (experiment.checks_retries)" if len(attempts) > 1 else ""
     exp.reason = (f"checks `{cfg.experiment.checks}` {what}" + (f": {' | '.join(last)}"[:600] if last else "")
                   + f" (full output: {res.log_path}{tries})")
-    if exp.kind == "baseline":
+    if exp.kind == Kind.BASELINE:
         exp.reason += "; they fail at the starting point: fix the project or `experiment.checks` first"
     exp.log_tail = res.tail

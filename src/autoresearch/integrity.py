@@ -7,6 +7,8 @@
   with os._exit, printing the metric itself when an evaluation command owns it). A
   change that cannot change the result — only comments, docstrings or formatting — or
   that only changes a seed is a `discard`, not run: neither is research.
+  `change_kind()` is the one no-op/seed-only detector (syntax trees); `seed_only_change()`
+  runs it on a patch's hunks for the policies, which hold a patch and not the files.
 - `Tripwire`: inotify watches on hidden data (or the decoys the sandbox mounts in its
   place) and on the evaluation's secret; any open or read during a run is a `violation`.
 - `fingerprint()`: (size, mtime, ctime, inode) of data outside the worktree; the judge
@@ -29,8 +31,12 @@ import ctypes
 import os
 import re
 import struct
+import textwrap
 from pathlib import Path
 from typing import Iterable, Optional
+
+from .layout import HOME, Layout
+from .states import Status
 
 # ------------------------------------------------------------------ static review of a patch
 
@@ -42,7 +48,7 @@ RULES: list[tuple[str, str]] = [
     (r"environ\s*\[\s*['\"]AUTORESEARCH_\w+['\"]\s*\]\s*=(?!=)|(?:putenv|unsetenv|setdefault|environ\.update|"
      r"environ\.pop)\s*\(.*AUTORESEARCH_", "sets the harness's AUTORESEARCH_* variables (budget, seed, paths)"),
     (r"AUTORESEARCH_EVAL_SECRET|eval_secret", "reaches for the evaluation's secret"),
-    (r"\.autoresearch\b|ledger\.db|results\.tsv|refs/(?:heads/)?autoresearch",
+    (rf"{re.escape(HOME)}\b|ledger\.db|results\.tsv|refs/(?:heads/)?autoresearch",
      "reaches for the harness's state (ledger, logs, results.tsv, refs)"),
     (r"""["']git["']\s*[,\]]|["']git\s+\w|\bgit\s+(?:commit|reset|update-ref|push|checkout|switch|branch|rebase|"""
      r"""stash|tag|notes|gc|filter-branch)\b""", "runs git (the branch and history are the harness's)"),
@@ -62,19 +68,19 @@ def review(cfg, ws, parent: str, commit: str) -> Optional[tuple[str, str]]:
     for line in code:
         for pattern, why in rules:
             if re.search(pattern, line):
-                return "violation", f"integrity: the patch {why}: `{line.strip()[:120]}`"
+                return Status.VIOLATION, f"integrity: the patch {why}: `{line.strip()[:120]}`"
     changed = [p for p in _changed(ws, parent, commit) if cfg.is_editable(p)]
     if not changed:
         return None
     kinds = set()
     for path in changed:
-        kind = _compare(ws.file_at(parent, path), ws.file_at(commit, path), path)
+        kind = change_kind(ws.file_at(parent, path), ws.file_at(commit, path), path)
         if kind is None:
             return None  # a real change somewhere: the policy judges it
         kinds.add(kind)
     if kinds == {"noop"}:
-        return "discard", "no-op change: only comments, docstrings or formatting differ (not run)"
-    return "discard", "seed-only change: a different random seed is noise, not an improvement (not run)"
+        return Status.DISCARD, "no-op change: only comments, docstrings or formatting differ (not run)"
+    return Status.DISCARD, "seed-only change: a different random seed is noise, not an improvement (not run)"
 
 
 def _project_rules(cfg) -> list[tuple[str, str]]:
@@ -97,11 +103,16 @@ def _project_rules(cfg) -> list[tuple[str, str]]:
 
 def _changed(ws, parent: str, commit: str) -> list[str]:
     out = ws.git("diff", "--name-only", parent, commit, "--", ws.prefix or ".")
-    return [ws._rel(p) for p in out.splitlines() if p]
+    return [ws.project_path(p) for p in out.splitlines() if p]
 
 
-def _compare(old: Optional[str], new: Optional[str], path: str) -> Optional[str]:
-    """'noop', 'seed' or None (a real change) for one file."""
+def change_kind(old: Optional[str], new: Optional[str], path: str) -> Optional[str]:
+    """'noop', 'seed' or None (a real change) for one file, `old` -> `new` (None: absent).
+
+    The one seed-only/no-op detector: Python is compared as syntax trees (docstrings, comments
+    and formatting aside); a change is 'seed' when every constant that differs sits under a
+    seed-like name or call (`SEED = 1`, `torch.manual_seed(1)`, `default_rng(seed + 1)`), or
+    when statements that differ in shape both only set a seed. Other files: 'noop' if equal."""
     if old is None or new is None or not path.endswith(".py"):
         return "noop" if old == new else None
     try:
@@ -114,6 +125,42 @@ def _compare(old: Optional[str], new: Optional[str], path: str) -> Optional[str]
     if not contexts:
         return "noop"
     return "seed" if all(any(_SEEDY.search(c) for c in ctx) for ctx in contexts) else None
+
+
+def seed_only_change(patch: str) -> bool:
+    """True when a unified diff only changes a seed, judged by `change_kind` on each group of replaced
+    lines (dedented: a hunk inside a function compares like the whole file would). For callers that
+    hold a patch and not the files (the policies); review() compares whole files.
+
+    Not seed-only: pure additions or removals, new, deleted, renamed or binary files, a group whose
+    lines are not Python on their own (e.g. half a call, a JSON line: the policy judges those), and a
+    patch whose groups are only no-ops (review() discards those as no-ops)."""
+    groups: list[tuple[list[str], list[str]]] = []
+    minus: list[str] = []
+    plus: list[str] = []
+    for line in patch.splitlines():
+        if line.startswith(("---", "+++")):
+            continue
+        if line.startswith(("new file", "deleted file", "Binary files", "rename ", "similarity ")):
+            return False
+        if line.startswith("-"):
+            if plus:
+                groups.append((minus, plus))
+                minus, plus = [], []
+            minus.append(line[1:])
+        elif line.startswith("+"):
+            plus.append(line[1:])
+        elif minus or plus:
+            groups.append((minus, plus))
+            minus, plus = [], []
+    if minus or plus:
+        groups.append((minus, plus))
+    kinds = set()
+    for old, new in groups:
+        if not old or not new:
+            return False
+        kinds.add(change_kind(textwrap.dedent("\n".join(old)), textwrap.dedent("\n".join(new)), "hunk.py"))
+    return "seed" in kinds and kinds <= {"seed", "noop"}
 
 
 _SEEDY = re.compile(r"seed|default_rng|RandomState|PRNGKey|Generator|random\.Random", re.IGNORECASE)
@@ -272,7 +319,7 @@ def secret(root: Path) -> str:
     experiment's environment is an allow-list, so a run never inherits it."""
     if os.environ.get("AUTORESEARCH_EVAL_SECRET"):
         return os.environ["AUTORESEARCH_EVAL_SECRET"]
-    path = Path(root) / ".autoresearch" / "eval_secret"
+    path = Layout(root).eval_secret
     if not path.exists():
         import secrets
 

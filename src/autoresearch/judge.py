@@ -66,8 +66,10 @@ from typing import Callable, Optional
 from . import integrity
 from .config import Config
 from .errors import AutoresearchError
+from .layout import Layout
 from .procs import run_tree
 from .sandbox import Sandbox, resolve_paths
+from .states import OK, Status
 from .workspace import Workspace
 
 ENV_ALLOW = (
@@ -85,7 +87,7 @@ TAIL_LINES = 50
 
 @dataclass
 class Measurement:
-    status: str  # ok | crash | timeout | violation | interrupted
+    status: str  # states.OK or a failed states.Status (crash, timeout, violation, interrupted)
     reason: str = ""
     exit_code: Optional[int] = None
     wall_s: float = 0.0
@@ -146,14 +148,14 @@ def judge(
     tampered = _differences(protected_digests, before)
     if tampered:
         ws.restore(wt, tampered, restore_from)
-        return Measurement("violation", f"protected file(s) differ before the run: {', '.join(tampered)}")
+        return Measurement(Status.VIOLATION, f"protected file(s) differ before the run: {', '.join(tampered)}")
     if parent:
         found = integrity.review(cfg, ws, parent, commit)
         if found:
             return Measurement(*found)
     box = sandbox or Sandbox.for_project(cfg, ws)
     env = experiment_env(cfg, seed, env_extra)
-    _setup_once(cfg, box, wt, env, log_path.parent / "setup.log", marker)
+    run_setup(cfg, box, wt, env, log_path.parent / "setup.log", marker)
     hidden = resolve_paths(cfg.experiment.hidden, cfg.root, env)
     data = resolve_paths(cfg.experiment.data, cfg.root, env)
     secret = integrity.secret(cfg.root) if cfg.metric.command else ""  # read before the tripwire is armed
@@ -166,12 +168,12 @@ def judge(
         if wrap is None:
             wrap = box.wrap(worktree=top, cwd=wt, rd=rd, env=env, evaluation=False, readable=hidden + data)
         watch = list(rd.decoys.values()) if rd.decoys else hidden + (
-            [cfg.root / ".autoresearch" / "eval_secret"] if secret else [])
+            [Layout(cfg.root).eval_secret] if secret else [])
         prints = integrity.fingerprint(hidden + data)
         if box.data_prints is None:
             box.data_prints = prints  # the session's reference: data may not change while it runs
         elif moved := integrity.changed_files(box.data_prints, prints):
-            return Measurement("violation", f"data changed since the session started: {', '.join(moved[:3])} "
+            return Measurement(Status.VIOLATION, f"data changed since the session started: {', '.join(moved[:3])} "
                                             "(restore it, then start again)")
         with integrity.Tripwire(watch) as wire:
             res = run_tree(
@@ -183,47 +185,47 @@ def judge(
         text = read_end(log_path)
         metrics = {name: v for name in _secondary(cfg) if (v := parse_metric(text, name)) is not None}
         mem = metrics.get(cfg.metric.memory) if cfg.metric.memory else None
-        m = Measurement("ok", exit_code=res.exit_code, wall_s=res.wall_s, metrics=metrics,
+        m = Measurement(OK, exit_code=res.exit_code, wall_s=res.wall_s, metrics=metrics,
                         peak_mem_mb=mem if mem is not None else (res.peak_rss_mb or None), log_tail=read_tail(log_path),
                         pid=res.pid, log_bytes=res.log_bytes, load=res.load())
         real = {decoy: path for path, decoy in rd.decoys.items()}  # report the hidden path, not its decoy
         hits = [real.get(p) or (real[p.parent] / p.name if p.parent in real else p) for p in wire.hits]
         m.status, m.reason = _run_status(cfg, res, hits)
-        if m.status == "ok" and cfg.metric.command:
+        if m.status == OK and cfg.metric.command:
             # The run's tree is dead (run_tree returns after killing it): freeze what it handed over.
             try:
                 m.artifact_sha256 = artifact_digest(rd.artifacts)
             except ArtifactTooDeep as e:
-                m.status, m.reason = "violation", str(e)
-        if m.status == "ok" and cfg.metric.command:
+                m.status, m.reason = Status.VIOLATION, str(e)
+        if m.status == OK and cfg.metric.command:
             ewt = evaluation_checkout(ws, wt, commit)
             try:
                 now = artifact_digest(rd.artifacts)
             except ArtifactTooDeep:
                 now = "deeper than allowed"  # it was not at the run's end: changed since
             if now != m.artifact_sha256 and VERIFY_ARTIFACTS:
-                m.status, m.reason = "violation", (f"the artefact changed between the run's end and the evaluation "
-                                                   f"(sha256 {m.artifact_sha256[:12]} -> {now[:12]}): something "
-                                                   "the run left behind kept writing it")
+                m.status, m.reason = Status.VIOLATION, (f"the artefact changed between the run's end and the "
+                                                        f"evaluation (sha256 {m.artifact_sha256[:12]} -> {now[:12]}): "
+                                                        "something the run left behind kept writing it")
             else:
                 eval_env = evaluation_env(env, secret)
                 eval_wrap = box.wrap(worktree=ws.top_of(ewt), cwd=ewt, rd=rd, env=eval_env, evaluation=True,
                                      readable=hidden + data)
                 on_evaluate()
                 _evaluate(cfg, m, ewt, eval_env, eval_wrap, log_path, marker, should_stop)
-        elif m.status == "ok":
+        elif m.status == OK:
             m.metric = parse_metric(text, cfg.metric.name, cfg.metric.pattern)
             m.status, m.reason = _metric_status(cfg, m.metric, "the log")
         changed = integrity.changed_files(box.data_prints, integrity.fingerprint(hidden + data))
         if changed:
-            m.status, m.reason = "violation", f"data changed during the run: {', '.join(changed[:3])}"
+            m.status, m.reason = Status.VIOLATION, f"data changed during the run: {', '.join(changed[:3])}"
     finally:
         rd.cleanup()
     tampered = _differences(protected_digests, ws.digests(wt, cfg.experiment.protected))
     if tampered:
         ws.restore(wt, tampered, restore_from)
-        m.status, m.reason = "violation", f"the run changed protected file(s): {', '.join(tampered)} (restored)"
-    if m.status != "ok":
+        m.status, m.reason = Status.VIOLATION, f"the run changed protected file(s): {', '.join(tampered)} (restored)"
+    if m.status != OK:
         m.metric = None  # a crashed, killed or tampered run has no trustworthy metric
     return m
 
@@ -301,25 +303,25 @@ def log_cap(cfg: Config) -> int:
 def _run_status(cfg: Config, res, hidden_hits: list[Path]) -> tuple[str, str]:
     budget, overhead = cfg.experiment.budget_s, cfg.experiment.overhead_s
     if hidden_hits:
-        return "violation", f"the run opened hidden data: {', '.join(map(str, hidden_hits[:3]))}"
+        return Status.VIOLATION, f"the run opened hidden data: {', '.join(map(str, hidden_hits[:3]))}"
     if res.interrupted:
-        return "interrupted", "stopped by the user"
+        return Status.INTERRUPTED, "stopped by the user"
     if res.timed_out:
-        return "timeout", f"killed after {cfg.timeout_s:g}s (experiment.timeout_s)"
+        return Status.TIMEOUT, f"killed after {cfg.timeout_s:g}s (experiment.timeout_s)"
     if overhead is not None and res.wall_s > budget + overhead:
-        return "violation", (f"ran {res.wall_s:.1f}s, past budget_s {budget:g} + overhead_s {overhead:g}: "
-                             "it trained beyond its budget (a stretched or ignored clock)")
+        return Status.VIOLATION, (f"ran {res.wall_s:.1f}s, past budget_s {budget:g} + overhead_s {overhead:g}: "
+                                  "it trained beyond its budget (a stretched or ignored clock)")
     if res.exit_code != 0:
-        return "crash", f"exit code {res.exit_code}"
-    return "ok", ""
+        return Status.CRASH, f"exit code {res.exit_code}"
+    return OK, ""
 
 
 def _metric_status(cfg: Config, metric: Optional[float], where: str) -> tuple[str, str]:
     if metric is None:
-        return "crash", f"no `{cfg.metric.name}:` line in {where}"
+        return Status.CRASH, f"no `{cfg.metric.name}:` line in {where}"
     if not math.isfinite(metric):
-        return "crash", f"{cfg.metric.name} is {metric}"
-    return "ok", ""
+        return Status.CRASH, f"{cfg.metric.name} is {metric}"
+    return OK, ""
 
 
 def _evaluate(cfg: Config, m: Measurement, wt: Path, env: dict[str, str], wrap: Optional[list[str]],
@@ -337,19 +339,20 @@ def _evaluate(cfg: Config, m: Measurement, wt: Path, env: dict[str, str], wrap: 
     m.metrics.update({n: v for n in _secondary(cfg) if (v := parse_metric(text, n)) is not None})
     flagged = re.findall(r"^\s*violation:\s*(.+)$", text, re.MULTILINE | re.IGNORECASE)
     if flagged:
-        m.status, m.reason = "violation", f"the evaluation found: {flagged[-1].strip()[:300]}"
+        m.status, m.reason = Status.VIOLATION, f"the evaluation found: {flagged[-1].strip()[:300]}"
     elif res.interrupted:
-        m.status, m.reason = "interrupted", "stopped by the user during the evaluation"
+        m.status, m.reason = Status.INTERRUPTED, "stopped by the user during the evaluation"
     elif res.timed_out:
-        m.status, m.reason = "timeout", f"the evaluation was killed after {cfg.metric.timeout_s:g}s (metric.timeout_s)"
+        m.status, m.reason = (Status.TIMEOUT,
+                              f"the evaluation was killed after {cfg.metric.timeout_s:g}s (metric.timeout_s)")
     elif res.exit_code != 0:
-        m.status, m.reason = "crash", f"the evaluation exited {res.exit_code} (see {log.name})"
+        m.status, m.reason = Status.CRASH, f"the evaluation exited {res.exit_code} (see {log.name})"
     else:
         m.metric = parse_metric(text, cfg.metric.name, cfg.metric.pattern)
         m.status, m.reason = _metric_status(cfg, m.metric, f"the evaluation's output ({log.name})")
 
 
-def _setup_once(cfg: Config, box: Sandbox, wt: Path, env: dict[str, str], log: Path, marker: str) -> None:
+def run_setup(cfg: Config, box: Sandbox, wt: Path, env: dict[str, str], log: Path, marker: str) -> None:
     """`experiment.setup` (protected code, just verified) once per session, before the first run."""
     if not cfg.experiment.setup or box.setup_done:
         return

@@ -38,6 +38,7 @@ from typing import Optional
 
 from . import __version__
 from .errors import AutoresearchError, WorkspaceError
+from .layout import Layout
 from .workspace import Workspace
 
 RAY_PORT = 6379  # SkyPilot runs its own Ray on 6380
@@ -76,7 +77,7 @@ def write_task(root: Path, spec: LaunchSpec, out: Optional[Path] = None) -> Path
     if dirty:
         raise WorkspaceError(f"uncommitted changes to tracked files ({', '.join(dirty[:5])}): commit them first, "
                              "so the cluster starts from a known state")
-    folder = Path(root) / ".autoresearch" / "launch"
+    folder = Layout(root).launch
     folder.mkdir(parents=True, exist_ok=True)
     bundle = folder / f"{spec.tag}.bundle"
     refs = ["HEAD"] + ([ws.ref] if ws.git.ok("rev-parse", "--verify", "--quiet", ws.ref) else [])
@@ -195,7 +196,7 @@ def up(root: Path, spec: LaunchSpec, task: Path, down: bool = False) -> Path:
 
 def pull(root: Path, spec: LaunchSpec) -> Path:
     """Copy the cluster's ~/autoresearch-out/<tag>/ here and fetch its branch."""
-    dest = Path(root) / ".autoresearch" / "remote" / spec.cluster_name
+    dest = Layout(root).remote(spec.cluster_name)
     dest.mkdir(parents=True, exist_ok=True)
     rsync = shutil.which("rsync")
     src = f"{spec.cluster_name}:{OUT.replace('~/', '')}/{spec.tag}/"
@@ -209,7 +210,7 @@ def pull(root: Path, spec: LaunchSpec) -> Path:
         raise AutoresearchError(f"could not fetch {ws.branch} from {bundle}: the local branch has other commits; "
                                 f"fetch it under another name: "
                                 f"git fetch {bundle} {ws.ref}:refs/heads/cluster-{spec.tag}")
-    ledger = Path(root) / ".autoresearch" / "ledger.db"
+    ledger = Layout(root).ledger
     if (dest / "ledger.db").exists() and not ledger.exists():
         shutil.copy2(dest / "ledger.db", ledger)
     return dest

@@ -59,9 +59,8 @@ from typing import Any, Iterable, Optional
 
 from .clean import one_line
 from .errors import LedgerError
+from .states import FAILED, TERMINAL, Kind, Status
 
-TERMINAL = ("keep", "discard", "crash", "timeout", "violation", "interrupted", "checks_failed")
-FAILED = ("crash", "timeout", "violation", "checks_failed")  # no usable metric
 
 
 @dataclass
@@ -72,14 +71,14 @@ class Experiment:
     parent: Optional[str]
     commit: Optional[str]
     description: str
-    kind: str = "candidate"  # baseline | candidate | repair | rerun
+    kind: str = Kind.CANDIDATE  # states.Kind
     patch: str = ""
     rationale: str = ""
     agent: str = ""
     seed: int = 0
     budget_s: float = 0.0
     timeout_s: float = 0.0
-    status: str = "running"
+    status: str = Status.RUNNING  # states.Status
     reason: str = ""
     started_at: float = 0.0
     ended_at: Optional[float] = None
@@ -260,7 +259,7 @@ class Ledger:
     # -- experiments ----------------------------------------------------------------
     def begin(self, exp: Experiment) -> int:
         """Insert `exp` as `running`; sets and returns exp.id."""
-        exp.status = "running"
+        exp.status = Status.RUNNING
         exp.started_at = exp.started_at or time.time()
         exp.host = exp.host or socket.gethostname()
         exp.pid = exp.pid or os.getpid()
@@ -297,7 +296,7 @@ class Ledger:
             own = self._owner(exp_id)
             if own is not None:  # the record says what the row is, whatever the file says now
                 row = own.experiments[exp_id]
-                if require_running and row["status"] != "running":
+                if require_running and row["status"] != Status.RUNNING:
                     raise LedgerError(f"experiment {exp_id} is {row['status']}, not running: "
                                       "a finished record never changes")
                 if _read(db, "experiments", exp_id) != row:
@@ -356,7 +355,7 @@ class Ledger:
         """The most recent kept experiment: what the branch tip must be."""
         with self._lock:
             if tag in self._own:
-                kept = [i for i, r in self._own[tag].experiments.items() if r["status"] == "keep"]
+                kept = [i for i, r in self._own[tag].experiments.items() if r["status"] == Status.KEEP]
                 return _from_row(self._own[tag].experiments[max(kept)]) if kept else None
             row = self._db.execute(
                 "SELECT * FROM experiments WHERE tag = ? AND status = 'keep' ORDER BY id DESC LIMIT 1", (tag,)
@@ -409,7 +408,7 @@ class Ledger:
                     row = db.execute("SELECT * FROM experiments WHERE id = ?", (b.ids[0],)).fetchone()
                     if row is None:
                         _append_seal(db, "experiment", b.ids[0], b.ids[0], b.tag, "deleted")
-                    elif row["status"] == "running":  # a sealed row set back to running: its seal is void
+                    elif row["status"] == Status.RUNNING:  # a sealed row set back to running: its seal is void
                         _append_seal(db, "experiment", row["id"], row["id"], row["tag"], "running")
                     else:
                         _seal_experiment(db, row["id"])
@@ -757,7 +756,7 @@ def _verify(db: sqlite3.Connection, tag: Optional[str]) -> list[Break]:
         key = ("experiment", rid)
         seen.add(key)
         sealed = latest.get(key)
-        if status == "running":
+        if status == Status.RUNNING:
             if sealed and sealed[0] != "running":
                 breaks.append(Break("edited", "experiments", [rid], rtag, f"#{rid} was finished, and is `running` again"))
         elif sealed is None or sealed[0] in ("deleted", "running"):
@@ -863,9 +862,9 @@ def write_tsv(path: str | os.PathLike, rows: list[Experiment], metric_name: str)
     path = Path(path)
     lines = [f"commit\t{metric_name}\tmemory_gb\tstatus\tdescription"]
     for e in rows:
-        if e.status == "running":
+        if e.status == Status.RUNNING:
             continue
-        has_metric = e.metric is not None and e.status in ("keep", "discard", "checks_failed")
+        has_metric = e.metric is not None and e.status in (Status.KEEP, Status.DISCARD, Status.CHECKS_FAILED)
         value = f"{e.metric:.6f}" if has_metric else "0.000000"
         mem = f"{(e.peak_mem_mb or 0) / 1024:.1f}" if has_metric else "0.0"
         desc = one_line(e.description)  # cleaned when the row was built; rows of older versions may not be

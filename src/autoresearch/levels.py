@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from operator import mul
 from typing import Any, Iterable, Optional
 
+from .states import Kind, Status
+
 GRID = [x / 2 for x in range(-12, 13)]  # effects in noise sds, positive = better
 ZERO = GRID.index(0.0)
 WIDE = len(GRID)  # g's last weight: effects too large for the grid (a broken run, a wild idea)
@@ -150,20 +152,20 @@ def _replay(exps: list[Any], runs: dict[int, list[tuple[str, float]]], sd: float
         own = [sign * v for c, v in mine if c == e.commit]
         if not own or e.id == judged_id or (judged_commit and e.commit == judged_commit):
             continue
-        if e.kind == "baseline" or e.parent not in levels:
-            if e.status == "keep":  # a starting point: its runs are all there is to know of it
+        if e.kind == Kind.BASELINE or e.parent not in levels:
+            if e.status == Status.KEEP:  # a starting point: its runs are all there is to know of it
                 if e.commit not in levels:
                     levels[e.commit], own = Level(own[0], noise_var, 1), own[1:]
                 for y in own:
                     levels[e.commit].measured(y, noise_var)
             continue
-        if e.status not in ("keep", "discard"):
+        if e.status not in (Status.KEEP, Status.DISCARD):
             continue  # crashes, violations, interruptions: no evidence about a level
         parent = levels[e.parent]
         if looks is not None:
             looks.append(((parent.mean - own[0]) / sd, math.sqrt(1.0 + parent.var / noise_var)))
         y = sum(own) / len(own)
-        if e.status == "keep":
+        if e.status == Status.KEEP:
             levels[e.commit] = child_level(parent, y, len(own), sd, g)
         else:
             levels[e.parent] = parent_given_child(parent, y, len(own), sd, g)

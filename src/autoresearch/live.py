@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 from .ledger import Experiment
 from .progress import Progress, last_progress
+from .states import Kind, Status
 
 PROGRESS_EVERY_S = 0.5
 
@@ -50,7 +51,7 @@ class PlainReporter:
         try:
             if kind == "note":
                 print(f"autoresearch: {data['message']}", file=self.stream, flush=True)
-            elif kind == "started" and data["exp"].kind == "baseline":
+            elif kind == "started" and data["exp"].kind == Kind.BASELINE:
                 print("autoresearch: measuring the baseline", file=self.stream, flush=True)
             elif kind == "finished":
                 e: Experiment = data["exp"]
@@ -164,7 +165,8 @@ class LiveReporter:
         table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
         for col in ("#", "status", self.metric, "description", "reason"):
             table.add_column(col)
-        colors = {"keep": "green", "discard": "white", "crash": "red", "timeout": "red", "violation": "magenta"}
+        colors = {Status.KEEP: "green", Status.DISCARD: "white", Status.CRASH: "red", Status.TIMEOUT: "red",
+                  Status.VIOLATION: "magenta"}
         for e in list(self.recent):
             value = self.figure.fmt(e.metric) if self.figure is not None else _fmt(e.metric)
             table.add_row(str(e.id), Text(e.status, style=colors.get(e.status, "yellow")), value,

@@ -11,18 +11,18 @@ evidence it was based on, stored with the experiment.
 - auto (the default): confirm where noise is measured (policy.calibration_runs >= 2),
   else greedy. Zero config (the original's three files, no toml) is greedy, as the original.
 
-Every policy discards a change that only touches a seed (`seed_only_change`): a new
+Every policy discards a change that only touches a seed (integrity.seed_only_change): a new
 draw of the noise is never an improvement, whatever the one run says.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol
 
 from .config import Config
+from .integrity import seed_only_change
 from .ledger import Experiment, Ledger
 from .stats import Scale
 
@@ -134,50 +134,3 @@ def _one_run_evidence(name: str, candidate: Experiment, incumbent: Experiment, g
         if scale.relative:
             ev["noise"] = Scale.NOTE
     return ev
-
-
-_NUMBER = re.compile(r"(?<![A-Za-z_])[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
-_SEED = re.compile(r"seed", re.IGNORECASE)
-
-
-def seed_only_change(patch: str) -> bool:
-    """True when a unified diff only changes a seed: every removed line is replaced by an added
-    line that mentions a seed and differs from it only in numbers (comments and spacing aside).
-
-    Such a change draws the noise again; it is never research. Pure additions or removals,
-    new or deleted files and binary changes are not seed-only (the policy judges them).
-    """
-    groups: list[tuple[list[str], list[str]]] = []
-    minus: list[str] = []
-    plus: list[str] = []
-    for line in patch.splitlines():
-        if line.startswith(("---", "+++")):
-            continue
-        if line.startswith(("new file", "deleted file", "Binary files", "rename ", "similarity ")):
-            return False
-        if line.startswith("-"):
-            if plus:
-                groups.append((minus, plus))
-                minus, plus = [], []
-            minus.append(line[1:])
-        elif line.startswith("+"):
-            plus.append(line[1:])
-        elif minus or plus:
-            groups.append((minus, plus))
-            minus, plus = [], []
-    if minus or plus:
-        groups.append((minus, plus))
-    if not groups:
-        return False
-    for old, new in groups:
-        if len(old) != len(new):
-            return False
-        for a, b in zip(old, new):
-            if not (_SEED.search(a) and _SEED.search(b)) or _shape(a) != _shape(b) or a.strip() == b.strip():
-                return False
-    return True
-
-
-def _shape(line: str) -> str:
-    code = line.split("#", 1)[0]
-    return " ".join(_NUMBER.sub("#", code).split())

@@ -12,8 +12,8 @@ tag, which takes back the luck that got the incumbent kept), with the noise sd p
 every commit of the tag measured more than once (stats.compare_to_level):
 - baseline: measured on `policy.calibration_runs` seeds (seed, seed+1, ...); their spread
   is the first noise estimate, recorded as an event and as the baseline's evidence.
-- seed-only: a patch whose every changed line only changes a number on a line that
-  mentions a seed is discarded at once (policy.seed_only_change).
+- seed-only: a patch that only changes a seed (every differing constant under a seed-like
+  name or call) is discarded at once (integrity.seed_only_change).
 - incumbent re-measure: one fresh run before judging when the noise rests on fewer than
   calibration_runs - 1 degrees of freedom, or when the incumbent's level is known less
   well than one run would tell (kept on thin evidence, its children not yet in).
@@ -61,8 +61,10 @@ from typing import Any, Optional
 
 from . import levels, pairing, stats
 from .config import Config
+from .integrity import seed_only_change
 from .ledger import Experiment, Ledger
-from .policy import Verdict, seed_only_change
+from .policy import Verdict
+from .states import OK, Kind, Status
 
 TEST = "pooled t (one-sided)"
 TEST_LEVEL = "t (one-sided) against the incumbent's estimated level (empirical Bayes)"
@@ -166,7 +168,7 @@ class Confirm:
         cand, inc = candidate.commit, incumbent.commit
         here = sorted((m for ms in by_commit.values() for m in ms if m["experiment_id"] == candidate.id
                        and m["commit"] in (cand, inc)), key=lambda m: m["id"])
-        bad = [m for m in here if m["commit"] == inc and not _usable(m) and m["status"] != "interrupted"]
+        bad = [m for m in here if m["commit"] == inc and not _usable(m) and m["status"] != Status.INTERRUPTED]
         if bad:
             return Verdict(False, f"the incumbent's side-by-side run (seed {bad[0]['seed']}) ended "
                                   f"`{bad[0]['status']}`: nothing to pair with, discarded",
@@ -236,7 +238,7 @@ class Confirm:
         decisions, calibration = [], []
         for e in ledger.experiments(tag):
             runs = sorted(by_exp.get(e.id or -1, []), key=lambda m: m["id"])
-            if e.kind == "baseline":
+            if e.kind == Kind.BASELINE:
                 calibration.append([m["metric"] for m in runs if m["commit"] == e.commit])
                 continue
             other = next((m["commit"] for m in runs if m["commit"] != e.commit), None)
@@ -283,7 +285,7 @@ class Confirm:
         """The load when the noise was calibrated (the baseline's runs) beside the load of `now`'s runs."""
         if not any(m.get("load") for m in now):
             return None  # no load on record (e.g. a simulated run): nothing to compare
-        base = next((e for e in ledger.experiments(candidate.tag) if e.kind == "baseline"), None)
+        base = next((e for e in ledger.experiments(candidate.tag) if e.kind == Kind.BASELINE), None)
         if base is None:
             return None
         calib = [m for m in ledger.measurements(tag=candidate.tag) if m["experiment_id"] == base.id]
@@ -396,7 +398,7 @@ PAIRED_TEST = "paired t (one-sided) against the incumbent re-run side by side"
 
 
 def _usable(m: dict[str, Any]) -> bool:
-    return m["status"] == "ok" and m["metric"] is not None and math.isfinite(m["metric"])
+    return m["status"] == OK and m["metric"] is not None and math.isfinite(m["metric"])
 
 
 def pooled_noise(ledger: Ledger, tag: str, scale: stats.Scale = stats.Scale()) -> tuple[Optional[float], int]:
@@ -415,7 +417,7 @@ def _runs_by_commit(ledger: Ledger, tag: str, scale: stats.Scale = stats.Scale()
     out: dict[str, list[dict[str, Any]]] = {}
     for m in ledger.measurements(tag=tag):
         v = m["metric"]
-        if scale.relative and m["status"] == "ok" and v is not None and math.isfinite(v):
+        if scale.relative and m["status"] == OK and v is not None and math.isfinite(v):
             m = dict(m, metric=scale.judged(v)) if v > 0 else dict(m, status="not_positive")
         out.setdefault(m["commit"], []).append(m)
     return out
@@ -425,11 +427,11 @@ def _runs(by_commit: dict[str, list[dict[str, Any]]], commit: Optional[str]) -> 
     """(usable runs, failed runs) of one commit; a seed measured twice counts once."""
     ok, failed, seen = [], [], set()
     for m in by_commit.get(commit or "", []):
-        good = m["status"] == "ok" and m["metric"] is not None and math.isfinite(m["metric"])
+        good = m["status"] == OK and m["metric"] is not None and math.isfinite(m["metric"])
         if good and m["seed"] not in seen:
             seen.add(m["seed"])
             ok.append(m)
-        elif not good and m["status"] != "interrupted":
+        elif not good and m["status"] != Status.INTERRUPTED:
             failed.append(m)
     return ok, failed
 

@@ -48,15 +48,17 @@ from typing import Any, Optional, Sequence
 
 from . import figures
 from .ledger import Experiment
+from .states import Kind, Status
 
-_STATUS_ORDER = ("keep", "discard", "crash", "timeout", "violation", "checks_failed", "interrupted", "running")
-_FAILURES = ("crash", "timeout", "violation", "checks_failed", "interrupted")
+_STATUS_ORDER = (Status.KEEP, Status.DISCARD, Status.CRASH, Status.TIMEOUT, Status.VIOLATION, Status.CHECKS_FAILED,
+                 Status.INTERRUPTED, Status.RUNNING)
+_FAILURES = (Status.CRASH, Status.TIMEOUT, Status.VIOLATION, Status.CHECKS_FAILED, Status.INTERRUPTED)
 _NO_METRIC_STYLE = {  # status: (marker, colour) in the lanes under the chart
-    "crash": ("x", "#e74c3c"),
-    "timeout": ("x", "#e67e22"),
-    "violation": ("X", "#8e44ad"),
-    "checks_failed": ("x", "#b7950b"),
-    "interrupted": ("x", "#95a5a6"),
+    Status.CRASH: ("x", "#e74c3c"),
+    Status.TIMEOUT: ("x", "#e67e22"),
+    Status.VIOLATION: ("X", "#8e44ad"),
+    Status.CHECKS_FAILED: ("x", "#b7950b"),
+    Status.INTERRUPTED: ("x", "#95a5a6"),
 }
 _MAX_LABELS = 40  # beyond this, label only the kept changes that moved the metric most
 _LABEL_CHARS = 45
@@ -77,10 +79,10 @@ def summary(rows: Sequence[Experiment], lower_is_better: bool = True,
         counts[e.status] = counts.get(e.status, 0) + 1
     counts = dict(sorted(counts.items(), key=lambda kv: _status_rank(kv[0])))
 
-    kept = [e for e in rows if e.status == "keep"]
+    kept = [e for e in rows if e.status == Status.KEEP]
     best = kept[-1] if kept else None
-    judged = [e for e in rows if e.kind != "baseline" and e.status not in ("running", "interrupted")]
-    kept_candidates = sum(1 for e in judged if e.status == "keep")
+    judged = [e for e in rows if e.kind != Kind.BASELINE and e.status not in (Status.RUNNING, Status.INTERRUPTED)]
+    kept_candidates = sum(1 for e in judged if e.status == Status.KEEP)
 
     base_metric, best_metric, improvement = fig.base_mean, fig.best_mean, fig.improvement
     pct = improvement / abs(base_metric) * 100 if improvement is not None and base_metric else None
@@ -103,7 +105,7 @@ def summary(rows: Sequence[Experiment], lower_is_better: bool = True,
         "tokens_in_total": sum(e.tokens_in or 0 for e in rows),
         "tokens_out_total": sum(e.tokens_out or 0 for e in rows),
         "unverified": sum(1 for e in rows if e.unverified),
-        "unverified_kept": sum(1 for e in rows if e.unverified and e.status == "keep" and e.kind != "baseline"),
+        "unverified_kept": sum(1 for e in rows if e.unverified and e.status == Status.KEEP and e.kind != Kind.BASELINE),
         "unverified_reasons": sorted({e.unverified for e in rows if e.unverified}),
     }
 
@@ -152,12 +154,12 @@ def progress_png(rows: Sequence[Experiment], path: str | os.PathLike, metric_nam
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
     if scored:
-        kept = [(x, e, m) for x, e, m in scored if e.status == "keep"]
+        kept = [(x, e, m) for x, e, m in scored if e.status == Status.KEEP]
         anchor = [m for _, _, m in kept] + ([s["baseline_metric"]] if s["baseline_metric"] is not None else [])
         lo, hi = _y_window([m for _, _, m in scored], anchor, lower_is_better)
         scale = max(abs(lo), abs(hi))  # number format from what is shown, not from an outlier
         inside = [(x, e, m) for x, e, m in scored if lo <= m <= hi]
-        discards = [(x, m) for x, e, m in inside if e.status == "discard"]
+        discards = [(x, m) for x, e, m in inside if e.status == Status.DISCARD]
         if discards:
             ax.scatter(*zip(*discards), c="#b4b4b4", s=16, alpha=0.7, zorder=2, label="discarded")
         if s["baseline_metric"] is not None:
@@ -193,7 +195,7 @@ def progress_png(rows: Sequence[Experiment], path: str | os.PathLike, metric_nam
         for lane, status in enumerate(lanes):
             xs = [x for x, e in unscored if e.status == status]
             marker, colour = _NO_METRIC_STYLE.get(status, ("x", "#7f8c8d"))
-            if status == "discard":  # discarded without a number (e.g. the agent changed nothing)
+            if status == Status.DISCARD:  # discarded without a number (e.g. the agent changed nothing)
                 marker, colour = "o", "#b4b4b4"
             strip.scatter(xs, [lane] * len(xs), marker=marker, c=colour, s=36, linewidths=1.6)
         strip.set_yticks(range(len(lanes)))
@@ -218,8 +220,8 @@ def chart_groups(rows: Sequence[Experiment]) -> tuple[list, list, list]:
     checks that failed) sits in its status's lane whatever number it printed, so a fast result
     that failed the tests reads "checks failed", not "off scale".
     """
-    done = [(_x(e, i), e) for i, e in enumerate(rows) if e.status != "running"]
-    judged = [(x, e) for x, e in done if _metric(e) is not None and e.status in ("keep", "discard")]
+    done = [(_x(e, i), e) for i, e in enumerate(rows) if e.status != Status.RUNNING]
+    judged = [(x, e) for x, e in done if _metric(e) is not None and e.status in (Status.KEEP, Status.DISCARD)]
     ids = {id(e) for _, e in judged}
     return done, [(x, e, _metric(e)) for x, e in judged], [(x, e) for x, e in done if id(e) not in ids]
 
@@ -279,7 +281,7 @@ def report_md(rows: Sequence[Experiment], path: str | os.PathLike, metric_name: 
     path = Path(path)
     figure = figure or figures.from_runs(rows, {}, None, 0, figures.Spec(metric_name, lower_is_better))
     s = summary(rows, lower_is_better, figure)
-    anchor = [m for e in rows if (m := _metric(e)) is not None and (e.status == "keep" or e.kind == "baseline")]
+    anchor = [m for e in rows if (m := _metric(e)) is not None and (e.status == Status.KEEP or e.kind == Kind.BASELINE)]
     scale = max(map(abs, anchor or [m for e in rows if (m := _metric(e)) is not None] or [1.0]))
     # One number format per report: the figure's (to a tenth of the measured noise), else by magnitude.
     f = figure.fmt if figure.fmt.decimals is not None else (lambda v: _fmt(v, scale))  # noqa: E731
@@ -323,7 +325,7 @@ def report_md(rows: Sequence[Experiment], path: str | os.PathLike, metric_name: 
 
 def _kept_table(rows: list[Experiment], metric_name: str, f: Any) -> list[str]:
     base = _baseline(rows)
-    table = [e for e in rows if e.status == "keep" or e is base]
+    table = [e for e in rows if e.status == Status.KEEP or e is base]
     if not table:
         return ["## Kept changes", "", "None yet.", ""]
     base_metric = _metric(base) if base else None
@@ -352,7 +354,7 @@ def _kept_table(rows: list[Experiment], metric_name: str, f: Any) -> list[str]:
 
 def _all_table(rows: list[Experiment], metric_name: str, f: Any) -> list[str]:
     """Every experiment with the reason for its verdict: why a result below the best was discarded."""
-    done = [e for e in rows if e.status != "running"]
+    done = [e for e in rows if e.status != Status.RUNNING]
     if not done:
         return []
     out = ["## All experiments", "", f"| # | commit | status | {metric_name} | reason | description |",
@@ -402,10 +404,10 @@ def _metric(e: Experiment) -> Optional[float]:
 
 def _baseline(rows: list[Experiment]) -> Optional[Experiment]:
     for e in rows:
-        if e.kind == "baseline" and _metric(e) is not None:
+        if e.kind == Kind.BASELINE and _metric(e) is not None:
             return e
     for e in rows:
-        if e.status == "keep" and _metric(e) is not None:
+        if e.status == Status.KEEP and _metric(e) is not None:
             return e
     return None
 

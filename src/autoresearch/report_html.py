@@ -32,11 +32,13 @@ from . import __version__
 from . import figures, standings
 from .ledger import Experiment
 from .report import progress_png, summary, unverified_note
+from .states import Kind, Status
 
 MAX_DIFF_LINES = 300
 MAX_EVENTS = 60
-STATUS_COLOURS = {"keep": "#1e8e3e", "discard": "#80868b", "crash": "#d93025", "timeout": "#e8710a",
-                  "violation": "#9334e6", "checks_failed": "#b08900", "interrupted": "#9aa0a6", "running": "#1a73e8"}
+STATUS_COLOURS = {Status.KEEP: "#1e8e3e", Status.DISCARD: "#80868b", Status.CRASH: "#d93025",
+                  Status.TIMEOUT: "#e8710a", Status.VIOLATION: "#9334e6", Status.CHECKS_FAILED: "#b08900",
+                  Status.INTERRUPTED: "#9aa0a6", Status.RUNNING: "#1a73e8"}
 _ORDER = list(STATUS_COLOURS)
 
 CSS = """
@@ -188,9 +190,9 @@ def _cards(rows: list[Experiment], s: dict[str, Any], name: str, f: Any, figure:
     ended = [e.ended_at or e.started_at for e in rows if e.started_at]
     elapsed = (max(ended) - min(started)) if started else 0.0
     c = s["counts"]
-    other = s["n"] - c.get("keep", 0) - c.get("discard", 0) - c.get("running", 0)
+    other = s["n"] - c.get(Status.KEEP, 0) - c.get(Status.DISCARD, 0) - c.get(Status.RUNNING, 0)
     counts = f"{c.get('keep', 0)} kept · {c.get('discard', 0)} discarded · {other} failed" + (
-        f" · {c['running']} running" if c.get("running") else "")
+        f" · {c['running']} running" if c.get(Status.RUNNING) else "")
     cards = [("Experiments", str(s["n"]), counts)]
     if s["keep_rate"] is not None:
         cards.append(("Kept", f"{s['kept']} / {s['judged']}", f"keep rate {s['keep_rate'] * 100:.0f}%"))
@@ -259,7 +261,7 @@ def _table(rows: list[Experiment], name: str, lower: bool, f: Any) -> str:
     incumbent: Optional[float] = None
     for e in rows:
         m = _metric(e)
-        delta = _signed(m - incumbent, f) if m is not None and incumbent is not None and e.kind != "baseline" else ""
+        delta = _signed(m - incumbent, f) if m is not None and incumbent is not None and e.kind != Kind.BASELINE else ""
         why = f"<div class=why>{_e(_short(e.reason))}</div>" if e.reason else ""
         colour = STATUS_COLOURS.get(e.status, "#5f6368")
         unverified = f"<div class=unverified>unverified: {_e(e.unverified)}</div>" if e.unverified else ""
@@ -270,15 +272,15 @@ def _table(rows: list[Experiment], name: str, lower: bool, f: Any) -> str:
                    f"<td class=num>{figures.duration(e.wall_s) if e.wall_s is not None else '–'}</td>"
                    f"<td class=num>{f'${e.cost_usd:.2f}' if e.cost_usd else ''}</td>"
                    f"<td>{_e(e.description)}{why}{unverified}</td></tr>")
-        if e.status == "keep" and m is not None:
+        if e.status == Status.KEEP and m is not None:
             incumbent = m
     out.append("</tbody></table>")
     return "".join(out)
 
 
 def _kept(rows: list[Experiment], name: str, f: Any) -> str:
-    base = next((e for e in rows if e.kind == "baseline" and _metric(e) is not None), None)
-    kept = [e for e in rows if e.status == "keep" and e.kind != "baseline"]
+    base = next((e for e in rows if e.kind == Kind.BASELINE and _metric(e) is not None), None)
+    kept = [e for e in rows if e.status == Status.KEEP and e.kind != Kind.BASELINE]
     if not kept:
         return "<p>No change was kept yet.</p>"
     lines = sum(len(e.patch.splitlines()) for e in kept)

@@ -34,6 +34,10 @@ in force); the judge's checks (digests, tripwire, fingerprints, the guard) still
 every row the session makes is marked unverified (`Sandbox.unverified`, kept in the row).
 `sandbox = "bwrap"` with bwrap unusable is a ConfigError naming `apt-get install bubblewrap`.
 
+A command agent's own paths are read from its command line here (`named_paths`: readable, its
+script; `state_folders`: writable, its memory between proposals): the agent's wrap binds them and
+every run's wrap hides the state folders, so the rule lives where both wraps are built.
+
 Not covered: a sandbox against the kernel or the GPU driver (bwrap is not a VM); runs on
 macOS or without user namespaces (fallback only); compile caches under a read-only HOME
 persisting across runs (each run gets a fresh /tmp).
@@ -44,6 +48,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -54,6 +59,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
 from .errors import ConfigError
+from .layout import HOME, Layout
 from .workspace import remove_tree, run_git
 
 INSTALL_HINT = "apt-get install bubblewrap"
@@ -62,6 +68,54 @@ DROP_CAPS = True  # tests switch this off for the control of the unmount attack
 HIDE_FROM_AGENTS = True  # tests switch this off for the control of an agent reading experiment.hidden
 HIDE_AGENT_STATE = True  # tests switch this off for the control of a run reading what the agent left in its state
 GPU_DEVICES = ("/dev/nvidia*", "/dev/nvidia-caps", "/dev/dri", "/dev/kfd")
+
+
+# -- the command agent's own paths: readable (its script) and writable (its state) -----------------------
+REFUSE_LINKS = True  # tests switch this off for the control of a link planted in the state folder
+
+
+def named_paths(command: str) -> list[Path]:
+    """Existing absolute paths among the words of a shell command (the agent's own script); none reached
+    through a link inside a state folder (the agent may have made it: see state_folders)."""
+    state = state_folders(command)
+    return [Path(w) for w in _words(command) if w.startswith("/") and os.path.exists(w)
+            and not (REFUSE_LINKS and _linked(Path(w)) and any(d in Path(os.path.normpath(w)).parents for d in state))]
+
+
+def state_folders(command: str) -> list[Path]:
+    """Where a command agent may keep its own state: each folder named in the command, or holding a
+    path named there, that lies inside /tmp or HOME (never /tmp or HOME itself, nor a system folder).
+    A path reached through a link is not one: the agent writes these folders, so it could have made the
+    link (a memory file replaced by a link to site-packages would have that bound writable next time)."""
+    home, tmp = Path(os.path.expanduser("~")).resolve(), Path("/tmp")
+    out: list[Path] = []
+    for word in _words(command):
+        if not word.startswith("/"):
+            continue
+        p = Path(os.path.normpath(word))
+        if REFUSE_LINKS and _linked(p):
+            continue
+        d = (p if p.is_dir() else p.parent).resolve()
+        if d.is_dir() and d not in (home, tmp) and (home in d.parents or tmp in d.parents) and d not in out:
+            out.append(d)
+    return out
+
+
+def _linked(p: Path) -> bool:
+    """True when `p` or a folder on its way below HOME or /tmp is a symbolic link."""
+    home = Path(os.path.expanduser("~")).resolve()
+    p = Path(os.path.normpath(p))
+    for q in [p, *p.parents]:
+        if q.is_symlink() and (Path("/tmp") in q.parents or home in q.parents):
+            return True
+    return False
+
+
+def _words(command: str) -> list[str]:
+    try:
+        return shlex.split(command)
+    except ValueError:
+        return command.split()
 
 
 @lru_cache(maxsize=1)
@@ -203,8 +257,6 @@ class Sandbox:
             box = cls("bwrap", "", cfg.root, git_dir, cfg.experiment.network)
         box.hidden = list(cfg.experiment.hidden)
         if cfg.agent.command.strip():
-            from .agents.command import state_folders
-
             box.agent_state = state_folders(cfg.agent.command)
         return box
 
@@ -284,7 +336,7 @@ class Sandbox:
             for p in dict.fromkeys(r.resolve() for r in back if r.exists()):
                 if any(d == p or d in p.parents for d in self.agent_state):
                     a += ["--ro-bind", str(p), str(p)]
-        a += ["--tmpfs", str(self.root / ".autoresearch")]
+        a += ["--tmpfs", str(Layout(self.root).home)]
         if self.git_dir is not None:
             a += ["--tmpfs", str(self.git_dir)]
         bind = "--ro-bind" if evaluation else "--bind"
@@ -353,7 +405,7 @@ class Sandbox:
         # a .venv in the project, an agent script in the checkout: bound back alone, read-only
         for p in dict.fromkeys([Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(),
                                 *(Path(r).resolve() for r in readable)]):
-            if p.exists() and any(h in p.parents for h in hidden) and not {".autoresearch", ".git"} & set(p.parts):
+            if p.exists() and any(h in p.parents for h in hidden) and not {HOME, ".git"} & set(p.parts):
                 a += ["--ro-bind", str(p), str(p)]
         for f in home_files:
             if f.exists():

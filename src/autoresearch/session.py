@@ -52,6 +52,7 @@ from .config import Config
 from .control import Control
 from .errors import BusyError
 from .integrity import Tripwire
+from .layout import Layout
 from .ledger import Experiment, Ledger, write_tsv
 from .procs import kill_marked_prefix
 from .sandbox import Sandbox
@@ -63,7 +64,7 @@ Reporter = Callable[..., None]  # reporter(kind, **data); see live.py
 
 class TagLock:
     def __init__(self, root: Path, tag: str):
-        self.path = root / ".autoresearch" / "locks" / f"{tag}.lock"
+        self.path = Layout(root).lock(tag)
         self.tag = tag
         self._fd: Optional[int] = None
 

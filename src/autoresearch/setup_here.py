@@ -34,6 +34,8 @@ from typing import Callable, Optional
 from .config import CONFIG_NAME, describe_patterns, load, matching_files, unmatched_hint
 from .errors import AutoresearchError, ConfigError
 from .globs import matches
+from .layout import Layout
+from .states import OK
 from .workspace import Git, Workspace, find_root
 
 Ask = Callable[[str, str], str]  # (question, default) -> answer
@@ -109,7 +111,7 @@ def init_here(root: Path, answers: Answers, ask: Optional[Ask] = None, say: Call
         for rel in written:
             (root / rel).unlink(missing_ok=True)
         raise
-    full = [ws._full(rel) for rel in written]
+    full = [ws.repo_path(rel) for rel in written]
     git("add", "--", *full)
     git("commit", "-q", "-m", f"autoresearch: init --here ({', '.join(written)})", "--", *full)
     return Done(written, git("rev-parse", "HEAD"), value, wall)
@@ -273,7 +275,7 @@ def _validate(ws: Workspace, head: str, a: Answers, toml: str, program: str,
 
     ws.ignore_outputs()
     wt = ws.worktree("validate", at=head)
-    logs = ws.root / ".autoresearch" / "logs" / TAG
+    logs = Layout(ws.root).logs(TAG)
     try:
         (wt / CONFIG_NAME).write_text(toml, encoding="utf-8")
         if not (wt / "program.md").exists():
@@ -283,7 +285,7 @@ def _validate(ws: Workspace, head: str, a: Answers, toml: str, program: str,
         marker = marker_prefix(ws.root, TAG)
         m = judge(cfg, ws, wt, seed=cfg.experiment.seed, log_path=logs / "run.log", marker=f"{marker}run",
                   protected_digests=ws.digests(wt, cfg.experiment.protected), restore_from=head)
-        if m.status != "ok":
+        if m.status != OK:
             seen = _printed_metrics(m.log_tail)
             hint = (f" (it printed {', '.join(seen[:6])}: is one of these the metric?)" if seen and m.metric is None
                     else "")

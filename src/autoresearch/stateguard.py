@@ -27,9 +27,13 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
+from .config import CONFIG_NAME
+from .globs import matches
 from .integrity import Tripwire
+from .layout import Layout
 from .ledger import Ledger
 from .sandbox import resolve_paths
+from .workspace import tracked_or_present
 
 WATCH_GIT_DIR = True  # tests switch this off for the control of the attacks it catches
 GIT_DIR_FILES = ("config", "config.worktree", "info/attributes")  # and everything under hooks/
@@ -73,7 +77,7 @@ class StateGuard:
 
     def _watched(self) -> list[Path]:
         env = dict(os.environ) | self.cfg.experiment.env
-        secret = self.cfg.root / ".autoresearch" / "eval_secret"
+        secret = Layout(self.cfg.root).eval_secret
         return resolve_paths(self.cfg.experiment.hidden, self.cfg.root, env) + ([secret] if secret.exists() else [])
 
     def check(self) -> list[str]:
@@ -138,9 +142,6 @@ class StateGuard:
 
     # -- the user's checkout
     def _checkout_files(self) -> dict[str, Optional[bytes]]:
-        from .config import CONFIG_NAME, tracked_or_present
-        from .globs import matches
-
         out = {}
         for rel in tracked_or_present(self.cfg.root):
             if rel == CONFIG_NAME or matches(rel, self.cfg.experiment.protected):

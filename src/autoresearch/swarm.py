@@ -61,15 +61,16 @@ from typing import TYPE_CHECKING, Any, Optional
 from . import clean
 from . import policy as policies
 from .errors import AutoresearchError, ConfigError
+from .layout import Layout
 from .proposal import PROGRAM
 from .session import hardware
+from .states import Kind, Status
 from .workspace import GitError, NothingChanged, RebaseConflict, run_git
 
 if TYPE_CHECKING:
     from .ledger import Experiment
     from .session import RunSession
 
-SETTINGS = Path(".autoresearch") / "swarm.toml"
 NS = "refs/autoresearch-swarm"  # on the hub: <name>/log, <name>/best/<class>
 SEEN = "refs/autoresearch-swarm-seen"  # the local mirror of the hub's swarm refs
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
@@ -129,7 +130,7 @@ def init(root: Path, hub: str, name: str = "", sync_s: float = 60.0, hardware: s
     if name in taken and not rejoin:
         raise ConfigError(f"{name} already publishes on the hub {hub}: choose another --name, or pass --rejoin if "
                           f"this checkout continues {name}'s run")
-    path = Path(root) / SETTINGS
+    path = Layout(root).swarm_settings
     path.parent.mkdir(parents=True, exist_ok=True)
     s = Settings(hub, name, sync_s, hardware)
     path.write_text(f"hub = {json.dumps(hub)}\nname = {json.dumps(name)}\nsync_s = {sync_s:g}\n"
@@ -139,7 +140,7 @@ def init(root: Path, hub: str, name: str = "", sync_s: float = 60.0, hardware: s
 
 def load(root: Path) -> Optional[Settings]:
     """The participant's settings, or None when this project is not in a swarm."""
-    path = Path(root) / SETTINGS
+    path = Layout(root).swarm_settings
     if not path.exists():
         return None
     try:
@@ -212,7 +213,7 @@ class Swarm:
 
     # -- the task ------------------------------------------------------------------------
     def start(self) -> Optional[str]:
-        base = next((e for e in self.ledger.experiments(self.tag) if e.kind == "baseline" and e.commit), None)
+        base = next((e for e in self.ledger.experiments(self.tag) if e.kind == Kind.BASELINE and e.commit), None)
         return base.commit if base else None
 
     def task(self) -> Optional[dict[str, Any]]:
@@ -257,7 +258,7 @@ class Swarm:
                 tip = self.append(tip, "task.json", task)
             n = 0
             for e in self.ledger.experiments(self.tag):
-                if e.status != "running" and e.id is not None and f"r-{e.id:06d}.json" not in have:
+                if e.status != Status.RUNNING and e.id is not None and f"r-{e.id:06d}.json" not in have:
                     tip, n = self.append(tip, f"r-{e.id:06d}.json", self.record(e)), n + 1
             inc = self.ledger.incumbent(self.tag)
             best = inc.commit if inc is not None else None
@@ -379,7 +380,7 @@ class Swarm:
         inc, start = self.ledger.incumbent(self.tag), self.start()
         if not commit or inc is None or inc.metric is None or start is None:
             return
-        claim = next((r for r in reversed(peer.records) if r["commit"] == commit and r["status"] == "keep"), None)
+        claim = next((r for r in reversed(peer.records) if r["commit"] == commit and r["status"] == Status.KEEP), None)
         if claim is None:
             return self.refuse(peer.name, commit, f"{peer.name}'s best {commit[:7]} has no kept record claiming it")
         if class_ref(claim["hardware"]) != class_ref(self.hardware) or \
@@ -466,7 +467,7 @@ class Swarm:
         if inc is None or start is None:
             return None
         desc = f"{'adopt' if kind == 'adopt' else 'merge'} {item['origin']}: {item['description']}"
-        exp = loop.new_experiment(inc.commit, desc, kind="candidate")
+        exp = loop.new_experiment(inc.commit, desc, kind=Kind.CANDIDATE)
         exp.agent = "swarm"
         message = f"{desc}\n\nautoresearch: {kind} of {item['origin']} ({item['commit'][:7]}) on {self.tag}"
         try:
@@ -493,8 +494,8 @@ class Swarm:
     def recorded(self, exp: "Experiment") -> None:
         """After a row is final: a re-measured claim updates the peer's reputation; then publish (best effort)."""
         sw = (exp.evidence or {}).get("swarm")
-        if isinstance(sw, dict) and sw.get("kind") == "adopt" and exp.status != "interrupted":
-            held = exp.status == "keep"
+        if isinstance(sw, dict) and sw.get("kind") == "adopt" and exp.status != Status.INTERRUPTED:
+            held = exp.status == Status.KEEP
             reason = (f"{exp.evidence['origin']} claimed {sw['claim']:g}; re-measured here as #{exp.id}: "
                       f"{exp.metric if exp.metric is not None else exp.status} ({exp.status}: {exp.reason})")
             self.ledger.swarm_note(self.tag, sw["peer"], "held" if held else "refuted", reason, commit=sw["commit"],
@@ -515,9 +516,9 @@ class Swarm:
                        (f", {r['metric']:g}" if isinstance(r.get("metric"), (int, float)) else "") + ")"
                 if class_ref(r["hardware"]) != class_ref(self.hardware):
                     other.append(line + f" [class {r['hardware']}: a hint, not comparable]")
-                elif r["status"] == "keep" and r["kind"] != "baseline":
+                elif r["status"] == Status.KEEP and r["kind"] != Kind.BASELINE:
                     kept.append(line)
-                elif r["status"] != "keep":
+                elif r["status"] != Status.KEEP:
                     failed.append(line)
         if not (kept or failed or other):
             return ""
@@ -583,7 +584,7 @@ def status(root: Path, tag: str, ledger: Any) -> dict[str, Any]:
         for ref, sha in refs.items():
             if ref.startswith(f"{name}/best/"):
                 klass = ref.split("/best/", 1)[1]
-                claim = next((x for x in reversed(records) if x["commit"] == sha and x["status"] == "keep"), None)
+                claim = next((x for x in reversed(records) if x["commit"] == sha and x["status"] == Status.KEEP), None)
                 b = {"commit": sha, "metric": claim and claim.get("metric"), "at": claim and claim.get("at"),
                      "id": claim and claim["id"]}
                 entry["bests"][klass] = b
@@ -594,7 +595,7 @@ def status(root: Path, tag: str, ledger: Any) -> dict[str, Any]:
                     # claims as published; `verified`: measured here (or our own)
                     frontier.setdefault(klass, []).append({"participant": name, "verified": held, **b})
         for x in records:
-            if x.get("origin") and x["status"] == "keep":
+            if x.get("origin") and x["status"] == Status.KEEP:
                 spread.setdefault(x["origin"], []).append({"adopted_by": name, "id": x["id"], "at": x.get("at")})
         mine = [n for n in notes if n["peer"] == name]
         entry["reputation"] = {k: sum(1 for n in mine if n["status"] == k)

@@ -44,12 +44,14 @@ from typing import Any, Optional
 
 from .config import Config
 from .errors import ConfigError
+from .layout import Layout
 from .ledger import Experiment, Ledger
 from .policy import resolve
+from .states import Status
 
 RETRY_AFTER_S = 60.0
 BACKLOG_PER_CALL = 25
-_RUN_STATUS = {"keep": "FINISHED", "discard": "FINISHED", "interrupted": "KILLED"}  # the rest: FAILED
+_RUN_STATUS = {Status.KEEP: "FINISHED", Status.DISCARD: "FINISHED", Status.INTERRUPTED: "KILLED"}  # the rest: FAILED
 
 
 class NoTracker:
@@ -112,7 +114,7 @@ class MlflowTracker:
 
     def _sync(self, exp: Experiment) -> int:
         client, experiment_id = self._connect()
-        done = [e for e in self.ledger.experiments(self.tag) if e.status != "running" and e.id not in self._logged]
+        done = [e for e in self.ledger.experiments(self.tag) if e.status != Status.RUNNING and e.id not in self._logged]
         current = [e for e in done if e.id == exp.id]
         backlog = [e for e in done if e.id != exp.id][:BACKLOG_PER_CALL]
         for e in current + backlog:
@@ -148,7 +150,7 @@ class MlflowTracker:
             return self.cfg.tracking.artifact_location
         if self.uri.split(":", 1)[0] in ("http", "https", "databricks"):
             return None  # the server decides
-        return (self.cfg.root / ".autoresearch" / "mlflow-artifacts").resolve().as_uri()
+        return Layout(self.cfg.root).mlflow_artifacts.resolve().as_uri()
 
     def _already_logged(self, client: Any, experiment_id: str) -> set[int]:
         ids: set[int] = set()

@@ -33,8 +33,10 @@ from typing import Any, Optional
 from . import figures
 from .control import paused_since
 from .errors import AutoresearchError
+from .layout import Layout
 from .ledger import Experiment, Ledger
 from .progress import last_progress
+from .states import Status
 
 RECENT = 8
 NOTES = 4
@@ -57,11 +59,11 @@ class Snapshot:
 
     @property
     def running(self) -> list[Experiment]:
-        return [e for e in self.rows if e.status == "running"]
+        return [e for e in self.rows if e.status == Status.RUNNING]
 
     @property
     def best(self) -> Optional[Experiment]:
-        kept = [e for e in self.rows if e.status == "keep"]
+        kept = [e for e in self.rows if e.status == Status.KEEP]
         return kept[-1] if kept else None
 
     @property
@@ -81,7 +83,7 @@ class Snapshot:
 
 
 def snapshot(root: Path, tag: Optional[str] = None) -> Snapshot:
-    path = Path(root) / ".autoresearch" / "ledger.db"
+    path = Layout(root).ledger
     if not path.exists():
         raise AutoresearchError(f"no runs yet in {root}: start one with `autoresearch run`")
     ledger = Ledger(path)
@@ -95,7 +97,7 @@ def snapshot(root: Path, tag: Optional[str] = None) -> Snapshot:
         session = sessions[-1] if sessions else None
         cfg = (session or {}).get("config") or {}
         rows = ledger.experiments(tag)
-        running = [e for e in rows if e.status == "running"]
+        running = [e for e in rows if e.status == Status.RUNNING]
         return Snapshot(tag=tag, metric=cfg.get("metric", {}).get("name", "metric"),
                         lower=cfg.get("metric", {}).get("direction", "min") == "min",
                         budget_s=float(cfg.get("experiment", {}).get("budget_s") or 0),
@@ -110,7 +112,7 @@ def snapshot(root: Path, tag: Optional[str] = None) -> Snapshot:
 def activity(root: Path, tag: str, exp_id: int, now: Optional[float] = None) -> str:
     """What experiment `exp_id` is doing, from the log written last among its logs (the run's, a rerun's,
     the evaluation's `.eval.log`, the checks' `.checks*.log`): '' when nothing is known yet."""
-    folder = root / ".autoresearch" / "logs" / tag
+    folder = Layout(root).logs(tag)
     try:
         logs = sorted(((p.stat().st_mtime, p) for p in folder.glob(f"{exp_id:05d}*.log")), key=lambda t: t[0])
     except OSError:
@@ -187,7 +189,7 @@ def improvement_line(s: Snapshot) -> str:
 
 
 def row_line(e: Experiment, metric: str) -> str:
-    extra = f"  [{e.reason[:80]}]" if e.status != "running" and e.reason else ""  # why, for every verdict
+    extra = f"  [{e.reason[:80]}]" if e.status != Status.RUNNING and e.reason else ""  # why, for every verdict
     return f"#{e.id:<4} {e.status:<13} {metric}={_fmt(e.metric)}  {e.description[:70]}{extra}"
 
 
@@ -207,8 +209,8 @@ def render_rich(s: Snapshot):
     from rich.table import Table
     from rich.text import Text
 
-    colours = {"keep": "green", "discard": "white", "crash": "red", "timeout": "red", "violation": "magenta",
-               "running": "cyan", "interrupted": "dim"}
+    colours = {Status.KEEP: "green", Status.DISCARD: "white", Status.CRASH: "red", Status.TIMEOUT: "red",
+               Status.VIOLATION: "magenta", Status.RUNNING: "cyan", Status.INTERRUPTED: "dim"}
     parts: list[Any] = [Text(header(s), style="bold"), Text(improvement_line(s), style="green"),
                         Text(state_line(s), style="yellow" if s.pause_state else "")]
     if s.running and not s.pause_state and s.budget_s:
@@ -252,16 +254,16 @@ def watch(root: Path, tag: Optional[str] = None, *, plain: Optional[bool] = None
 
 def _follow_plain(root: Path, s: Snapshot, interval: float, stream) -> int:
     print(header(s), file=stream, flush=True)
-    printed = {e.id for e in s.rows if e.status != "running"}
+    printed = {e.id for e in s.rows if e.status != Status.RUNNING}
     started = {e.id for e in s.rows}
     seen_events = {ev["id"] for ev in s.events}
     state = ""
     while True:
         for e in s.rows:
-            if e.status == "running" and e.id not in started:
+            if e.status == Status.RUNNING and e.id not in started:
                 print(f"#{e.id:<4} running       {e.description[:70]}", file=stream, flush=True)
             started.add(e.id)
-            if e.status != "running" and e.id not in printed:
+            if e.status != Status.RUNNING and e.id not in printed:
                 print(row_line(e, s.metric), file=stream, flush=True)
                 printed.add(e.id)
         for ev in s.events:

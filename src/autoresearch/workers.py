@@ -13,12 +13,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from .states import Status
+
 
 def worker_stats(ledger, tag: str) -> list[dict[str, Any]]:
     """Per worker over the latest session: runs, busy seconds, utilisation, runs per hour, what runs now."""
     rows, sessions = ledger.experiments(tag), ledger.sessions(tag)
     t0 = sessions[-1]["started_at"] if sessions else min((e.started_at for e in rows), default=time.time())
-    live = any(e.status == "running" for e in rows)
+    live = any(e.status == Status.RUNNING for e in rows)
     t1 = time.time() if live or not sessions or not sessions[-1]["ended_at"] else sessions[-1]["ended_at"]
     out: dict[str, dict[str, Any]] = {}
 
@@ -29,14 +31,14 @@ def worker_stats(ledger, tag: str) -> list[dict[str, Any]]:
 
     for e in rows:
         runs = e.evidence.get("measurements") if isinstance(e.evidence, dict) else None
-        if not isinstance(runs, list) and e.wall_s is not None and e.status != "running":
+        if not isinstance(runs, list) and e.wall_s is not None and e.status != Status.RUNNING:
             runs = [{"worker": e.worker or "local", "hardware": e.hardware, "wall_s": e.wall_s, "end": e.ended_at}]
         for r in runs if isinstance(runs, list) else []:
             if (r.get("end") or 0) >= t0:
                 s = entry(r.get("worker") or "local", r.get("hardware", ""))
                 s["runs"] += 1
                 s["busy_s"] += r.get("wall_s") or 0.0
-        if e.status == "running" and e.worker:
+        if e.status == Status.RUNNING and e.worker:
             entry(e.worker, e.hardware)["now"].append(f"#{e.id} {e.description[:60]}")
     span = max(t1 - t0, 1e-9)
     for s in out.values():

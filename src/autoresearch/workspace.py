@@ -49,12 +49,43 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from .errors import WorkspaceError
+from .globs import matches
+from .layout import HOME, Layout
 
-HARNESS_OUTPUTS = (".autoresearch/", "results.tsv", "progress.png", "report.md", "report.html",
+HARNESS_OUTPUTS = (f"{HOME}/", "results.tsv", "progress.png", "report.md", "report.html",
                    # temp files of an atomic write interrupted by SIGKILL
                    ".results.tsv.*.tmp", ".progress.png.*.tmp", ".report.md.*.tmp", ".report.html.*.tmp")
 CLEAN = ("-ffdxq",)  # ignored files (a saved model, a cache) and nested repositories go too
 STEERING_FILES = ("program.md", "ideas.md")  # read live from the checkout; may be edited mid-run
+
+
+WALK_MAX_DEPTH = 64  # folders below the project: a run can nest thousands (free), paths outgrow PATH_MAX
+
+
+def tracked_or_present(root: Path) -> list[str]:
+    """Project files as relative posix paths (skipping .git and the harness's own folder), never
+    through a link to a folder, at most WALK_MAX_DEPTH folders down. Walked with a stack: a run can
+    nest folders thousands deep, and os.walk (recursive on 3.11) raised RecursionError."""
+    out = []
+    stack = [(Path(root), 0)]
+    while stack:
+        here, depth = stack.pop()
+        try:
+            entries = list(os.scandir(here))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                is_dir, is_link = entry.is_dir(), entry.is_symlink()
+            except OSError:
+                continue
+            if is_dir:  # a link to a folder is neither walked nor a file (as os.walk had it)
+                if not is_link and depth < WALK_MAX_DEPTH and entry.name not in (".git", HOME, "__pycache__", ".venv",
+                                                                 "node_modules"):
+                    stack.append((Path(entry.path), depth + 1))
+            else:
+                out.append(Path(entry.path).relative_to(root).as_posix())
+    return sorted(out)
 
 
 class GitError(WorkspaceError):
@@ -246,8 +277,9 @@ class Workspace:
         self.git = Git(self.top)
         self.branch = f"autoresearch/{tag}"
         self.ref = f"refs/heads/{self.branch}"
-        self.home = self.root / ".autoresearch"
-        self.trees = self.home / "worktrees" / tag
+        self.layout = Layout(self.root)
+        self.home = self.layout.home
+        self.trees = self.layout.worktrees(tag)
         self.refs_lock = threading.RLock()
         self._known: Optional[dict[str, str]] = None  # the tag's refs as the harness set them: see watch()
         self._found: list[str] = []  # refs its own moves found moved by someone else, not yet reported
@@ -288,7 +320,7 @@ class Workspace:
 
     def dirty_tracked(self) -> list[str]:
         out = self.git("status", "--porcelain", "--untracked-files=no", strip=False)
-        return [self._rel(line[3:]) for line in out.splitlines() if line.strip()]
+        return [self.project_path(line[3:]) for line in out.splitlines() if line.strip()]
 
     def worktree(self, name: str, at: Optional[str] = None) -> Path:
         """A detached worktree of this tag, clean and at `at` (default: tip); returns the project folder in it."""
@@ -340,12 +372,11 @@ class Workspace:
         """The worktree's top folder for a project folder inside it."""
         return wt.parents[len(Path(self.prefix).parts) - 1] if self.prefix else wt
 
-    _top_of = top_of
-
-    def _full(self, path: str) -> str:
+    def repo_path(self, path: str) -> str:
+        """Project path -> repository path (the project may be a subfolder of the repository)."""
         return f"{self.prefix}/{path}" if self.prefix else path
 
-    def _rel(self, path: str) -> str:
+    def project_path(self, path: str) -> str:
         """Repository path -> project path ('../x' style for paths outside the project)."""
         if not self.prefix:
             return path
@@ -365,7 +396,7 @@ class Workspace:
 
     def changed_paths(self, wt: Path) -> list[str]:
         """Tracked files modified or deleted, and untracked files not ignored, in `wt` (project paths)."""
-        out = Git(self._top_of(wt))("status", "--porcelain", "--untracked-files=all", "-z", strip=False)
+        out = Git(self.top_of(wt))("status", "--porcelain", "--untracked-files=all", "-z", strip=False)
         paths = []
         entries = out.split("\0")
         i = 0
@@ -380,7 +411,7 @@ class Workspace:
                 i += 1  # the rename's source follows
                 paths.append(entries[i])
             i += 1
-        return sorted({self._rel(p) for p in paths})
+        return sorted({self.project_path(p) for p in paths})
 
     def diff(self, a: Optional[str], b: str) -> str:
         if not a:
@@ -388,14 +419,14 @@ class Workspace:
         return self.git("diff", a, b, "--", self.prefix or ".")
 
     def file_at(self, sha: str, path: str) -> Optional[str]:
-        r = run_git(["cat-file", "blob", f"{sha}:{self._full(path)}"], self.top, capture_output=True, text=True)
+        r = run_git(["cat-file", "blob", f"{sha}:{self.repo_path(path)}"], self.top, capture_output=True, text=True)
         return r.stdout if r.returncode == 0 else None
 
     # -- writing --------------------------------------------------------------------
     def commit(self, wt: Path, paths: list[str], message: str, parent: str) -> str:
         """Commit `paths` of `wt` on top of `parent` (the worktree's HEAD moves; no branch does)."""
-        g = Git(self._top_of(wt))
-        g("add", "-A", "--", *[self._full(p) for p in paths])
+        g = Git(self.top_of(wt))
+        g("add", "-A", "--", *[self.repo_path(p) for p in paths])
         tree = g("write-tree")
         if tree == g("rev-parse", f"{parent}^{{tree}}"):
             raise NothingChanged("the change is empty once committed")
@@ -420,7 +451,7 @@ class Workspace:
             modes = self.modes(base, list(changes))
             info, removed = [], []
             for rel, change in sorted(changes.items()):
-                full = self._full(rel)
+                full = self.repo_path(rel)
                 if change is None:
                     removed.append(full)
                     continue
@@ -443,12 +474,12 @@ class Workspace:
         """Project path -> git mode at `sha`, for those of `paths` that exist there."""
         if not paths:
             return {}
-        out = self.git_bytes("ls-tree", "-z", "--full-tree", sha, "--", *[self._full(p) for p in paths])
+        out = self.git_bytes("ls-tree", "-z", "--full-tree", sha, "--", *[self.repo_path(p) for p in paths])
         found = {}
         for entry in out.split(b"\0"):
             if entry:
                 meta, _, name = entry.partition(b"\t")
-                found[self._rel(name.decode("utf-8", "surrogateescape"))] = meta.split()[0].decode()
+                found[self.project_path(name.decode("utf-8", "surrogateescape"))] = meta.split()[0].decode()
         return found
 
     def tree_entries(self, sha: str) -> list[tuple[str, str, str]]:
@@ -459,14 +490,14 @@ class Workspace:
             if entry:
                 meta, _, name = entry.partition(b"\t")
                 mode, _, oid = meta.decode().split()
-                out.append((mode, oid, self._rel(name.decode("utf-8", "surrogateescape"))))
+                out.append((mode, oid, self.project_path(name.decode("utf-8", "surrogateescape"))))
         return out
 
     def changed_between(self, a: str, b: str) -> list[str]:
         """Project paths whose content or mode differs between commits `a` and `b`."""
         out = self.git_bytes("diff-tree", "-r", "-z", "--no-renames", "--name-only", a, b,
                              *(["--", self.prefix] if self.prefix else []))
-        return [self._rel(p.decode("utf-8", "surrogateescape")) for p in out.split(b"\0") if p]
+        return [self.project_path(p.decode("utf-8", "surrogateescape")) for p in out.split(b"\0") if p]
 
     def blobs(self, oids: list[str]) -> dict[str, bytes]:
         """The content of each blob in `oids` (one `cat-file --batch`)."""
@@ -582,9 +613,9 @@ class Workspace:
         """The change `commit` made to its parent, cherry-picked onto `onto` as a new commit (in worktree
         "rebase"); raises RebaseConflict naming the files, or NothingChanged if `onto` already has it."""
         wt = self.worktree("rebase", at=onto)
-        g = Git(self._top_of(wt))
+        g = Git(self.top_of(wt))
         if not g.ok("cherry-pick", "--no-commit", commit):
-            files = [self._rel(p) for p in g("diff", "--name-only", "--diff-filter=U", check=False).splitlines()]
+            files = [self.project_path(p) for p in g("diff", "--name-only", "--diff-filter=U", check=False).splitlines()]
             self.reset(wt, onto)  # also clears the cherry-pick state
             raise RebaseConflict(files or ["?"])
         return self.commit(wt, self.changed_paths(wt), message, onto)
@@ -605,7 +636,7 @@ class Workspace:
 
     def reset(self, wt: Path, sha: str) -> None:
         """Make worktree `wt` exactly `sha` (detached): our own scratch space, not a branch."""
-        self._reset_top(self._top_of(wt), sha)
+        self._reset_top(self.top_of(wt), sha)
 
     def _reset_top(self, top: Path, sha: str) -> None:
         g = Git(top)
@@ -614,18 +645,15 @@ class Workspace:
 
     def restore(self, wt: Path, paths: Iterable[str], sha: str) -> None:
         """Put `paths` back as they are in `sha` (deleting those that do not exist there)."""
-        g = Git(self._top_of(wt))
+        g = Git(self.top_of(wt))
         for p in paths:
-            if g.ok("cat-file", "-e", f"{sha}:{self._full(p)}"):
-                g("checkout", sha, "--", self._full(p))
+            if g.ok("cat-file", "-e", f"{sha}:{self.repo_path(p)}"):
+                g("checkout", sha, "--", self.repo_path(p))
             else:
                 (wt / p).unlink(missing_ok=True)
 
     def digests(self, wt: Path, globs: list[str]) -> dict[str, str]:
         """sha256 of every file under `wt` matching `globs` (the protected set)."""
-        from .config import tracked_or_present
-        from .globs import matches
-
         out = {}
         for rel in tracked_or_present(wt):
             if matches(rel, globs):

@@ -38,7 +38,6 @@ become the description, the rationale and a notebook entry.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import re
@@ -50,6 +49,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import AgentError
+from ..globs import matches
+from ..layout import Layout
 from ..procs import run_tree
 from ..session import marker_prefix
 from . import notebook
@@ -126,7 +127,7 @@ class CLIAgent:
     def propose(self, ctx: Context, workdir: Path) -> Proposal:
         a = self.cfg.agent
         prompt = ctx.render() + "\n" + INSTRUCTIONS
-        logs = self.cfg.root / ".autoresearch" / "logs" / ctx.tag
+        logs = Layout(self.cfg.root).logs(ctx.tag)
         logs.mkdir(parents=True, exist_ok=True)
         log = logs / f"agent-{len(ctx.history):05d}.log"
         log.unlink(missing_ok=True)
@@ -192,7 +193,7 @@ class CLIAgent:
             d = stack.pop()
             for entry in os.scandir(d):
                 rel = Path(entry.path).relative_to(workdir).as_posix()
-                if any(fnmatch.fnmatchcase(entry.name, g) for g in self.scratch) and \
+                if matches(rel, [f"**/{g}" for g in self.scratch]) and \
                         not any(t == rel or t.startswith(rel + "/") for t in tracked):
                     if entry.is_dir(follow_symlinks=False):
                         shutil.rmtree(entry.path, ignore_errors=True)

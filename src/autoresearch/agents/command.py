@@ -21,61 +21,15 @@ the repository stays hidden even inside them.
 from __future__ import annotations
 
 import os
-import shlex
 import tempfile
 from pathlib import Path
 
+from ..layout import Layout
 from ..procs import run_tree
+from ..sandbox import named_paths, state_folders
 from ..session import marker_prefix
 from .base import Proposal
 from .context import Context
-
-
-REFUSE_LINKS = True  # tests switch this off for the control of a link planted in the state folder
-
-
-def named_paths(command: str) -> list[Path]:
-    """Existing absolute paths among the words of a shell command (the agent's own script); none reached
-    through a link inside a state folder (the agent may have made it: see state_folders)."""
-    state = state_folders(command)
-    return [Path(w) for w in _words(command) if w.startswith("/") and os.path.exists(w)
-            and not (REFUSE_LINKS and _linked(Path(w)) and any(d in Path(os.path.normpath(w)).parents for d in state))]
-
-
-def state_folders(command: str) -> list[Path]:
-    """Where a command agent may keep its own state: each folder named in the command, or holding a
-    path named there, that lies inside /tmp or HOME (never /tmp or HOME itself, nor a system folder).
-    A path reached through a link is not one: the agent writes these folders, so it could have made the
-    link (a memory file replaced by a link to site-packages would have that bound writable next time)."""
-    home, tmp = Path(os.path.expanduser("~")).resolve(), Path("/tmp")
-    out: list[Path] = []
-    for word in _words(command):
-        if not word.startswith("/"):
-            continue
-        p = Path(os.path.normpath(word))
-        if REFUSE_LINKS and _linked(p):
-            continue
-        d = (p if p.is_dir() else p.parent).resolve()
-        if d.is_dir() and d not in (home, tmp) and (home in d.parents or tmp in d.parents) and d not in out:
-            out.append(d)
-    return out
-
-
-def _linked(p: Path) -> bool:
-    """True when `p` or a folder on its way below HOME or /tmp is a symbolic link."""
-    home = Path(os.path.expanduser("~")).resolve()
-    p = Path(os.path.normpath(p))
-    for q in [p, *p.parents]:
-        if q.is_symlink() and (Path("/tmp") in q.parents or home in q.parents):
-            return True
-    return False
-
-
-def _words(command: str) -> list[str]:
-    try:
-        return shlex.split(command)
-    except ValueError:
-        return command.split()
 
 
 def protected_in(ctx: Context, workdir: Path) -> list[Path]:
@@ -100,7 +54,7 @@ class CommandAgent:
                              "or pass --agent-command '<shell command>'")
 
     def propose(self, ctx: Context, workdir: Path) -> Proposal:
-        logs = self.cfg.root / ".autoresearch" / "logs" / ctx.tag
+        logs = Layout(self.cfg.root).logs(ctx.tag)
         logs.mkdir(parents=True, exist_ok=True)
         n = len(ctx.history)
         log = logs / f"agent-{n:05d}.log"

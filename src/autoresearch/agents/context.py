@@ -27,12 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ..config import Config, tracked_or_present
+from ..config import Config
+from ..states import Kind, Status
+from ..workspace import tracked_or_present
 from ..ledger import Experiment
 from . import notebook
 
 CHARS_PER_TOKEN = 3.5  # code and logs run ~3-4 characters per token; err on the side of fewer
-FAILED_RUN = ("crash", "timeout")
+FAILED_RUN = (Status.CRASH, Status.TIMEOUT)
 # Per summarising level: best K, last N, near-misses, don't-repeat entries, log lines, notes chars.
 LEVELS = [
     dict(best=10, last=12, near=6, tried=80, log=50, notes=6000, ideas=4000, desc=160),
@@ -71,7 +73,7 @@ class Context:
 
     @property
     def done(self) -> list[Experiment]:
-        return [e for e in self.history if e.status != "running"]
+        return [e for e in self.history if e.status != Status.RUNNING]
 
     def tried_descriptions(self) -> set[str]:
         return {_norm(e.description) for e in self.history} | {_norm(d) for d in self.running}
@@ -81,7 +83,7 @@ class Context:
         if not key:
             return None
         for e in reversed(self.history):
-            if e.patch and e.kind != "baseline" and change_key(e.patch) == key:
+            if e.patch and e.kind != Kind.BASELINE and change_key(e.patch) == key:
                 return e
         return None
 
@@ -163,7 +165,7 @@ class Context:
         for e in done:
             counts[e.status] = counts.get(e.status, 0) + 1
         lines = ["# History", f"{len(done)} experiments: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))]
-        base = next((e for e in done if e.kind == "baseline" and e.metric is not None), None)
+        base = next((e for e in done if e.kind == Kind.BASELINE and e.metric is not None), None)
         inc = self.incumbent
         fig = self.figure
         if inc is not None and fig is not None and fig.best_mean is not None:  # the figure `status` shows
@@ -189,7 +191,7 @@ class Context:
         lines.append(f"\nThe last {min(lv['last'], len(done))} experiments:")
         for e in done[-lv["last"]:]:
             val = _fmt(e.metric) if e.metric is not None else "-"
-            why = f"  ({_short(e.reason, 80)})" if e.reason and e.status != "keep" else ""
+            why = f"  ({_short(e.reason, 80)})" if e.reason and e.status != Status.KEEP else ""
             lines.append(f"- #{e.id} {e.status:<11} {val:>10}  {_short(e.description, lv['desc'])}{why}")
         return "\n".join(lines) + "\n"
 
@@ -198,7 +200,7 @@ class Context:
         seen: dict[str, Experiment] = {}
         done = self.done
         for e in reversed(done[:len(done) - skip] if skip else done):
-            if e.kind != "baseline" and e.description and _norm(e.description) not in seen:
+            if e.kind != Kind.BASELINE and e.description and _norm(e.description) not in seen:
                 seen[_norm(e.description)] = e
         if not seen:
             return ""
@@ -214,21 +216,21 @@ class Context:
         return next((e for e in reversed(self.done) if e.status in FAILED_RUN and e.log_tail), None)
 
     def _trend(self, done: list[Experiment]) -> list[str]:
-        scored = [e for e in done if e.metric is not None and e.status == "keep"]
+        scored = [e for e in done if e.metric is not None and e.status == Status.KEEP]
         if not scored:
             return []
         points, last = [], None
         step = max(1, len(done) // 8)
         best = None
         for i, e in enumerate(done):
-            if e.status == "keep" and e.metric is not None:
+            if e.status == Status.KEEP and e.metric is not None:
                 best = e.metric
             if best is not None and (i % step == 0 or i == len(done) - 1) and best != last:
                 points.append(f"#{e.id} {_fmt(best)}")
                 last = best
         since = 0
         for e in reversed(done):
-            if e.status == "keep":
+            if e.status == Status.KEEP:
                 break
             since += 1
         out = ["Trend of the best: " + " -> ".join(points)]
@@ -241,8 +243,8 @@ class Context:
     def _improvements(self, done: list[Experiment]) -> list[tuple[Experiment, float]]:
         out, best = [], None
         for e in done:
-            if e.status == "keep" and e.metric is not None:
-                if best is not None and e.kind != "baseline":
+            if e.status == Status.KEEP and e.metric is not None:
+                if best is not None and e.kind != Kind.BASELINE:
                     out.append((e, e.metric - best))
                 best = e.metric
         return out
@@ -252,9 +254,9 @@ class Context:
         for e in done:
             if e.metric is None:
                 continue
-            if e.status == "keep":
+            if e.status == Status.KEEP:
                 best = e.metric
-            elif e.status == "discard" and best is not None:
+            elif e.status == Status.DISCARD and best is not None:
                 gap = (e.metric - best) if self.lower_is_better else (best - e.metric)
                 out.append((e, abs(gap)))
         return sorted(out, key=lambda t: t[1])

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import AutoresearchError
+from ..layout import HOME
 
 _OPEN = re.compile(r"^\s*<{5,9}\s*(SEARCH|FILE)\s*$")
 _MID = re.compile(r"^\s*={5,9}\s*$")
@@ -249,7 +250,7 @@ def _safe_path(root: Path, path: str) -> str:
     if rel.startswith("./"):
         rel = rel[2:]
     parts = Path(rel).parts
-    if not parts or ".." in parts or parts[0] in (".git", ".autoresearch"):
+    if not parts or ".." in parts or parts[0] in (".git", HOME):
         raise EditError(f"{path} is not a path the agent may write (outside the project, or in .git/.autoresearch)")
     full = (root / rel).resolve()
     if root.resolve() not in full.parents:

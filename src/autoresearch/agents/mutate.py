@@ -31,6 +31,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..states import Kind, Status
 from .base import Proposal
 from .context import Context
 from .edits import write_text
@@ -210,16 +211,16 @@ def apply(workdir: Path, changes: list[tuple[Constant, str]]) -> None:
 def _misses_since_keep(ctx: Context) -> int:
     n = 0
     for e in reversed(ctx.history):
-        if e.kind == "baseline" or e.status == "keep":
+        if e.kind == Kind.BASELINE or e.status == Status.KEEP:
             break
         n += 1
     return n
 
 
 def adaptive_step(ctx: Context, window: int = 10) -> float:
-    recent = [e for e in ctx.history if e.kind != "baseline" and e.status != "running"][-window:]
+    recent = [e for e in ctx.history if e.kind != Kind.BASELINE and e.status != Status.RUNNING][-window:]
     if not recent:
         return BASE_STEP
-    rate = sum(e.status == "keep" for e in recent) / len(recent)
+    rate = sum(e.status == Status.KEEP for e in recent) / len(recent)
     # 1/5 rule: at a keep rate of 20% the step stays; above it grows, below it shrinks.
     return float(min(1.5, max(0.05, BASE_STEP * math.exp(2.0 * (rate - 0.2)) * (0.97 ** _misses_since_keep(ctx)))))

@@ -18,13 +18,15 @@ import re
 import time
 from pathlib import Path
 
+from ..layout import Layout
+
 MAX_CHARS = 60_000
 MAX_ENTRY = 2_000
 _HEADER = re.compile(r"^## ", re.MULTILINE)
 
 
 def path(root: Path, tag: str) -> Path:
-    return Path(root) / ".autoresearch" / "notes" / f"{tag}.md"
+    return Layout(root).notes(tag)
 
 
 def read(root: Path, tag: str) -> str:

@@ -21,6 +21,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from ..layout import Layout
 from .base import Job, Result, RunInfo, Slot, hardware_class
 from .runner import execute, slot_config
 
@@ -36,7 +37,7 @@ class LocalEngine:
 
     def start(self, run: RunInfo, ws, sandbox) -> list[Slot]:
         self.run, self.ws, self.sandbox = run, ws, sandbox
-        self.logs = self.cfg.root / ".autoresearch" / "logs" / run.tag
+        self.logs = Layout(self.cfg.root).logs(run.tag)
         gpus = self.cfg.engine.gpus
         slots = []
         for i in range(self.cfg.engine.workers):
@@ -45,7 +46,7 @@ class LocalEngine:
             wt = ws.worktree(self.tree(i), at=run.start_commit)
             ws.evaluation_worktree(wt, run.start_commit)  # made now too: the judge only resets it
         self.pool = ThreadPoolExecutor(len(slots), thread_name_prefix="autoresearch-slot")
-        home = self.cfg.root / ".autoresearch" / "slots" / run.tag
+        home = Layout(self.cfg.root).slots(run.tag)
         self.cfgs = {s.index: slot_config(self.cfg, self.cfg.root, home / f"slot{s.index}", run.secret)
                      if len(slots) > 1 else self.cfg for s in slots}  # one slot: nobody else watches the secret
         return slots

@@ -33,6 +33,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from ..errors import AutoresearchError, ConfigError
+from ..layout import Layout
 from .base import Job, Result, RunInfo, Slot, WorkerLost, hardware_class
 from .runner import NodeRepo, execute, read_log, slot_config
 
@@ -163,7 +164,7 @@ def _run_job(run: RunInfo, job: Job, slot_label: str, base: list, cache: str) ->
     log = node.logs / job.log_name
     with node.lease(run.marker_prefix + job.marker, retry=job.attempt > 1) as name:
         wt = node.checkout(ws, name, job.commit)
-        cfg = slot_config(here.cfg, node.root, node.root / ".autoresearch" / "slots" / name, run.secret)
+        cfg = slot_config(here.cfg, node.root, Layout(node.root).slots(name), run.secret)
         res = execute(here, job, ws, wt, cfg=cfg, log_path=log, sandbox=_BOXES[key], worker=worker,
                       hardware=hardware, setup_dir=node.home)
     res.log_text = read_log(log)

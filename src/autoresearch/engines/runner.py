@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from ..config import Config
-from ..judge import _setup_once, experiment_env, judge, read_end
+from ..judge import experiment_env, judge, read_end, run_setup
+from ..layout import Layout
 from ..procs import kill_marked
 from ..sandbox import is_anchored
 from ..workspace import Workspace, run_git
@@ -70,7 +71,7 @@ def slot_config(cfg: Config, project: Path, slot_root: Path, secret: str) -> Con
     `slot_root` must lie under the project's `.autoresearch/`, which the sandbox hides from runs.
     Relative `experiment.hidden` and `experiment.data` patterns stay relative to `project`."""
     if secret:
-        path = slot_root / ".autoresearch" / "eval_secret"
+        path = Layout(slot_root).eval_secret
         if not path.exists() or path.read_text().strip() != secret:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent)  # 0600, like the original
@@ -97,7 +98,7 @@ def setup_once(run: RunInfo, sandbox, wt: Path, env_extra: dict[str, str], folde
     with flock(folder / f"{name}.lock"):
         if not done.exists():
             env = experiment_env(cfg, cfg.experiment.seed, env_extra)
-            _setup_once(cfg, sandbox, wt, env, folder / f"{name}.log", f"{marker}:node")
+            run_setup(cfg, sandbox, wt, env, folder / f"{name}.log", f"{marker}:node")
             done.touch()
     sandbox.setup_done = True
 
