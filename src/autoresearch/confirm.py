@@ -31,6 +31,7 @@ from .errors import AutoresearchError
 from .ledger import Experiment, Ledger
 from .policy_confirm import NOT_POSITIVE, TEST, pooled_noise
 from .session import RunSession
+from .states import OK, Kind, Status
 
 
 def confirm(cfg: Config, tag: str, runs: int = 5, reporter=None) -> dict[str, Any]:
@@ -57,7 +58,7 @@ def confirm(cfg: Config, tag: str, runs: int = 5, reporter=None) -> dict[str, An
                         break
                     session.report("rerun", exp=row, commit=row.commit, seed=seed)
                     m = driver.measure(row, row.commit, seed)
-                    measured[row.id].append((seed, m.metric if m.status == "ok" else None, m.status))
+                    measured[row.id].append((seed, m.metric if m.status == OK else None, m.status))
         finally:
             driver.shutdown(None)
         out = summarize(cfg, ledger, tag, base, best, measured)
@@ -68,7 +69,7 @@ def confirm(cfg: Config, tag: str, runs: int = 5, reporter=None) -> dict[str, An
 
 def _ends(ledger: Ledger, tag: str) -> tuple[Experiment, Experiment]:
     rows = ledger.experiments(tag)
-    base = next((e for e in rows if e.kind == "baseline" and e.status == "keep" and e.commit), None)
+    base = next((e for e in rows if e.kind == Kind.BASELINE and e.status == Status.KEEP and e.commit), None)
     best = ledger.incumbent(tag)
     if base is None or best is None or not best.commit:
         raise AutoresearchError(f"tag `{tag}` has no measured baseline yet: run `autoresearch run --tag {tag}` first")

@@ -51,12 +51,13 @@ from . import agents
 from .agents.base import Agent
 from .agents.team import Member, members
 from .config import Config
-from .control import paused_since
 from .engines.base import Job, Result, RunInfo, Slot, WorkerLost
-from .errors import AutoresearchError, ConfigError
+from .errors import ConfigError
 from .judge import Measurement
+from .layout import Layout
 from .ledger import FAILED, Experiment, Ledger
 from .researcher import Researcher
+from .states import OK, Kind, Status
 from .session import Reporter, RunSession, marker_prefix
 from .winners import Decisions, Pending
 
@@ -126,7 +127,7 @@ class Driver(Decisions):
         self.class_values: dict[tuple[str, str], list[float]] = {}
         self.draining, self.paused = "", False
         self.seq = itertools.count(1)
-        self.logs = cfg.root / ".autoresearch" / "logs" / tag
+        self.logs = Layout(cfg.root).logs(tag)
         self.started_engine = False
         s.swarm = swarm.attach(s)  # .autoresearch/swarm.toml: share a frontier over a git hub (swarm.py)
 
@@ -193,7 +194,7 @@ class Driver(Decisions):
 
     def baseline_row(self) -> Experiment:
         tip = self.ws.tip()
-        exp = self.session.new_experiment(tip, "baseline", kind="baseline")
+        exp = self.session.new_experiment(tip, "baseline", kind=Kind.BASELINE)
         exp.commit = tip
         self.ledger.begin(exp)
         self.ws.pin(exp.id, tip)
@@ -290,7 +291,7 @@ class Driver(Decisions):
             if job is not None:
                 self._submit(job, slot)
         if not propose or self.draining or self.paused or self.session.stop_requested or any(
-                e.kind == "baseline" for e in [*self.ready, *(p.exp for p in self.pending.values())]):
+                e.kind == Kind.BASELINE for e in [*self.ready, *(p.exp for p in self.pending.values())]):
             return
         while (self.wanted() - len(self.ready) - self._live_proposals() > 0
                and self._live_proposals() < self.parallel_now() and not self.stop_reason()):
@@ -363,18 +364,18 @@ class Driver(Decisions):
         t0 = self.proposing.pop(researcher, (None, time.monotonic()))[1]
         if researcher in self.abandoned:  # it answered after its timeout: its row is already a crash
             self.abandoned.discard(researcher)
-            if exp is not None and exp.status == "running":
-                exp.status, exp.reason = "interrupted", "proposed after its researcher was given up on (timeout)"
+            if exp is not None and exp.status == Status.RUNNING:
+                exp.status, exp.reason = Status.INTERRUPTED, "proposed after its researcher was given up on (timeout)"
                 self._record(exp)
             return
         self.latencies.append(time.monotonic() - t0)
         if exp is None:
             return
-        if exp.status != "running":  # finished as it was proposed (crash, violation, discard)
+        if exp.status != Status.RUNNING:  # finished as it was proposed (crash, violation, discard)
             self.session.after_record(exp)
             return
         if self.session.stop_requested:
-            exp.status, exp.reason = "interrupted", f"{self.session.stop_requested} (before it ran)"
+            exp.status, exp.reason = Status.INTERRUPTED, f"{self.session.stop_requested} (before it ran)"
             self._record(exp)
             return
         twin = next((e for e in [*self.ready, *(p.exp for p in self.pending.values())]
@@ -382,7 +383,7 @@ class Driver(Decisions):
         if twin is None:
             self.ready.append(exp)
         else:
-            exp.status, exp.reason = "discard", f"the same change as #{twin.id}, which is in flight: not run twice"
+            exp.status, exp.reason = Status.DISCARD, f"the same change as #{twin.id}, which is in flight: not run twice"
             exp.evidence = {**(exp.evidence or {}), "same_change_as": twin.id}
             self._record(exp)
 
@@ -396,11 +397,11 @@ class Driver(Decisions):
             if not (job.hardware and slot.hardware and job.hardware != slot.hardware):
                 del self.jobs[i]
                 return job
-        if not self.ready or self.paused and self.ready[0].kind != "baseline":  # a paused run still measures it
+        if not self.ready or self.paused and self.ready[0].kind != Kind.BASELINE:  # a paused run still measures it
             return None
         exp = self.ready.popleft()
         st = self.pending[exp.id] = Pending(exp)
-        parent = exp.parent if exp.kind != "baseline" else None
+        parent = exp.parent if exp.kind != Kind.BASELINE else None
         return self.job(st, exp.commit, exp.seed, "primary", parent=parent, log=f"{exp.id:05d}.log")
 
     def job(self, st: Pending, commit: str, seed: int, purpose: str, parent: Optional[str] = None,
@@ -427,7 +428,7 @@ class Driver(Decisions):
         self.jobs.append(self.job(st, commit, seed, "rerun", log=f"{row.id:05d}.{commit[:7]}.s{seed}.log"))
         self._drive(lambda: "" if st.outstanding else "done", propose=False)
         self.pending.pop(row.id, None)
-        return st.last if st.last is not None else Measurement("interrupted", self.session.stop_requested or "stopped")
+        return st.last if st.last is not None else Measurement(Status.INTERRUPTED, self.session.stop_requested or "stopped")
 
     # -- results ------------------------------------------------------------------------------
     def _done(self, job: Job, slot: Slot, fut) -> None:
@@ -441,7 +442,7 @@ class Driver(Decisions):
             res: Result = fut.result()
         except WorkerLost as e:
             return self._lost(st, job, slot, str(e))
-        if job.key in self.expired and res.measurement.status == "interrupted":
+        if job.key in self.expired and res.measurement.status == Status.INTERRUPTED:
             return self._lost(st, job, slot, "no answer past its hard timeout (cancelled)")
         if st is not None:
             self._measured(st, job, res)
@@ -464,7 +465,7 @@ class Driver(Decisions):
                         "start": res.started_at, "end": res.ended_at, "attempt": job.attempt,
                         "log_bytes": m.log_bytes,
                         **({"artifact_sha256": m.artifact_sha256} if m.artifact_sha256 else {})})
-        if m.status == "ok" and m.metric is not None:
+        if m.status == OK and m.metric is not None:
             self.class_values.setdefault((job.commit, res.hardware), []).append(m.metric)
         if st.final:
             self.pending.pop(exp.id, None)
@@ -475,16 +476,16 @@ class Driver(Decisions):
                 exp.peak_mem_mb = m.peak_mem_mb
                 exp.log_tail, exp.log_path, exp.worker, exp.hardware = m.log_tail, str(log), res.worker, res.hardware
             exp.metric, exp.reason, st.hardware = m.metric, m.reason, res.hardware
-            if m.status != "ok":
+            if m.status != OK:
                 where = "" if job.purpose == "primary" else f"the confirmation run on {res.hardware}: "
                 return self.finish(st, m.status, where + m.reason)
             if job.purpose == "confirm" and res.hardware != job.hardware:
-                return self.finish(st, "discard", f"won on {st.screen['hardware']}, but no worker of the reference "
+                return self.finish(st, Status.DISCARD, f"won on {st.screen['hardware']}, but no worker of the reference "
                                                   f"class {job.hardware} could confirm it (ran on {res.hardware})")
-        elif m.status == "interrupted":
-            return self.finish(st, "interrupted", self.session.stop_requested or m.reason)
-        elif job.purpose == "reference" and m.status != "ok":
-            return self.finish(st, "crash", f"measuring {job.commit[:7]} on {res.hardware} for comparison failed "
+        elif m.status == Status.INTERRUPTED:
+            return self.finish(st, Status.INTERRUPTED, self.session.stop_requested or m.reason)
+        elif job.purpose == "reference" and m.status != OK:
+            return self.finish(st, Status.CRASH, f"measuring {job.commit[:7]} on {res.hardware} for comparison failed "
                                             f"({m.status}: {m.reason})")
         if not st.outstanding:
             self.decide(st)
@@ -507,7 +508,7 @@ class Driver(Decisions):
             return
         self.ledger.event(self.tag, "lost", f"{what}: lost twice, recorded as a crash", job.exp_id)
         now = time.time()
-        m = Measurement("crash", f"its worker was lost twice while running it (last: {reason})")
+        m = Measurement(Status.CRASH, f"its worker was lost twice while running it (last: {reason})")
         self._measured(st, job, Result(m, slot.label, st.hardware or slot.hardware, now, now))
 
     def _watchdog(self) -> None:
@@ -528,10 +529,10 @@ class Driver(Decisions):
             if r not in self.abandoned and now - t0 > limit_s:
                 self.abandoned.add(r)
                 r.done = f"the agent {r.label} gave no answer in {limit_s:.0f}s (agent.timeout_s {r.cfg.agent.timeout_s:g})"
-                exp = self.session.new_experiment(self.ws.expected_tip(), "(no answer)", kind="candidate",
+                exp = self.session.new_experiment(self.ws.expected_tip(), "(no answer)", kind=Kind.CANDIDATE,
                                                   agent=r.name, researcher=r.label)
                 exp.agent_latency_s = now - t0
-                self.session.finish_unrun(exp, "crash", f"agent failed: {r.done}; the other researchers go on")
+                self.session.finish_unrun(exp, Status.CRASH, f"agent failed: {r.done}; the other researchers go on")
                 self.ledger.event(self.tag, "researcher", r.done, exp.id)
 
     # -- pause, resume -------------------------------------------------------------------------
@@ -540,7 +541,7 @@ class Driver(Decisions):
         s = self.session
         self.paused = s.control.requested()
         idle = not (self.pending or self.running or self._live_proposals()
-                    or any(e.kind == "baseline" for e in self.ready))
+                    or any(e.kind == Kind.BASELINE for e in self.ready))
         waited = s.control.watch(idle, stopped=s.stop_requested is not None)
         s.started += waited  # time paused does not count towards --max-hours
 
@@ -553,11 +554,11 @@ class Driver(Decisions):
         done = {e.evidence.get("resumed_from") for e in rows}
         by_id = {e.id: e for e in rows}
         for e in rows:
-            if (e.status != "interrupted" or not e.commit or e.kind not in ("candidate", "repair", "rebase")
+            if (e.status != Status.INTERRUPTED or not e.commit or e.kind not in (Kind.CANDIDATE, Kind.REPAIR, Kind.REBASE)
                     or (e.ended_at or 0) < since or e.id in done
                     or by_id.get(e.evidence.get("resumed_from"), e).evidence.get("resumed_from")):
                 continue
-            row = dataclasses.replace(e, id=None, status="running", reason="", started_at=0.0, ended_at=None,
+            row = dataclasses.replace(e, id=None, status=Status.RUNNING, reason="", started_at=0.0, ended_at=None,
                                       pid=None, worker="", tokens_in=0, tokens_out=0, cost_usd=0.0,
                                       unverified=self.session.unverified(),
                                       evidence={"resumed_from": e.id, **({"rebase_of": e.evidence["rebase_of"]}
@@ -583,10 +584,10 @@ class Driver(Decisions):
             self._pump()  # the agents finish their calls; their proposals are recorded `interrupted`
         self._pump(0)
         for st in list(self.pending.values()):
-            self._safely(self.finish, st, "interrupted", why)
+            self._safely(self.finish, st, Status.INTERRUPTED, why)
         while self.ready:
             e = self.ready.popleft()
-            e.status, e.reason = "interrupted", f"{why} (before it ran)"
+            e.status, e.reason = Status.INTERRUPTED, f"{why} (before it ran)"
             self._safely(self._record, e)
         self._safely(self.engine.stop)
 
@@ -601,7 +602,7 @@ class Driver(Decisions):
         elif kind == "proposal":
             researcher, exp = data
             self.proposing.pop(researcher, None)
-            if exp is not None and exp.status == "running":
+            if exp is not None and exp.status == Status.RUNNING:
                 self.ready.append(exp)
             elif exp is not None:
                 self._safely(self.session.after_record, exp)

@@ -33,6 +33,7 @@ from .agents.context import Context, read_files
 from .ledger import Experiment
 from .proposal import ProposalFolder
 from .session import RunSession
+from .states import Kind, Status
 from .workspace import GitError, NothingChanged
 
 
@@ -76,36 +77,36 @@ class Researcher:
         if proposal.latency_s is None:
             proposal.latency_s = time.monotonic() - t0
         exp = s.new_experiment(parent, proposal.description or "(no description)",
-                               kind="repair" if repair_of else "candidate", proposal=proposal, agent=self.name,
+                               kind=Kind.REPAIR if repair_of else Kind.CANDIDATE, proposal=proposal, agent=self.name,
                                researcher=self.label)
         exp.repair_of = repair_of.id if repair_of else None
         spent = bool(proposal.meta.get("llm_calls") or proposal.cost_usd or proposal.tokens_in)
         if s.stop_requested:
             # the agent's spending is data even when the change never runs
-            return s.finish_unrun(exp, "interrupted", "stopped before it ran", proposal) if spent else None
+            return s.finish_unrun(exp, Status.INTERRUPTED, "stopped before it ran", proposal) if spent else None
         if tampered:
-            return s.finish_unrun(exp, "violation", f"the agent touched the harness's state: {'; '.join(tampered)}",
+            return s.finish_unrun(exp, Status.VIOLATION, f"the agent touched the harness's state: {'; '.join(tampered)}",
                                   proposal)
         if proposal.stop and not proposal.error:  # out of ideas: this researcher stops, not a failed experiment
             self.done = f"the agent {self.label} stopped: {proposal.stop}"
             s.report("note", message=self.done)
-            return s.finish_unrun(exp, "interrupted", self.done, proposal) if spent else None
+            return s.finish_unrun(exp, Status.INTERRUPTED, self.done, proposal) if spent else None
         if proposal.error:
             why = clean.one_line(proposal.error, clean.REASON_CHARS)
-            return s.finish_unrun(exp, "crash", f"agent failed: {why}", proposal)
+            return s.finish_unrun(exp, Status.CRASH, f"agent failed: {why}", proposal)
         change = self.folder.changes()  # walked with lstat, compared with what the folder held
         if problems := change.problems(s.cfg):
             exp.patch = change.patch()  # kept as evidence of what was tried
             shown = clean.one_line("; ".join(problems), clean.REASON_CHARS)  # file names are the agent's text too
-            return s.finish_unrun(exp, "violation", f"{shown} (refused before running)", proposal)
+            return s.finish_unrun(exp, Status.VIOLATION, f"{shown} (refused before running)", proposal)
         if not change.paths:
-            return s.finish_unrun(exp, "discard", "the agent changed nothing", proposal)
+            return s.finish_unrun(exp, Status.DISCARD, "the agent changed nothing", proposal)
         try:  # from the bytes the harness read: no git runs in the folder the agent wrote
             exp.commit = s.ws.commit_files(parent, change.files, s.commit_message(exp), base=start)
         except NothingChanged:
-            return s.finish_unrun(exp, "discard", "the change is empty once committed", proposal)
+            return s.finish_unrun(exp, Status.DISCARD, "the change is empty once committed", proposal)
         except GitError as e:  # what the agent made (a path, a file) can make git fail: its failure, not ours
-            return s.finish_unrun(exp, "crash", f"git could not commit the change: "
+            return s.finish_unrun(exp, Status.CRASH, f"git could not commit the change: "
                                                 f"{clean.one_line(e, clean.REASON_CHARS)}", proposal)
         exp.patch = s.ws.diff(parent, exp.commit)
         twin = same_code(s, exp)  # identical code already measured: these runs add to its runs
@@ -157,7 +158,7 @@ def same_code(s: RunSession, exp: Experiment) -> Optional[Experiment]:
     """
     tree = s.ws.git("rev-parse", f"{exp.commit}^{{tree}}")
     for e in reversed(s.ledger.experiments(s.tag)):
-        if (e.parent == exp.parent and e.commit and e.status in ("keep", "discard") and e.metric is not None
+        if (e.parent == exp.parent and e.commit and e.status in (Status.KEEP, Status.DISCARD) and e.metric is not None
                 and (e.commit == exp.commit or s.ws.git("rev-parse", f"{e.commit}^{{tree}}") == tree)):
             used = {m["seed"] for m in s.ledger.measurements(commit=e.commit)}
             exp.commit, exp.seed = e.commit, next(x for x in itertools.count(exp.seed) if x not in used)

@@ -56,6 +56,7 @@ from .layout import Layout
 from .ledger import Experiment, Ledger, write_tsv
 from .procs import kill_marked_prefix
 from .sandbox import Sandbox
+from .states import Kind
 from .stateguard import StateGuard
 from .workspace import Workspace
 
@@ -135,7 +136,7 @@ class RunSession:
                  ledger: Optional[Ledger] = None, note: str = ""):
         self.cfg, self.tag, self.note = cfg, tag, note
         self.ws = Workspace(cfg.root, tag)
-        self.ledger = ledger or Ledger(cfg.root / ".autoresearch" / "ledger.db")
+        self.ledger = ledger or Ledger(Layout(cfg.root).ledger)
         self.report: Reporter = reporter or (lambda kind, **data: None)
         self.tsv = cfg.root / "results.tsv"
         self.stop_requested: Optional[str] = None
@@ -269,7 +270,7 @@ class RunSession:
         # The agent's words are data: one clean line (no NUL, escapes or bidi overrides), capped, for every view.
         exp = Experiment(
             tag=self.tag, parent=parent, commit=None, description=clean.one_line(description) or "(no description)",
-            kind=kind, rationale=clean.paragraphs(p.rationale), agent=agent if kind != "baseline" else "",
+            kind=kind, rationale=clean.paragraphs(p.rationale), agent=agent if kind != Kind.BASELINE else "",
             seed=self.cfg.experiment.seed, budget_s=self.cfg.experiment.budget_s, timeout_s=self.cfg.timeout_s,
             tokens_in=p.tokens_in, tokens_out=p.tokens_out, cost_usd=p.cost_usd, agent_latency_s=p.latency_s,
             hardware=hardware(), unverified=self.unverified(),

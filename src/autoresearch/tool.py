@@ -32,6 +32,7 @@ from .driver import Driver, local_engine
 from .errors import WorkspaceError
 from .ledger import Experiment
 from .proposal import read_change, refused_kinds
+from .states import Kind, Status
 from .session import RunSession
 from .workspace import STEERING_FILES, Git, GitError, NothingChanged, default_tag
 
@@ -57,14 +58,14 @@ def current_tag(cfg: Config, tag: Optional[str]) -> str:
 def experiment(cfg: Config, description: str, tag: Optional[str] = None, reporter=None) -> dict[str, Any]:
     tag = current_tag(cfg, tag)
     session = RunSession(cfg, tag, reporter=reporter, note="tool mode")
-    ws, checkout = session.ws, cfg.root
+    checkout = cfg.root
     with session.open(checkout_may_differ=True):
         driver = Driver(cfg, tag, session=session, engine=local_engine(cfg))  # no researchers: the user's change
         driver.start()
         try:
             if session.ledger.incumbent(tag) is None:
                 base = driver.settle([driver.baseline_row()])[0]
-                if base.status != "keep":
+                if base.status != Status.KEEP:
                     return _verdict(session, base)
             return _verdict(session, _try(session, driver, description, checkout))
         finally:
@@ -80,7 +81,7 @@ def _try(session: RunSession, driver: Driver, description: str, checkout) -> Exp
     changed = [p for p in ws.changed_paths(checkout) if p not in STEERING_FILES]
     tracked = set(ws.dirty_tracked())
     changed = [p for p in changed if p in tracked or cfg.is_editable(p)]  # ignore the user's unrelated junk
-    exp = session.new_experiment(parent, description, kind="candidate", proposal=Proposal(description), agent="tool",
+    exp = session.new_experiment(parent, description, kind=Kind.CANDIDATE, proposal=Proposal(description), agent="tool",
                                  researcher="tool")
     session.control.note_steering()  # program.md / ideas.md changed since the last call: recorded
     refused = refused_kinds(checkout, changed)
@@ -91,17 +92,17 @@ def _try(session: RunSession, driver: Driver, description: str, checkout) -> Exp
         ws.restore(checkout, bad, parent)
         why = [f"{one_line(p)} is {what}" for p, what in refused] + \
             ([f"changed files outside `experiment.editable`: {', '.join(map(one_line, outside))}"] if outside else [])
-        return session.finish_unrun(exp, "violation", f"{'; '.join(why)} (put back as they were)")
+        return session.finish_unrun(exp, Status.VIOLATION, f"{'; '.join(why)} (put back as they were)")
     if not changed:
-        return session.finish_unrun(exp, "discard", "no change to the editable files")
+        return session.finish_unrun(exp, Status.DISCARD, "no change to the editable files")
     try:
         exp.commit = ws.commit_files(parent, read_change(checkout, changed), session.commit_message(exp))
     except NothingChanged:
-        return session.finish_unrun(exp, "discard", "the change is empty once committed")
+        return session.finish_unrun(exp, Status.DISCARD, "the change is empty once committed")
     except GitError as e:  # what the agent made can make git fail: recorded, the checkout put back
         ws.restore(checkout, changed, parent)
         Git(checkout)("reset", "-q", "--", *changed, check=False)
-        return session.finish_unrun(exp, "crash", f"git could not commit the change: {one_line(e, REASON_CHARS)}")
+        return session.finish_unrun(exp, Status.CRASH, f"git could not commit the change: {one_line(e, REASON_CHARS)}")
     exp.patch = ws.diff(parent, exp.commit)
     session.ledger.begin(exp)
     ws.pin(exp.id, exp.commit)
@@ -109,7 +110,7 @@ def _try(session: RunSession, driver: Driver, description: str, checkout) -> Exp
     try:
         exp = driver.settle([exp])[0]  # keep: the branch advances to exp.commit, which the checkout already holds
     finally:
-        if exp.status != "keep":
+        if exp.status != Status.KEEP:
             ws.restore(checkout, changed, parent)
         Git(checkout)("reset", "-q", "--", *changed, check=False)  # the index follows HEAD (kept or not)
     return exp
@@ -124,5 +125,5 @@ def _verdict(session: RunSession, exp: Experiment) -> dict[str, Any]:
         "best_metric": fig.best_mean if fig.best_mean is not None else (inc.metric if inc else None),
         "best_runs": fig.best_runs, "improvement": fig.text(),
         "best_commit": inc.commit if inc else None, "log": exp.log_path,
-        "log_tail": "\n".join(exp.log_tail.splitlines()[-20:]) if exp.status == "crash" else "",
+        "log_tail": "\n".join(exp.log_tail.splitlines()[-20:]) if exp.status == Status.CRASH else "",
     }

@@ -40,6 +40,7 @@ from .errors import AutoresearchError
 from .judge import Measurement
 from .ledger import Experiment
 from .policy import Verdict
+from .states import OK, Kind, Status
 from .workspace import NothingChanged, RebaseConflict
 
 MAX_REBASES = 3  # a change re-based this many times without being kept is discarded
@@ -68,7 +69,7 @@ class Decisions:
         if st.asks > MAX_ASKS:
             return self.conclude(st, Verdict(False, f"no decision after {MAX_ASKS} rounds of runs: discarded"), inc)
         against = view = None
-        if exp.kind != "baseline" and inc is not None:
+        if exp.kind != Kind.BASELINE and inc is not None:
             against = inc if exp.parent == inc.commit else self.kept(exp.parent)
             if against is None:
                 return self.conclude(st, Verdict(False, f"its parent {exp.parent[:7]} is not a kept commit"), inc)
@@ -105,7 +106,7 @@ class Decisions:
 
     def kept(self, commit: str) -> Optional[Experiment]:
         rows = reversed(self.ledger.experiments(self.tag))
-        return next((e for e in rows if e.status == "keep" and e.commit == commit), None)
+        return next((e for e in rows if e.status == Status.KEEP and e.commit == commit), None)
 
     def rebase(self, st: Pending, parent: Experiment, inc: Experiment, verdict: Verdict) -> None:
         exp, depth, e = st.exp, 0, st.exp
@@ -123,7 +124,7 @@ class Decisions:
                                                     f"{', '.join(c.files)}: discarded", verdict.evidence), inc)
         except NothingChanged:
             return self.conclude(st, Verdict(False, f"{won}; the best already has its change", verdict.evidence), inc)
-        row = dataclasses.replace(exp, id=None, parent=inc.commit, commit=new, kind="rebase", status="running",
+        row = dataclasses.replace(exp, id=None, parent=inc.commit, commit=new, kind=Kind.REBASE, status=Status.RUNNING,
                                   reason="", started_at=0.0, ended_at=None, metric=None, metrics={}, wall_s=None,
                                   exit_code=None, log_path="", log_tail="", worker="", pid=None, tokens_in=0,
                                   tokens_out=0, cost_usd=0.0, evidence={"rebase_of": exp.id})
@@ -140,7 +141,7 @@ class Decisions:
         exp, s = st.exp, self.session
         origin = {k: v for k, v in (exp.evidence or {}).items()
                   if k in ("rebase_of", "resumed_from", "same_code_as", "origin", "swarm")}
-        exp.status, exp.reason, exp.evidence = "keep" if verdict.keep else "discard", verdict.reason, \
+        exp.status, exp.reason, exp.evidence = Status.KEEP if verdict.keep else Status.DISCARD, verdict.reason, \
             {**origin, **(verdict.evidence or {})}
         guards.enforce(self.cfg, self.ws, exp, inc, should_stop=lambda: s.stop_requested is not None,
                        worktree="checks", sandbox=s.sandbox(),  # only would-be keeps pay
@@ -166,15 +167,15 @@ class Decisions:
         exp.evidence = {**(exp.evidence or {}), **extra}
         self.pending.pop(exp.id, None)
         self.ledger.finish(exp)
-        if exp.status == "keep" and exp.kind != "baseline":
+        if exp.status == Status.KEEP and exp.kind != Kind.BASELINE:
             self.ws.advance(exp.commit, exp.parent)
         self.session.after_record(exp)
-        if exp.kind == "baseline" and exp.status not in ("keep", "interrupted"):
+        if exp.kind == Kind.BASELINE and exp.status not in (Status.KEEP, Status.INTERRUPTED):
             raise AutoresearchError(
                 f"the baseline (unchanged {exp.commit[:7]}) ended `{exp.status}`: {exp.reason}. See {exp.log_path}; "
                 f"fix the project so `{self.cfg.experiment.run}` prints `{self.cfg.metric.name}: <value>`, "
                 "then run again")
-        if exp.status == "crash" and exp.commit and not self.draining and self.repairs_of(exp) < \
+        if exp.status == Status.CRASH and exp.commit and not self.draining and self.repairs_of(exp) < \
                 self.cfg.agent.repair_attempts and self.team:
             self.repairs.append(exp)
 
@@ -190,9 +191,9 @@ class Decisions:
         what = "; ".join(found)
         self.ledger.event(self.tag, "tamper", f"found before recording #{exp.id}: {what}", exp.id)
         self.session.report("note", message=f"the harness's state was changed: {what}")
-        if (self.session.sandbox().off or self.single) and exp.status != "interrupted":
+        if (self.session.sandbox().off or self.single) and exp.status != Status.INTERRUPTED:
             how = "ran unconfined" if self.session.sandbox().off else "was judged alone"
-            exp.status, exp.reason = "violation", (f"the harness's state was changed while it {how} "
+            exp.status, exp.reason = Status.VIOLATION, (f"the harness's state was changed while it {how} "
                                                    f"(was {exp.status}: {exp.reason}): {what}")
 
     def repairs_of(self, exp: Experiment) -> int:
@@ -206,7 +207,7 @@ class Decisions:
             runs = e.evidence.get("measurements") if isinstance(e.evidence, dict) else None
             if isinstance(runs, list) and runs:
                 for r in runs:
-                    if r.get("status") == "ok" and r.get("metric") is not None:
+                    if r.get("status") == OK and r.get("metric") is not None:
                         self.class_values.setdefault((r["commit"], r.get("hardware", "")), []).append(r["metric"])
-            elif e.metric is not None and e.commit and e.status in ("keep", "discard"):  # a row without runs
+            elif e.metric is not None and e.commit and e.status in (Status.KEEP, Status.DISCARD):  # a row without runs
                 self.class_values.setdefault((e.commit, e.hardware), []).append(e.metric)
