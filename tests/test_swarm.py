@@ -502,9 +502,10 @@ def test_a_claim_with_a_symlink_is_refused(swarm):
     assert not [e for e in rows_of(bob, "t") if e.agent == "swarm"]
 
 
-def test_the_concurrent_scheduler_publishes_but_does_not_adopt(swarm):
-    """With several workers the rows are published as they are recorded; adopting is the sequential
-    loop's (documented): alice's improvement is not taken by a concurrent participant."""
+def test_a_participant_with_several_workers_publishes_and_adopts(swarm):
+    """With several workers (one driver, proposals from several threads) rows are published as they are
+    recorded, and a peer's improvement is adopted after re-measuring, once: a second researcher asking
+    for the same claim meanwhile gets a `discard` that never runs (same_change_as)."""
     tmp, origin, hub = swarm
     alice = join(tmp, origin, hub, "alice")
     assert run(alice, IMPROVE, 1, tmp / "alice.log").wait(timeout=120) == 0
@@ -513,7 +514,10 @@ def test_the_concurrent_scheduler_publishes_but_does_not_adopt(swarm):
                   "--workers", "2", "--no-live", cwd=bob, log=tmp / "bob.log")
     assert p.wait(timeout=120) == 0, (tmp / "bob.log").read_text()
     rows = rows_of(bob, "t")
-    assert not [e for e in rows if e.agent == "swarm"]
+    adopted = [e for e in rows if e.agent == "swarm" and e.metric is not None]
+    assert len(adopted) == 1 and adopted[0].status == "keep", [(e.id, e.agent, e.status, e.reason) for e in rows]
+    assert adopted[0].evidence["origin"].startswith("alice#")
+    assert all("same_change_as" in e.evidence for e in rows if e.agent == "swarm" and e is not adopted[0])
     assert set(hub_records(hub, "bob")) == {e.id for e in rows if e.status != "running"}
 
 
