@@ -62,7 +62,7 @@ from .session import Reporter, RunSession, marker_prefix
 from .winners import Decisions, Pending
 
 WATCHDOG_SLACK_S = 120.0  # a job silent this long past its hard timeout counts as lost
-AGENT_SLACK_S = 5.0  # a researcher silent this long past its agent.timeout_s is given up on
+AGENT_SLACK_S = 10.0  # a researcher silent this long past its agent.timeout_s (and grace) is given up on
 AUTO_MARGIN = 1.5  # parallel = "auto": ask for proposals 1.5 x their latency before a slot frees
 LATENCY_WINDOW = 12  # the latest proposals whose latency sets `auto`
 
@@ -224,10 +224,15 @@ class Driver(Decisions):
         s, lim = self.session, self.limits
         if s.stop_requested:
             return s.stop_requested
-        if self.team and all(r.done for r in self.team):  # (more copies of the same agents would say the same)
+        for r in self.team:  # a researcher at its own cap stops alone
+            if not r.done and (cap := r.cap_reached()):
+                r.done = cap
+                s.report("note", message=cap)
+        if self.team and all(r.done for r in self.team) and not (
+                self.grow is not None and all(r.hung for r in self.team)):  # a hung one is replaced when it can be
             return self.team[0].done if len(self.team) == 1 else "every researcher stopped: " + "; ".join(
                 r.done for r in self.team)
-        if lim.max_experiments and s.count >= lim.max_experiments:
+        if lim.max_experiments and s.count + self._live_proposals() >= lim.max_experiments:
             return f"reached --max-experiments {lim.max_experiments}"
         if lim.max_hours and time.monotonic() - s.started >= lim.max_hours * 3600:
             return f"reached --max-hours {lim.max_hours:g}"
@@ -265,7 +270,8 @@ class Driver(Decisions):
                 if propose:
                     busy = len(self.pending) + len(self.ready)
                     self.ledger.event(self.tag, "drain", f"{reason}: no new proposals; finishing {busy} in flight")
-            self._pause_check()
+            if propose:  # tool mode's and confirm's own rows are not held by `autoresearch pause`
+                self._pause_check()
             self._watchdog()
             self._fill(propose)
             if self.draining and not (self.pending or self.ready or self.running or self._live_proposals()):
@@ -330,8 +336,9 @@ class Driver(Decisions):
 
     def _idle_researcher(self) -> Optional[Researcher]:
         idle = [r for r in self.team if r not in self.proposing and not r.done and not r.cap_reached()]
-        if not idle and self.grow is not None and len(self.team) < self.parallel_now() and \
-                not any(r.done for r in self.team):
+        live = [r for r in self.team if not r.hung]
+        if not idle and self.grow is not None and len(live) < self.parallel_now() and \
+                not any(r.done and not r.hung for r in self.team):
             n = len(self.team) + 1
             r = self.researcher(self.grow(n), n)
             self.team.append(r)
@@ -349,7 +356,8 @@ class Driver(Decisions):
             try:
                 exp = None
                 if repair_of is None and self.session.swarm is not None:
-                    exp = self.session.swarm.next_candidate()  # a peer's claim, measured here before it can be kept
+                    with self.session.swarm_lock:  # one caller at a time (the swarm is not thread-safe)
+                        exp = self.session.swarm.next_candidate()  # a peer's claim, measured here before kept
                 if exp is None:
                     exp = researcher.propose(repair_of, running=running, others=others, exclusive=exclusive)
                 self.events.put(("proposal", researcher, exp))
@@ -367,6 +375,8 @@ class Driver(Decisions):
             if exp is not None and exp.status == Status.RUNNING:
                 exp.status, exp.reason = Status.INTERRUPTED, "proposed after its researcher was given up on (timeout)"
                 self._record(exp)
+            elif exp is not None:
+                self.session.after_record(exp)
             return
         self.latencies.append(time.monotonic() - t0)
         if exp is None:
@@ -458,6 +468,10 @@ class Driver(Decisions):
             if "eval_log" in res.extra:
                 m.eval_log = str(log.with_name(log.name[:-4] + ".eval.log"))
                 Path(m.eval_log).write_text(res.extra["eval_log"], encoding="utf-8")
+        if st.final and (found := self.session.put_back()):  # confirm's runs: nobody else to charge
+            m.status, m.reason, m.metric = Status.VIOLATION, f"the run touched the harness's state: {'; '.join(found)}", \
+                None
+            self.ledger.event(self.tag, "tamper", f"found after a run of #{exp.id}: {'; '.join(found)}", exp.id)
         self.ledger.add_measurement(exp.id, job.commit, job.seed, m.metric, m.metrics, m.wall_s, m.status,
                                    load=m.load)
         st.runs.append({"purpose": job.purpose, "commit": job.commit, "seed": job.seed, "status": m.status,
@@ -525,9 +539,11 @@ class Driver(Decisions):
                 self.free.append(slot)
                 self._lost(self.pending.get(job.exp_id), job, slot, "no answer, even to a cancel")
         for r, (_, t0) in list(self.proposing.items()):  # a researcher hanging past its agent.timeout_s
-            limit_s = r.cfg.agent.timeout_s + AGENT_SLACK_S
+            limit_s = r.cfg.agent.timeout_s + self.cfg.experiment.grace_s + AGENT_SLACK_S  # after its own kill
             if r not in self.abandoned and now - t0 > limit_s:
                 self.abandoned.add(r)
+                self.session.close_window(r)  # what the guard finds from now on is no longer its doing
+                r.hung = True
                 r.done = f"the agent {r.label} gave no answer in {limit_s:.0f}s (agent.timeout_s {r.cfg.agent.timeout_s:g})"
                 exp = self.session.new_experiment(self.ws.expected_tip(), "(no answer)", kind=Kind.CANDIDATE,
                                                   agent=r.name, researcher=r.label)
@@ -581,7 +597,8 @@ class Driver(Decisions):
         while self.running and time.monotonic() < deadline:
             self._pump()
         while not hurry and any(t.is_alive() for r, (t, _) in self.proposing.items() if r not in self.abandoned):
-            self._pump()  # the agents finish their calls; their proposals are recorded `interrupted`
+            self._pump()
+            self._watchdog()  # the agents finish their calls (their proposals become `interrupted`); one hanging is given up on
         self._pump(0)
         for st in list(self.pending.values()):
             self._safely(self.finish, st, Status.INTERRUPTED, why)

@@ -50,6 +50,7 @@ class Researcher:
         self.label = label or f"{getattr(agent, 'name', '?')}{':' + model if model else ''}#{index}"
         self.folder = ProposalFolder(session.ws, "propose" if index == 1 else f"propose-{index}")
         self.done = ""  # why this researcher proposes no more ("" while it does)
+        self.hung = False  # given up on after no answer past its timeout
         self.proposals = 0
         self.busy = False
 
@@ -83,30 +84,30 @@ class Researcher:
         spent = bool(proposal.meta.get("llm_calls") or proposal.cost_usd or proposal.tokens_in)
         if s.stop_requested:
             # the agent's spending is data even when the change never runs
-            return s.finish_unrun(exp, Status.INTERRUPTED, "stopped before it ran", proposal) if spent else None
+            return self.unrun(exp, Status.INTERRUPTED, "stopped before it ran", proposal) if spent else None
         if tampered:
-            return s.finish_unrun(exp, Status.VIOLATION, f"the agent touched the harness's state: {'; '.join(tampered)}",
+            return self.unrun(exp, Status.VIOLATION, f"the agent touched the harness's state: {'; '.join(tampered)}",
                                   proposal)
         if proposal.stop and not proposal.error:  # out of ideas: this researcher stops, not a failed experiment
             self.done = f"the agent {self.label} stopped: {proposal.stop}"
             s.report("note", message=self.done)
-            return s.finish_unrun(exp, Status.INTERRUPTED, self.done, proposal) if spent else None
+            return self.unrun(exp, Status.INTERRUPTED, self.done, proposal) if spent else None
         if proposal.error:
             why = clean.one_line(proposal.error, clean.REASON_CHARS)
-            return s.finish_unrun(exp, Status.CRASH, f"agent failed: {why}", proposal)
+            return self.unrun(exp, Status.CRASH, f"agent failed: {why}", proposal)
         change = self.folder.changes()  # walked with lstat, compared with what the folder held
         if problems := change.problems(s.cfg):
             exp.patch = change.patch()  # kept as evidence of what was tried
             shown = clean.one_line("; ".join(problems), clean.REASON_CHARS)  # file names are the agent's text too
-            return s.finish_unrun(exp, Status.VIOLATION, f"{shown} (refused before running)", proposal)
+            return self.unrun(exp, Status.VIOLATION, f"{shown} (refused before running)", proposal)
         if not change.paths:
-            return s.finish_unrun(exp, Status.DISCARD, "the agent changed nothing", proposal)
+            return self.unrun(exp, Status.DISCARD, "the agent changed nothing", proposal)
         try:  # from the bytes the harness read: no git runs in the folder the agent wrote
             exp.commit = s.ws.commit_files(parent, change.files, s.commit_message(exp), base=start)
         except NothingChanged:
-            return s.finish_unrun(exp, Status.DISCARD, "the change is empty once committed", proposal)
+            return self.unrun(exp, Status.DISCARD, "the change is empty once committed", proposal)
         except GitError as e:  # what the agent made (a path, a file) can make git fail: its failure, not ours
-            return s.finish_unrun(exp, Status.CRASH, f"git could not commit the change: "
+            return self.unrun(exp, Status.CRASH, f"git could not commit the change: "
                                                 f"{clean.one_line(e, clean.REASON_CHARS)}", proposal)
         exp.patch = s.ws.diff(parent, exp.commit)
         twin = same_code(s, exp)  # identical code already measured: these runs add to its runs
@@ -120,6 +121,11 @@ class Researcher:
         s.count += 1
         return exp
 
+    def unrun(self, exp: Experiment, status: Status, reason: str, proposal: Optional[Proposal] = None) -> Experiment:
+        """A proposal that ends here, recorded; what follows a record (results.tsv, the reporter, the tracker,
+        the swarm) is left to the driver's thread, which does it once for every row."""
+        return self.session.finish_unrun(exp, status, reason, proposal, record=False)
+
     def context(self, wt: Path, repair_of: Optional[Experiment], running: list[str], others: list[str]) -> Context:
         s, root = self.session, self.session.cfg.root
         s.control.note_steering()  # program.md / ideas.md edited mid-run: noted in the ledger
@@ -132,8 +138,15 @@ class Researcher:
             history=s.ledger.experiments(s.tag), incumbent=s.ledger.incumbent(s.tag), repair=repair_of,
             running=running + [f"(another researcher is working on a change right now: {o})" for o in others],
             figure=figures.improvement(s.ledger, s.tag, figures.Spec.from_config(s.cfg)),
-            swarm=s.swarm.hints() if s.swarm is not None else "",
+            swarm=self.swarm_hints(),
         )
+
+    def swarm_hints(self) -> str:
+        s = self.session
+        if s.swarm is None:
+            return ""
+        with s.swarm_lock:  # the swarm is shared by every researcher's thread
+            return s.swarm.hints()
 
     def cap_reached(self) -> str:
         """This researcher's own cost cap (its [[agents]] entry's max_usd / max_tokens), if reached."""

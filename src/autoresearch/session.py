@@ -153,6 +153,7 @@ class RunSession:
         self.control = Control(cfg.root, tag, self.ledger, lambda kind, **data: self.report(kind, **data))
         self.tracker = tracking.make(cfg, tag, self.ledger)  # MLflow, when [tracking] asks for it
         self.swarm = None  # set by the driver when .autoresearch/swarm.toml asks for it (swarm.py)
+        self.swarm_lock = threading.RLock()  # the swarm is asked from researchers' threads: one at a time
 
     # -- opening and closing -------------------------------------------------------------
     @contextmanager
@@ -243,6 +244,11 @@ class RunSession:
             wire.__exit__(None, None, None)
             hits.extend(f"opened hidden data: {p}" for p in wire.hits)
 
+    def close_window(self, key: Any) -> None:
+        """A researcher given up on (it hangs): what is found from now on is not charged to it."""
+        with self.guard_lock:
+            self.windows.pop(key, None)
+
     def put_back(self) -> list[str]:
         """Put back the branch, pins, rows, results.tsv, the checkout's protected files and git's files if
         anything but the harness changed them. Charged to the open windows when there are any (and then []
@@ -286,16 +292,18 @@ class RunSession:
         for call in proposal.meta.get("llm_calls", []):
             self.ledger.log_llm_call(experiment_id=exp.id, tag=self.tag, **call)
 
-    def finish_unrun(self, exp: Experiment, status: str, reason: str,
-                     proposal: Optional[Proposal] = None) -> Experiment:
-        """A proposal that never ran still becomes a record: begun, then finished at once."""
+    def finish_unrun(self, exp: Experiment, status: str, reason: str, proposal: Optional[Proposal] = None, *,
+                     record: bool = True) -> Experiment:
+        """A proposal that never ran still becomes a record: begun, then finished at once. `record=False`:
+        the caller runs after_record() itself (researchers leave it to the driver's thread)."""
         self.ledger.begin(exp)
         if proposal is not None:
             self.log_calls(exp, proposal)
         self.count += 1
         exp.status, exp.reason = status, reason
         self.ledger.finish(exp)
-        self.after_record(exp)
+        if record:
+            self.after_record(exp)
         return exp
 
     def after_record(self, exp: Experiment) -> None:
@@ -303,6 +311,7 @@ class RunSession:
         self.write_tsv()
         self.tracker.record(exp)  # never raises: an MLflow failure becomes a ledger event
         if self.swarm is not None:
-            self.swarm.recorded(exp)  # reputation of a re-measured claim; publish to the hub (best effort)
+            with self.swarm_lock:
+                self.swarm.recorded(exp)  # reputation of a re-measured claim; publish to the hub (best effort)
         figure = figures.improvement(self.ledger, self.tag, figures.Spec.from_config(self.cfg))
         self.report("finished", exp=exp, incumbent=self.ledger.incumbent(self.tag), figure=figure)
