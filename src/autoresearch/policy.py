@@ -7,32 +7,30 @@ evidence it was based on, stored with the experiment.
 
 - greedy: keep iff strictly better than the incumbent (the original's rule).
 - threshold: keep iff better by more than `policy.margin`.
-- confirm: noise-aware; see policy_confirm.py (registered here by name).
+- confirm: noise-aware; see policy_confirm.py (made here by name).
 - auto (the default): confirm where noise is measured (policy.calibration_runs >= 2),
   else greedy. Zero config (the original's three files, no toml) is greedy, as the original.
 
-Every policy discards a change that only touches a seed (`seed_only_change`): a new
-draw of the noise is never an improvement, whatever the one run says.
+Every policy discards a change that only touches a seed (verdict.seed_only_change): a new
+draw of the noise is never an improvement, whatever the one run says. What a policy answers
+(Verdict) and that shared rule live in verdict.py, which every policy imports, so the policies
+import each other in one direction only (this module makes them by name).
 """
 
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol
 
 from .config import Config
 from .ledger import Experiment, Ledger
+from .noise import pooled_noise
+from .policy_confirm import Confirm
 from .stats import Scale
+from .verdict import Verdict, seed_only_change
 
-
-@dataclass
-class Verdict:
-    keep: bool
-    reason: str
-    evidence: dict[str, Any] = field(default_factory=dict)
-    more_runs: list[tuple[str, int]] = field(default_factory=list)
+__all__ = ["Verdict", "seed_only_change", "Policy", "MAX_ASKS", "settle", "better", "improvement", "Greedy",
+           "Threshold", "Confirm", "resolve", "make"]
 
 
 class Policy(Protocol):
@@ -114,8 +112,6 @@ def make(cfg: Config) -> Policy:
     if name == "threshold":
         return Threshold(cfg)
     if name == "confirm":
-        from .policy_confirm import Confirm
-
         return Confirm(cfg)
     raise AssertionError(f"policy {name!r} passed config validation but has no implementation")
 
@@ -123,8 +119,6 @@ def make(cfg: Config) -> Policy:
 def _one_run_evidence(name: str, candidate: Experiment, incumbent: Experiment, gain: float,
                       ledger: Ledger, scale: Scale = Scale()) -> dict[str, Any]:
     """The common evidence keys for a one-run rule, with the effect in noise units when noise was measured."""
-    from .policy_confirm import pooled_noise  # here: policy_confirm imports this module
-
     ev: dict[str, Any] = {"test": f"{name}: one run each, no test", "seeds": [candidate.seed],
                           "mean": candidate.metric, "incumbent_mean": incumbent.metric, "gain": gain}
     sd, df = pooled_noise(ledger, candidate.tag, scale)
@@ -134,50 +128,3 @@ def _one_run_evidence(name: str, candidate: Experiment, incumbent: Experiment, g
         if scale.relative:
             ev["noise"] = Scale.NOTE
     return ev
-
-
-_NUMBER = re.compile(r"(?<![A-Za-z_])[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
-_SEED = re.compile(r"seed", re.IGNORECASE)
-
-
-def seed_only_change(patch: str) -> bool:
-    """True when a unified diff only changes a seed: every removed line is replaced by an added
-    line that mentions a seed and differs from it only in numbers (comments and spacing aside).
-
-    Such a change draws the noise again; it is never research. Pure additions or removals,
-    new or deleted files and binary changes are not seed-only (the policy judges them).
-    """
-    groups: list[tuple[list[str], list[str]]] = []
-    minus: list[str] = []
-    plus: list[str] = []
-    for line in patch.splitlines():
-        if line.startswith(("---", "+++")):
-            continue
-        if line.startswith(("new file", "deleted file", "Binary files", "rename ", "similarity ")):
-            return False
-        if line.startswith("-"):
-            if plus:
-                groups.append((minus, plus))
-                minus, plus = [], []
-            minus.append(line[1:])
-        elif line.startswith("+"):
-            plus.append(line[1:])
-        elif minus or plus:
-            groups.append((minus, plus))
-            minus, plus = [], []
-    if minus or plus:
-        groups.append((minus, plus))
-    if not groups:
-        return False
-    for old, new in groups:
-        if len(old) != len(new):
-            return False
-        for a, b in zip(old, new):
-            if not (_SEED.search(a) and _SEED.search(b)) or _shape(a) != _shape(b) or a.strip() == b.strip():
-                return False
-    return True
-
-
-def _shape(line: str) -> str:
-    code = line.split("#", 1)[0]
-    return " ".join(_NUMBER.sub("#", code).split())

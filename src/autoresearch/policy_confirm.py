@@ -13,7 +13,7 @@ every commit of the tag measured more than once (stats.compare_to_level):
 - baseline: measured on `policy.calibration_runs` seeds (seed, seed+1, ...); their spread
   is the first noise estimate, recorded as an event and as the baseline's evidence.
 - seed-only: a patch whose every changed line only changes a number on a line that
-  mentions a seed is discarded at once (policy.seed_only_change).
+  mentions a seed is discarded at once (verdict.seed_only_change).
 - incumbent re-measure: one fresh run before judging when the noise rests on fewer than
   calibration_runs - 1 degrees of freedom, or when the incumbent's level is known less
   well than one run would tell (kept on thin evidence, its children not yet in).
@@ -59,10 +59,11 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-from . import levels, pairing, stats
+from . import levels, noise, pairing, stats
 from .config import Config
 from .ledger import Experiment, Ledger
-from .policy import Verdict, seed_only_change
+from .noise import NOT_POSITIVE
+from .verdict import Verdict, seed_only_change
 
 TEST = "pooled t (one-sided)"
 TEST_LEVEL = "t (one-sided) against the incumbent's estimated level (empirical Bayes)"
@@ -99,8 +100,8 @@ class Confirm:
             return Verdict(False, "only a seed changed: a different draw of the noise, not an improvement",
                            {"test": "seed-only patch", "runs": 1, "seeds": [candidate.seed], "mean": candidate.metric,
                             "rule": "seed-only"})
-        by_commit = _runs_by_commit(ledger, candidate.tag, self.scale)
-        mine, failed = _runs(by_commit, candidate.commit)
+        by_commit = noise.runs_by_commit(ledger, candidate.tag, self.scale)
+        mine, failed = noise.runs(by_commit, candidate.commit)
         if failed:
             f = failed[0]
             return Verdict(False, f"a confirmation run (seed {f['seed']}) ended `{f['status']}`: not reproducible"
@@ -108,8 +109,8 @@ class Confirm:
                            {"test": TEST, "runs": len(mine), "seeds": [m["seed"] for m in mine], "rule": "failed rerun"})
         if self.paired:
             return self._decide_paired(candidate, incumbent, ledger, by_commit)
-        ref, _ = _runs(by_commit, incumbent.commit)
-        sd, df = _pooled(by_commit)
+        ref, _ = noise.runs(by_commit, incumbent.commit)
+        sd, df = noise.pooled(by_commit)
         level = self._level(ledger, candidate, incumbent, by_commit, sd)
         want = self._incumbent_runs(candidate, incumbent, by_commit, level, sd, df)
         if want:
@@ -166,12 +167,12 @@ class Confirm:
         cand, inc = candidate.commit, incumbent.commit
         here = sorted((m for ms in by_commit.values() for m in ms if m["experiment_id"] == candidate.id
                        and m["commit"] in (cand, inc)), key=lambda m: m["id"])
-        bad = [m for m in here if m["commit"] == inc and not _usable(m) and m["status"] != "interrupted"]
+        bad = [m for m in here if m["commit"] == inc and not noise.usable(m) and m["status"] != "interrupted"]
         if bad:
             return Verdict(False, f"the incumbent's side-by-side run (seed {bad[0]['seed']}) ended "
                                   f"`{bad[0]['status']}`: nothing to pair with, discarded",
                            {"test": PAIRED_TEST + self.scale.label, "paired": True, "rule": "failed rerun"})
-        done, waiting = pairing.pairs([m for m in here if _usable(m)], cand, inc, self.lower)
+        done, waiting = pairing.pairs([m for m in here if noise.usable(m)], cand, inc, self.lower)
         seeds = {c: {m["seed"] for m in by_commit.get(c, [])} for c in (cand, inc)}
         fresh = {c: (c, _fresh(seeds[c], candidate.seed, 1)[0]) for c in (cand, inc)}
         if waiting is not None:  # its partner, right after it
@@ -182,7 +183,7 @@ class Confirm:
             return Verdict(False, "re-measuring the incumbent side by side", more_runs=[fresh[inc]])
         diffs = [p.diff for p in done]
         sd, df = self._pair_noise(ledger, candidate.tag, by_commit)
-        run_sd, _ = _pooled(by_commit)
+        run_sd, _ = noise.pooled(by_commit)
         ev = self._paired_evidence(done, sd, df, ledger, candidate, incumbent, by_commit)
         if sd is None:
             return Verdict(False, "no measure of the noise of a paired difference: discarded; set "
@@ -231,7 +232,7 @@ class Confirm:
         by_exp: dict[int, list[dict[str, Any]]] = {}
         for ms in by_commit.values():
             for m in ms:
-                if _usable(m):
+                if noise.usable(m):
                     by_exp.setdefault(m["experiment_id"], []).append(m)
         decisions, calibration = [], []
         for e in ledger.experiments(tag):
@@ -250,7 +251,7 @@ class Confirm:
         units = self.scale.units
         c_vals, i_vals = [p.candidate["metric"] for p in done], [p.incumbent["metric"] for p in done]
         mean_d, ref = stats.mean([p.diff for p in done]), stats.mean(i_vals)
-        earlier = [m for m in _runs(by_commit, incumbent.commit)[0] if m["experiment_id"] != candidate.id]
+        earlier = [m for m in noise.runs(by_commit, incumbent.commit)[0] if m["experiment_id"] != candidate.id]
         ev: dict[str, Any] = {
             "test": PAIRED_TEST + self.scale.label, "paired": True, "runs": len(done),
             "mean": units(stats.mean(c_vals)),
@@ -292,7 +293,7 @@ class Confirm:
     # -- pieces --------------------------------------------------------------------------------
     def _calibrate(self, baseline: Experiment, ledger: Ledger) -> Verdict:
         """The starting point is kept; first its noise is measured on `calibration_runs` seeds."""
-        mine, failed = _runs(_runs_by_commit(ledger, baseline.tag, self.scale), baseline.commit)
+        mine, failed = noise.runs(noise.runs_by_commit(ledger, baseline.tag, self.scale), baseline.commit)
         done = {m["seed"] for m in mine} | {f["seed"] for f in failed}
         if len(mine) < self.calibration_runs and len(done) < 2 * self.calibration_runs:
             return Verdict(False, "calibrating the noise", more_runs=[
@@ -309,11 +310,11 @@ class Confirm:
             ev["noise"] = stats.Scale.NOTE
         if failed:
             ev["failed_runs"] = len(failed)
-        noise = (f"noise sd {sd:.4g}{self.scale.label} over {len(values)} runs"
+        said = (f"noise sd {sd:.4g}{self.scale.label} over {len(values)} runs"
                  if sd is not None else "noise not measured (one run)")
-        ledger.event(baseline.tag, "calibration", f"baseline {baseline.short}: mean {ev['mean']:.6g}, {noise} "
+        ledger.event(baseline.tag, "calibration", f"baseline {baseline.short}: mean {ev['mean']:.6g}, {said} "
                      f"(seeds {', '.join(map(str, ev['seeds']))})", baseline.id)
-        return Verdict(True, f"the starting point; {noise}", ev)
+        return Verdict(True, f"the starting point; {said}", ev)
 
     def _level(self, ledger: Ledger, candidate: Experiment, incumbent: Experiment,
                by_commit: dict[str, list[dict[str, Any]]], sd: Optional[float]) -> Optional[levels.Level]:
@@ -322,7 +323,7 @@ class Confirm:
             return None
         runs: dict[int, list[tuple[str, float]]] = {}
         for commit in by_commit:
-            for m in _runs(by_commit, commit)[0]:
+            for m in noise.runs(by_commit, commit)[0]:
                 runs.setdefault(m["experiment_id"], []).append((m["id"], commit, m["metric"]))
         ordered = {k: [(c, v) for _, c, v in sorted(rs)] for k, rs in runs.items()}
         found, _ = levels.estimate(ledger.experiments(candidate.tag), ordered, sd, self.lower, candidate.id)
@@ -391,47 +392,7 @@ class Confirm:
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-NOT_POSITIVE = 'metric.noise = "relative" needs a positive metric'
 PAIRED_TEST = "paired t (one-sided) against the incumbent re-run side by side"
-
-
-def _usable(m: dict[str, Any]) -> bool:
-    return m["status"] == "ok" and m["metric"] is not None and math.isfinite(m["metric"])
-
-
-def pooled_noise(ledger: Ledger, tag: str, scale: stats.Scale = stats.Scale()) -> tuple[Optional[float], int]:
-    """(sd, degrees of freedom) of run-to-run noise, pooled over the tag's commits measured more
-    than once, on the test's scale."""
-    return _pooled(_runs_by_commit(ledger, tag, scale))
-
-
-def _pooled(by_commit: dict[str, list[dict[str, Any]]]) -> tuple[Optional[float], int]:
-    return stats.pooled_sd([[m["metric"] for m in _runs(by_commit, c)[0]] for c in by_commit])
-
-
-def _runs_by_commit(ledger: Ledger, tag: str, scale: stats.Scale = stats.Scale()) -> dict[str, list[dict[str, Any]]]:
-    """The tag's measurements by commit, the metric on the test's scale; with relative noise a run
-    with a metric <= 0 counts as failed (status `not_positive`)."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for m in ledger.measurements(tag=tag):
-        v = m["metric"]
-        if scale.relative and m["status"] == "ok" and v is not None and math.isfinite(v):
-            m = dict(m, metric=scale.judged(v)) if v > 0 else dict(m, status="not_positive")
-        out.setdefault(m["commit"], []).append(m)
-    return out
-
-
-def _runs(by_commit: dict[str, list[dict[str, Any]]], commit: Optional[str]) -> tuple[list[dict], list[dict]]:
-    """(usable runs, failed runs) of one commit; a seed measured twice counts once."""
-    ok, failed, seen = [], [], set()
-    for m in by_commit.get(commit or "", []):
-        good = m["status"] == "ok" and m["metric"] is not None and math.isfinite(m["metric"])
-        if good and m["seed"] not in seen:
-            seen.add(m["seed"])
-            ok.append(m)
-        elif not good and m["status"] != "interrupted":
-            failed.append(m)
-    return ok, failed
 
 
 def _fresh(used: set[int], start: int, count: int) -> list[int]:
