@@ -37,12 +37,17 @@ every commit of the tag measured more than once (stats.compare_to_level):
   the machine's load and drifts): the candidate is judged against the incumbent re-run side
   by side, interleaved in pairs (pairing.py), by a one-sided t-test on the paired differences
   with their sd pooled over the tag; the incumbent's older runs and level are context only.
-  Calibration takes twice `calibration_runs` runs (back to back, they are A/A pairs). Look 1
-  (one pair): discard when slower than the incumbent beside it (t < 0). Never kept on one pair
-  (a load switching between its two runs makes one difference huge): from two pairs on, keep
-  when p <= 0.4 * alpha (many looks share the level) and the test without the most favourable
-  pair still gives p <= 2 * alpha; discard when t < 0.5 or after 3 * `max_runs` pairs; else
-  one more pair, in a drawn order. Tuned on benchmarks/drift.py (docs/policy.md).
+  Where the runs' CPU time / wall time is on record, each pair is weighted by the noise of its
+  class (busy or quiet machine, even or uneven load between its two runs: pairing.pair_class,
+  each class's sd pooled over the tag) — on a shared machine a quiet pair tells several times
+  more than a busy one. Calibration takes twice `calibration_runs` runs (back to back, they are
+  A/A pairs). Look 1 (one pair): discard when clearly slower than the incumbent beside it
+  (t < -1). Never kept on one pair (a load switching between its two runs makes one difference
+  huge): from two pairs on, keep when p <= 0.4 * alpha (many looks share the level), the test
+  without the most favourable pair still gives p <= alpha, and the plain mean of the pairs
+  favours the candidate too (the weights decide how sure, never the direction); discard when
+  t < 0 at look 2, t < 0.5 later, or after 3 * `max_runs` pairs; else one more pair, in a
+  drawn order. Tuned on benchmarks/drift.py's real runs (docs/policy.md).
 - every verdict records the machine's load around its runs (load average, CPU time / wall
   time, from the measurements' `load`) and says when the baseline's noise was calibrated
   under other load than now (evidence `conditions`).
@@ -75,9 +80,12 @@ class Confirm:
     futility_t = 1.4  # looks 2+: below this the confirmation runs took too much of the gain away
     clear_fraction = 0.4  # a one-run keep needs p <= alpha * clear_fraction
     unknown_level = 0.9  # re-measure an incumbent whose level is known less well than ~one run tells
-    robust_factor = 2.0  # paired: without its best pair a keep must still reach p <= alpha * robust_factor
-    paired_screen_t = 0.0  # paired look 1 (one pair): below this, discarded
-    paired_futility_t = 0.5  # paired looks 2+: below this, discarded
+    robust_factor = 1.0  # paired: without its best pair a keep must still reach p <= alpha * robust_factor
+    # (2.0 before: drift.py's real runs kept 4.7% of nulls, mostly on one lucky pair; 1.0: ~2%, power the same)
+    paired_screen_t = -1.0  # paired look 1 (one pair): below this (clearly slower), discarded
+    # (0.0 before: a one-pair screen lost ~15% of real 18% speed-ups when a pair's noise is about the effect)
+    paired_futility_2 = 0.0  # paired look 2 (two pairs): below this (no better at all), discarded (was 0.5)
+    paired_futility_t = 0.5  # paired looks 3+: below this, discarded
     pairs_per_run = 3  # paired: at most max_runs * pairs_per_run pairs...
     max_pairs = 18  # ...and never more than this: the loop asks a policy at most 20 times per decision
     paired_keep = 0.4  # paired: each look keeps at p <= alpha * paired_keep (many looks share alpha)
@@ -182,29 +190,45 @@ class Confirm:
         if not done:
             return Verdict(False, "re-measuring the incumbent side by side", more_runs=[fresh[inc]])
         diffs = [p.diff for p in done]
-        sd, df = self._pair_noise(ledger, candidate.tag, by_commit)
+        sd, df, classes, quiet = self._pair_noise(ledger, candidate.tag, by_commit)
         run_sd, _ = noise.pooled(by_commit)
-        ev = self._paired_evidence(done, sd, df, ledger, candidate, incumbent, by_commit)
+        flags = [pairing.pair_class(p.candidate, p.incumbent, quiet) for p in done]
+        weighted = classes.usable(flags)
+        n, mean_d = len(done), stats.mean(diffs)
         if sd is None:
+            ev = self._paired_evidence(done, sd, df, ledger, candidate, incumbent, by_commit)
             return Verdict(False, "no measure of the noise of a paired difference: discarded; set "
                                   "policy.calibration_runs >= 2", ev | {"rule": "no noise estimate"})
-        n, mean_d = len(done), stats.mean(diffs)
         if sd == 0 and not run_sd:
+            ev = self._paired_evidence(done, sd, df, ledger, candidate, incumbent, by_commit)
             ev["test"] = "deterministic (measured noise is 0)"
             if mean_d > 0:
                 return self._final(True, ev, "deterministic", f"better by {ev['gain']:.6g} and the metric is "
                                    "deterministic", ledger, candidate)
             return self._final(False, ev, "deterministic", "not better (the metric is deterministic)", ledger,
                                candidate)
-        _, t, p = pairing.paired_test(diffs, sd, df)
+        if weighted:
+            est, se, t, p, test_df = pairing.weighted_test(diffs, flags, classes)
+        else:
+            est, t, p = pairing.paired_test(diffs, sd, df)
+            se, test_df = sd / math.sqrt(n), df
+        ev = self._paired_evidence(done, sd, df, ledger, candidate, incumbent, by_commit, (est, se, test_df))
         ev |= {"t": _finite(t), "p_value": p}
-        sig = f"{_finite(ev['effect_sigma']) or 0:+.2f}σ, p={p:.3g}, {n} pair{'s' if n > 1 else ''} side by side"
+        if weighted:
+            ev["test"] = WEIGHTED_TEST + self.scale.label
+            noisy = sum(k != 0 for k in flags)
+            ev["weighted"] = {"noisy_pairs": noisy, "classes": classes.as_dict(), "df": round(test_df, 1),
+                              "quiet_cpu_per_wall": quiet, "mean_unweighted": mean_d}
+            for q, k in zip(ev["pairs"], flags):
+                q["class"] = pairing.CLASSES[k]
+        sig = f"{_finite(ev['effect_sigma']) or 0:+.2f}σ, p={p:.3g}, {n} pair{'s' if n > 1 else ''} side by side" \
+            + (f", {noisy} busy or uneven" if weighted else "")
         too_good = (ev["effect_sigma"] is not None and ev["effect_sigma"] > self.too_good) or \
             self._beyond_floor(stats.mean([q.candidate["metric"] for q in done]))
         more = pairing.next_pair(candidate.id, n, fresh[cand], fresh[inc])
         if n == 1:
             if t < self.paired_screen_t:
-                return self._final(False, ev, "screen", f"not better than the incumbent run beside it ({sig}; "
+                return self._final(False, ev, "screen", f"slower than the incumbent run beside it ({sig}; "
                                    f"confirming needs t >= {self.paired_screen_t:g})", ledger, candidate)
             return Verdict(False, "confirming side by side", ev, more)
         if too_good and n < 3:
@@ -212,45 +236,69 @@ class Confirm:
         if self._beyond_floor(stats.mean([q.candidate["metric"] for q in done])):
             return self._final(False, ev, "floor", f"mean {ev['mean']:.6g} is better than metric.floor "
                                f"{self.floor:g}: impossible, check the evaluation", ledger, candidate)
-        if p <= self.alpha * self.paired_keep:
-            rest = sorted(diffs)[:-1]
-            _, _, p2 = pairing.paired_test(rest, sd, df)
+        passed = p <= self.alpha * self.paired_keep
+        if passed and mean_d <= 0:  # the weights decide how sure, never the direction
+            passed = False
+            ev["unweighted_not_better"] = True
+        if passed:
+            if weighted:  # the pair that adds the most to the weighted mean
+                best = max(range(n), key=lambda i: diffs[i] / classes.var(flags[i]))
+                _, _, _, p2, _ = pairing.weighted_test(diffs[:best] + diffs[best + 1:], flags[:best] + flags[best + 1:],
+                                                    classes)
+            else:
+                _, _, p2 = pairing.paired_test(sorted(diffs)[:-1], sd, df)
             ev["p_without_best_pair"] = p2
             if p2 <= self.alpha * self.robust_factor:
                 return self._final(True, ev, "confirmed", f"confirmed side by side ({sig})", ledger, candidate)
         most = min(self.max_pairs, self.max_runs * self.pairs_per_run)
-        if n >= most or t < self.paired_futility_t:
+        if n >= most or t < (self.paired_futility_2 if n == 2 else self.paired_futility_t):
             why = f"after {n} pairs" + (f" (at most {most}: 3 x policy.max_runs)" if n >= most else "")
-            if p <= self.alpha * self.paired_keep:
+            if ev.get("unweighted_not_better"):
+                why += ", the plain mean of the pairs not better"
+            elif p <= self.alpha * self.paired_keep:
                 why += ", resting on one pair"
             return self._final(False, ev, "not confirmed", f"not confirmed {why} ({sig})", ledger, candidate)
         return Verdict(False, "confirming side by side", ev, more)
 
     def _pair_noise(self, ledger: Ledger, tag: str, by_commit: dict[str, list[dict[str, Any]]]
-                    ) -> tuple[Optional[float], int]:
-        """The sd of one paired difference, pooled over the tag's paired decisions and its calibrations."""
+                    ) -> tuple[Optional[float], int, pairing.ClassNoise, Optional[float]]:
+        """The noise of one paired difference, pooled over the tag's paired decisions and its
+        calibrations: (sd, df) over all pairs, each class's (pairing.pair_class), and the program's
+        quiet CPU share that tells the classes apart."""
         by_exp: dict[int, list[dict[str, Any]]] = {}
         for ms in by_commit.values():
             for m in ms:
                 if noise.usable(m):
                     by_exp.setdefault(m["experiment_id"], []).append(m)
-        decisions, calibration = [], []
+        quiet = pairing.quiet_share(m for ms in by_exp.values() for m in ms)
+        decisions, calibration, flagged, aa = [], [], [], []
         for e in ledger.experiments(tag):
             runs = sorted(by_exp.get(e.id or -1, []), key=lambda m: m["id"])
             if e.kind == "baseline":
-                calibration.append([m["metric"] for m in runs if m["commit"] == e.commit])
+                mine = [m for m in runs if m["commit"] == e.commit]
+                calibration.append([m["metric"] for m in mine])
+                aa += [(a["metric"] - b["metric"], pairing.pair_class(a, b, quiet)) for a, b in zip(mine[0::2], mine[1::2])]
                 continue
             other = next((m["commit"] for m in runs if m["commit"] != e.commit), None)
             if other:
-                decisions.append([p.diff for p in pairing.pairs(runs, e.commit, other, self.lower)[0]])
-        return pairing.pair_noise(decisions, calibration)
+                got = pairing.pairs(runs, e.commit, other, self.lower)[0]
+                decisions.append([p.diff for p in got])
+                flagged.append([(p.diff, pairing.pair_class(p.candidate, p.incumbent, quiet)) for p in got])
+        sd, df = pairing.pair_noise(decisions, calibration)
+        return sd, df, pairing.class_noise(flagged, aa), quiet
 
     def _paired_evidence(self, done: list[pairing.Pair], sd: Optional[float], df: int, ledger: Ledger,
-                         candidate: Experiment, incumbent: Experiment,
-                         by_commit: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+                         candidate: Experiment, incumbent: Experiment, by_commit: dict[str, list[dict[str, Any]]],
+                         estimate: Optional[tuple[float, float, int]] = None) -> dict[str, Any]:
+        """`estimate`: (mean difference, its standard error, degrees of freedom) of the test, when
+        it differs from the plain mean of the pairs with `sd` (noisy pairs weighted less)."""
         units = self.scale.units
         c_vals, i_vals = [p.candidate["metric"] for p in done], [p.incumbent["metric"] for p in done]
         mean_d, ref = stats.mean([p.diff for p in done]), stats.mean(i_vals)
+        if estimate is None and sd:
+            estimate = (mean_d, sd / math.sqrt(len(done)), df)
+        if estimate is not None:
+            mean_d = estimate[0]
         earlier = [m for m in noise.runs(by_commit, incumbent.commit)[0] if m["experiment_id"] != candidate.id]
         ev: dict[str, Any] = {
             "test": PAIRED_TEST + self.scale.label, "paired": True, "runs": len(done),
@@ -269,8 +317,8 @@ class Confirm:
         }
         if self.scale.relative:
             ev["noise"] = stats.Scale.NOTE + "; std: of one paired difference"
-        if sd:
-            half = stats.t_ppf(1 - self.alpha, df) * sd / math.sqrt(len(done))
+        if estimate is not None and estimate[1]:
+            half = stats.t_ppf(1 - self.alpha, estimate[2]) * estimate[1]
             ev["interval"] = [self.scale.gain(mean_d - half, ref, self.lower), self.scale.gain(mean_d + half, ref,
                                                                                                 self.lower)]
             ev["confidence"] = 1 - 2 * self.alpha
@@ -393,6 +441,7 @@ class Confirm:
 
 # -- helpers ----------------------------------------------------------------------------------------
 PAIRED_TEST = "paired t (one-sided) against the incumbent re-run side by side"
+WEIGHTED_TEST = PAIRED_TEST + ", pairs weighted by their class's noise (busy, uneven)"
 
 
 def _fresh(used: set[int], start: int, count: int) -> list[int]:
