@@ -29,8 +29,10 @@ enough to tell 5% of null keeps from 10%. The two policies are interleaved propo
 proposal (each on its own ledger and ratchet, the one going first alternating), so both see
 the same load over the same minutes.
 
-    python benchmarks/drift.py                    # ~9 minutes on 2 cores (the reported figures)
+    python benchmarks/drift.py                    # 9 minutes (the reported figures: --minutes 14, the machine busy)
     python benchmarks/drift.py --minutes 2        # a quick look
+    python benchmarks/drift.py --records r.jsonl  # and one line per decision: its rule, every run and its load
+    python benchmarks/drift.py --simulated 150 --replay r.jsonl   # a rule on that run's real pairs, in seconds
 The last line is one JSON object: {policy: {null_keep_rate, speedup_keep_rate, runs_per_decision, ...}, "setup": {...}}.
 """
 
@@ -206,6 +208,41 @@ class Simulated:
         return 0.5
 
 
+class Replay(Simulated):
+    """The real machine's noise replayed (`--replay FILE`, a `--records` file of a real run): for
+    tuning a rule on what this machine did, with the production policy and its early-session
+    estimates, in seconds. Runs come in consecutive twos (calibration's A/A pairs, each pair of a
+    paired decision); each two is a pair drawn at random from the file's: its two runs' deviations
+    in log(time) from their own commit's median in that decision (the effect taken out) and their
+    CPU/wall, stored as the load record the judge stores. What is lost: the load's memory from one
+    pair to the next (pairs are drawn independently)."""
+
+    def __init__(self, seed: int, path: str):
+        super().__init__(seed)
+        self.pairs: list[tuple[float, float, Optional[float], Optional[float]]] = []
+        for line in Path(path).read_text().splitlines():
+            r = json.loads(line)
+            ok = [m for m in r["trace"] if m["ms"] is not None]
+            med = {}
+            for c in {m["commit"] for m in ok}:
+                vals = sorted(math.log(m["ms"]) for m in ok if m["commit"] == c)
+                med[c] = vals[len(vals) // 2]
+            for a, b in zip(ok[0::2], ok[1::2]):
+                self.pairs.append((math.log(a["ms"]) - med[a["commit"]], math.log(b["ms"]) - med[b["commit"]],
+                                   a.get("cpu_per_wall"), b.get("cpu_per_wall")))
+        self.pending: Optional[tuple[float, Optional[float]]] = None
+        self.cpw: Optional[float] = None
+
+    def run(self, work: int) -> float:
+        if self.pending is None:
+            u, v, cu, cv = self.rng.choice(self.pairs)
+            self.pending, (noise, self.cpw) = (v, cv), (u, cu)
+        else:
+            (noise, self.cpw), self.pending = self.pending, None
+        self.on = self.cpw is not None and self.cpw < 0.6
+        return 45.0 * work / WORK * math.exp(noise)
+
+
 class Session:
     """One ratchet of one policy: a real ledger, real timed runs of the program's versions."""
 
@@ -220,13 +257,18 @@ class Session:
         self.work: dict[str, int] = {}
         self.tally = Tally()
         self.count = 0
+        self.trace: list[dict[str, Any]] = []  # this decision's runs, for --records
+        self.records: list[dict[str, Any]] = []
 
     def measure(self, exp: Experiment, commit: str, seed: int, calibration: bool = False) -> Optional[float]:
         """One real run of the commit's program, stored as Loop.measure stores it."""
         self.count += 1
         if isinstance(self.load, Simulated):
             value = self.load.run(self.work[commit])
-            self.ledger.add_measurement(exp.id, commit, seed, value, {}, value / 1000, "ok")
+            on = self.load.on
+            self.trace.append({"commit": commit, "ms": round(value, 3), "load_on": [on, on]})
+            load = {"cpu_per_wall": self.load.cpw, "cpus": 2} if isinstance(self.load, Replay) else None
+            self.ledger.add_measurement(exp.id, commit, seed, value, {}, value / 1000, "ok", load=load)
             self.tally.calibration_runs += calibration
             self.tally.runs += not calibration
             self.tally.loaded_runs += self.load.on
@@ -236,6 +278,8 @@ class Session:
         res = run_tree(f"{sys.executable} {commit}.py", cwd=self.root, env=dict(os.environ), log_path=log,
                        timeout_s=60, grace_s=1, marker=f"drift-bench-{os.getpid()}")
         value = parse_metric(log.read_text(), "time_ms") if res.exit_code == 0 else None
+        self.trace.append({"commit": commit, "ms": value, "load_on": [loaded, self.load.on],
+                           "cpu_per_wall": res.load().get("cpu_per_wall"), "loadavg": round(res.loadavg[0], 2)})
         status = "ok" if value is not None and math.isfinite(value) else "crash"
         self.ledger.add_measurement(exp.id, commit, seed, value, {}, res.wall_s, status, load=res.load())
         if calibration:
@@ -257,6 +301,7 @@ class Session:
         exp = Experiment(tag=TAG, parent=parent, commit=commit, description=f"{kind} {j}", kind=kind,
                          patch="" if kind == "baseline" else PATCH, seed=SEED)
         self.ledger.begin(exp)
+        self.trace = []
         exp.metric = self.measure(exp, commit, SEED, calibration=kind == "baseline")
         if exp.metric is None:
             exp.status, exp.reason = "crash", "no time_ms"
@@ -273,6 +318,11 @@ class Session:
         exp = self.experiment(j, inc.commit, max(1000, int(work * speedup)) if real else work, "candidate")
         kept = exp.status == "keep"
         self.tally.decisions += 1
+        ev = exp.evidence or {}
+        self.records.append({"j": j, "real": real, "kept": kept, "rule": ev.get("rule"), "reason": exp.reason,
+                             "pairs": len(ev.get("pairs") or []), "runs": len(self.trace), "p": ev.get("p_value"),
+                             "t": ev.get("t"), "std": ev.get("std"), "df": ev.get("df"),
+                             "incumbent": inc.commit, "candidate": exp.commit, "trace": self.trace})
         if real:
             self.tally.real += 1
             self.tally.real_kept += kept
@@ -282,15 +332,18 @@ class Session:
 
 
 def bench(minutes: float, candidates: int, p_null: float, speedup: float, seed: int,
-          chosen: dict[str, dict[str, Any]], simulated: int = 0, sim: Optional[dict[str, float]] = None
-          ) -> tuple[dict[str, Any], dict[str, Any]]:
+          chosen: dict[str, dict[str, Any]], simulated: int = 0, sim: Optional[dict[str, float]] = None,
+          records: Any = None, replay: Optional[str] = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """`simulated`: that many sessions on the Simulated machine (`sim`: its settings) instead of
-    `minutes` of real runs."""
+    `minutes` of real runs, or with `replay` (a records file) on the Replay machine. `records`: a text file that gets one JSON line per decision (policy,
+    session, proposal, real or null, kept, the rule that decided, pairs, runs, p, t, and every run:
+    its time, whether the switching load was on at its start and end, CPU/wall, load average)."""
     totals = {k: Tally() for k in chosen}
     deadline = time.monotonic() + minutes * 60
     sessions = 0
     with tempfile.TemporaryDirectory(prefix="drift-") as tmp, \
-            (contextlib.nullcontext(Simulated(seed, **(sim or {}))) if simulated else Load(seed)) as load:
+            (contextlib.nullcontext(Replay(seed, replay) if replay else Simulated(seed, **(sim or {})))
+             if simulated else Load(seed)) as load:
         while (sessions < simulated) if simulated else (time.monotonic() < deadline):
             rng = random.Random(f"proposer:{seed}:{sessions}")
             runs = {k: Session(Path(tmp) / f"{k}-{sessions}", v, load) for k, v in chosen.items()}
@@ -306,8 +359,12 @@ def bench(minutes: float, candidates: int, p_null: float, speedup: float, seed: 
             for k, s in runs.items():
                 s.ledger.close()
                 totals[k].add(s.tally)
+                if records is not None:
+                    for r in s.records:
+                        records.write(json.dumps({"policy": k, "session": sessions} | r) + "\n")
             sessions += 1
-        setup = {"minutes": minutes if not simulated else None, "simulated": (sim or {}) if simulated else False,
+        setup = {"minutes": minutes if not simulated else None,
+                 "simulated": ({"replay": replay} if replay else (sim or {})) if simulated else False,
                  "sessions": sessions, "candidates_per_session": candidates, "p_null": p_null,
                  "speedup_work_factor": speedup, "seed": seed, "cpus": os.cpu_count(), "load_switches": load.switches,
                  "load_on_share": round(load.on_time / max(1e-9, load.total_time), 3) if not simulated else 0.5}
@@ -327,10 +384,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--sim", default="", metavar="K=V,...",
                     help="the simulated machine's settings, e.g. jitter=0.05,wander=0.05,shift=0.4 (see Simulated)")
     ap.add_argument("--policies", default=",".join(POLICIES), help="comma-separated: " + ", ".join(POLICIES))
+    ap.add_argument("--records", metavar="FILE", help="write one JSON line per decision to FILE (what decided it, "
+                    "every run with its load)")
+    ap.add_argument("--replay", metavar="FILE", help="with --simulated: replay the pairs of a real run's --records "
+                    "FILE instead of the simulated machine (see Replay)")
     args = ap.parse_args(argv)
     chosen = {k: POLICIES[k] for k in args.policies.split(",")}
-    res, setup = bench(args.minutes, args.candidates, args.p_null, args.speedup, args.seed, chosen, args.simulated,
-                       {k: float(v) for k, v in (kv.split('=') for kv in args.sim.split(',') if kv)})
+    with (open(args.records, "w") if args.records else contextlib.nullcontext()) as records:
+        res, setup = bench(args.minutes, args.candidates, args.p_null, args.speedup, args.seed, chosen,
+                           args.simulated, {k: float(v) for k, v in (kv.split('=') for kv in args.sim.split(',') if kv)},
+                           records, args.replay)
     print(f"drift: {setup['sessions']} sessions x up to {args.candidates} proposals per policy, interleaved; "
           f"null changes with p={args.p_null:g}, real ones do {args.speedup:g} of the work; background load on "
           f"{setup['load_on_share']:.0%} of the time, {setup['load_switches']} switches")

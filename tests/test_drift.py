@@ -267,3 +267,98 @@ def test_drift_benchmark_real_runs_in_small(capsys):
     for k in ("today", "paired"):
         assert fig[k]["decisions"] >= 1 and fig[k]["calibration_runs"] >= 3 and fig[k]["runs"] >= 1
     assert fig["setup"]["cpus"] >= 1 and fig["setup"]["simulated"] is False
+
+
+# -- noisy pairs count less: each run's CPU share -----------------------------------------------------------------
+QUIET = {"loadavg_before": 0.5, "cpus": 2, "wall_s": 0.1, "cpu_s": 0.09, "cpu_per_wall": 0.9}
+BUSY = {"loadavg_before": 6.0, "cpus": 2, "wall_s": 0.2, "cpu_s": 0.08, "cpu_per_wall": 0.4}
+
+
+def weighted_book(tmp: Path, with_load: bool) -> tuple[Book, Experiment]:
+    """A baseline calibrated in three quiet pairs (within 1% of each other) and three busy ones
+    (20-40% apart): busy pairs are the noisy ones. Without load records the two cannot be told apart."""
+    b = Book(tmp)
+    base = b.row("baseline")
+    aa = [(100.0, 101.0, QUIET), (140.0, 100.0, BUSY), (100.0, 99.0, QUIET), (110.0, 150.0, BUSY),
+          (101.0, 100.0, QUIET), (90.0, 120.0, BUSY)]
+    seed = 42
+    for x, y, load in aa:
+        for v in (x, y):
+            b.run(base, base.commit, seed, v, load if with_load else None)
+            seed += 1
+    base.status, base.metric = "keep", 100.0
+    b.ledger.finish(base)
+    return b, base
+
+
+def decide_with(b: Book, base: Experiment, runs: dict[str, list[tuple[float, dict]]], pairs: int, with_load: bool):
+    """The candidate's first run, then every run the policy asks for (each commit's next (value, load)),
+    until a verdict or `pairs` pairs."""
+    cand = b.row(parent=base.commit)
+    v0, l0 = runs[cand.commit].pop(0) if cand.commit in runs else runs["cand"].pop(0)
+    b.run(cand, cand.commit, 42, v0, l0 if with_load else None)
+    runs = {cand.commit: runs["cand"], base.commit: runs["inc"]}
+    v = b.policy.decide(cand, base, b.ledger)
+    while v.more_runs and len(v.evidence.get("pairs") or []) < pairs:
+        for commit, seed in v.more_runs:
+            value, load = runs[commit].pop(0)
+            b.run(cand, commit, seed, value, load if with_load else None)
+        v = b.policy.decide(cand, base, b.ledger)
+    return v
+
+
+@pytest.mark.parametrize("with_load", [True, False])
+def test_quiet_pairs_decide_when_the_cpu_share_is_on_record(tmp_path, with_load):
+    """The same runs: two quiet pairs where the candidate is 5% faster, then a busy pair where it is
+    5% slower. With each run's CPU share on record the pairs are weighted by their class's noise,
+    and the two quiet pairs (noise ~1%) keep it; without, every pair has the noise pooled over the
+    busy calibration too, and it is not kept (the control)."""
+    b, base = weighted_book(tmp_path / str(with_load), with_load)
+    runs = {"cand": [(95.0, QUIET), (95.0, QUIET), (100.0, BUSY)] + [(100.0, BUSY)] * 10,
+            "inc": [(100.0, QUIET), (100.0, QUIET), (95.0, BUSY)] + [(100.0, BUSY)] * 10}
+    v = decide_with(b, base, runs, 12, with_load)
+    ev = v.evidence
+    if not with_load:
+        assert not v.keep and "weighted" not in ev, (v.reason, ev)
+        return
+    assert v.keep and ev["rule"] == "confirmed" and len(ev["pairs"]) == 2, (v.reason, ev)
+    w = ev["weighted"]
+    assert "pairs weighted by their class" in ev["test"] and w["noisy_pairs"] == 0
+    assert w["classes"]["quiet, even"]["sd"] < 0.02 < 0.2 < w["classes"]["busy, even"]["sd"]
+    assert [p["class"] for p in ev["pairs"]] == ["quiet, even"] * 2
+    assert 4 < ev["gain"] < 6 and ev["p_without_best_pair"] <= 0.05
+
+
+def test_the_weights_decide_how_sure_never_the_direction(tmp_path):
+    """A busy pair where the candidate ran 30% slower, then quiet pairs where it is 5% faster: the
+    weighted test is sure it is better, but the plain mean of the pairs still favours the incumbent,
+    so it is not kept (yet): a candidate cannot gain from its slow runs being the noisy ones."""
+    b, base = weighted_book(tmp_path, True)
+    runs = {"cand": [(130.0, BUSY), (95.0, QUIET), (95.0, QUIET)] + [(95.0, QUIET)] * 10,
+            "inc": [(100.0, BUSY), (100.0, QUIET), (100.0, QUIET)] + [(100.0, QUIET)] * 10}
+    v = decide_with(b, base, runs, 3, True)
+    ev = v.evidence
+    assert not v.keep and v.more_runs and len(ev["pairs"]) == 3, (v.reason, ev)
+    assert ev["p_value"] <= 0.02 and ev["weighted"]["mean_unweighted"] < 0 and ev["unweighted_not_better"]
+    q = {"load": QUIET}
+    s = {"load": BUSY}
+    assert pairing.pair_class(q, s, 0.9) == pairing.pair_class(s, q, 0.9) == 3  # busy, uneven: symmetric
+    assert pairing.pair_class(q, q, 0.9) == 0 and pairing.pair_class(q, {"load": {}}, 0.9) is None
+
+
+def test_drift_benchmark_records_every_decision_and_replays_them(tmp_path, capsys):
+    """`--records` writes one line per decision (what decided it, every run with its load); `--replay`
+    runs the production policy on those runs' pairs (the tuning loop for a machine's own noise)."""
+    bench = load_bench()
+    rec = tmp_path / "rec.jsonl"
+    assert bench.main(["--simulated", "3", "--seed", "5", "--records", str(rec)]) == 0
+    fig = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    lines = [json.loads(x) for x in rec.read_text().splitlines()]
+    assert len(lines) == fig["today"]["decisions"] + fig["paired"]["decisions"]
+    paired = [r for r in lines if r["policy"] == "paired"]
+    assert sum(r["kept"] for r in paired) == fig["paired"]["null_kept"] + fig["paired"]["speedups_kept"]
+    assert all(len(r["trace"]) == r["runs"] >= 1 and r["rule"] for r in paired)
+    assert all(r["runs"] == 2 * r["pairs"] for r in paired if r["pairs"])  # interleaved: one of each per pair
+    assert bench.main(["--simulated", "3", "--replay", str(rec), "--policies", "paired"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["paired"]["decisions"] == 36 and again["setup"]["simulated"] == {"replay": str(rec)}

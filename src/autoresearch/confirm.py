@@ -29,7 +29,8 @@ from . import figures, stats
 from .config import Config
 from .errors import AutoresearchError
 from .ledger import Experiment, Ledger
-from .policy_confirm import NOT_POSITIVE, TEST, pooled_noise
+from .noise import NOT_POSITIVE, pooled_noise
+from .policy_confirm import TEST
 from .session import RunSession
 from .states import OK, Kind, Status
 

@@ -17,7 +17,7 @@ Definitions:
 - the estimate: the mean of the best's runs against the mean of the start's runs; with
   metric.noise = "relative" on log(metric) (geometric means; the gain is given back in metric
   units against the start). The noise is the tag's pooled estimate, the one the policy uses
-  (policy_confirm.pooled_noise). The interval is two-sided at confidence 1 - policy.alpha and
+  (noise.pooled_noise). The interval is two-sided at confidence 1 - policy.alpha and
   the p-value the one-sided pooled t-test that the best is better.
 - when `autoresearch confirm` has run on the same start and best (its session's fresh runs),
   its figure is the figure: the same estimate on the fresh runs only, which were not selected
@@ -36,6 +36,7 @@ from typing import Any, Optional, Sequence
 from . import stats
 from .ledger import Experiment, Ledger
 from .states import OK, Kind, Status
+from .noise import pooled_noise
 
 
 # -- what the metric is --------------------------------------------------------------------------
@@ -241,8 +242,6 @@ def runs_text(n: int) -> str:
 
 def _tag_runs(ledger: Ledger, tag: str, spec: Spec, rows: Optional[Sequence[Experiment]]):
     """The tag's rows, its runs by commit, and the noise pooled over them (sd, degrees of freedom)."""
-    from .policy_confirm import pooled_noise  # here: policy_confirm imports the ledger and stats only
-
     rows = list(rows) if rows is not None else ledger.experiments(tag)
     try:
         sd, df = pooled_noise(ledger, tag, spec.scale)

@@ -7,32 +7,31 @@ evidence it was based on, stored with the experiment.
 
 - greedy: keep iff strictly better than the incumbent (the original's rule).
 - threshold: keep iff better by more than `policy.margin`.
-- confirm: noise-aware; see policy_confirm.py (registered here by name).
+- confirm: noise-aware; see policy_confirm.py (made here by name).
 - auto (the default): confirm where noise is measured (policy.calibration_runs >= 2),
   else greedy. Zero config (the original's three files, no toml) is greedy, as the original.
 
 Every policy discards a change that only touches a seed (integrity.seed_only_change): a new
-draw of the noise is never an improvement, whatever the one run says.
+draw of the noise is never an improvement, whatever the one run says. What a policy answers
+(Verdict) lives in verdict.py, which every policy imports, so the policies import each other in
+one direction only (this module makes them by name).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol
 
 from .config import Config
 from .integrity import seed_only_change
 from .ledger import Experiment, Ledger
+from .noise import pooled_noise
+from .policy_confirm import Confirm
 from .stats import Scale
+from .verdict import Verdict
 
-
-@dataclass
-class Verdict:
-    keep: bool
-    reason: str
-    evidence: dict[str, Any] = field(default_factory=dict)
-    more_runs: list[tuple[str, int]] = field(default_factory=list)
+__all__ = ["Verdict", "seed_only_change", "Policy", "MAX_ASKS", "settle", "better", "improvement", "Greedy",
+           "Threshold", "Confirm", "resolve", "make"]
 
 
 class Policy(Protocol):
@@ -114,8 +113,6 @@ def make(cfg: Config) -> Policy:
     if name == "threshold":
         return Threshold(cfg)
     if name == "confirm":
-        from .policy_confirm import Confirm
-
         return Confirm(cfg)
     raise AssertionError(f"policy {name!r} passed config validation but has no implementation")
 
@@ -123,8 +120,6 @@ def make(cfg: Config) -> Policy:
 def _one_run_evidence(name: str, candidate: Experiment, incumbent: Experiment, gain: float,
                       ledger: Ledger, scale: Scale = Scale()) -> dict[str, Any]:
     """The common evidence keys for a one-run rule, with the effect in noise units when noise was measured."""
-    from .policy_confirm import pooled_noise  # here: policy_confirm imports this module
-
     ev: dict[str, Any] = {"test": f"{name}: one run each, no test", "seeds": [candidate.seed],
                           "mean": candidate.metric, "incumbent_mean": incumbent.metric, "gain": gain}
     sd, df = pooled_noise(ledger, candidate.tag, scale)

@@ -37,12 +37,17 @@ every commit of the tag measured more than once (stats.compare_to_level):
   the machine's load and drifts): the candidate is judged against the incumbent re-run side
   by side, interleaved in pairs (pairing.py), by a one-sided t-test on the paired differences
   with their sd pooled over the tag; the incumbent's older runs and level are context only.
-  Calibration takes twice `calibration_runs` runs (back to back, they are A/A pairs). Look 1
-  (one pair): discard when slower than the incumbent beside it (t < 0). Never kept on one pair
-  (a load switching between its two runs makes one difference huge): from two pairs on, keep
-  when p <= 0.4 * alpha (many looks share the level) and the test without the most favourable
-  pair still gives p <= 2 * alpha; discard when t < 0.5 or after 3 * `max_runs` pairs; else
-  one more pair, in a drawn order. Tuned on benchmarks/drift.py (docs/policy.md).
+  Where the runs' CPU time / wall time is on record, each pair is weighted by the noise of its
+  class (busy or quiet machine, even or uneven load between its two runs: pairing.pair_class,
+  each class's sd pooled over the tag) — on a shared machine a quiet pair tells several times
+  more than a busy one. Calibration takes twice `calibration_runs` runs (back to back, they are
+  A/A pairs). Look 1 (one pair): discard when clearly slower than the incumbent beside it
+  (t < -1). Never kept on one pair (a load switching between its two runs makes one difference
+  huge): from two pairs on, keep when p <= 0.4 * alpha (many looks share the level), the test
+  without the most favourable pair still gives p <= alpha, and the plain mean of the pairs
+  favours the candidate too (the weights decide how sure, never the direction); discard when
+  t < 0 at look 2, t < 0.5 later, or after 3 * `max_runs` pairs; else one more pair, in a
+  drawn order. Tuned on benchmarks/drift.py's real runs (docs/policy.md).
 - every verdict records the machine's load around its runs (load average, CPU time / wall
   time, from the measurements' `load`) and says when the baseline's noise was calibrated
   under other load than now (evidence `conditions`).
@@ -59,12 +64,13 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-from . import levels, pairing, stats
+from . import levels, noise, pairing, stats
 from .config import Config
 from .integrity import seed_only_change
 from .ledger import Experiment, Ledger
-from .policy import Verdict
-from .states import OK, Kind, Status
+from .noise import NOT_POSITIVE
+from .states import Kind, Status
+from .verdict import Verdict
 
 TEST = "pooled t (one-sided)"
 TEST_LEVEL = "t (one-sided) against the incumbent's estimated level (empirical Bayes)"
@@ -76,9 +82,12 @@ class Confirm:
     futility_t = 1.4  # looks 2+: below this the confirmation runs took too much of the gain away
     clear_fraction = 0.4  # a one-run keep needs p <= alpha * clear_fraction
     unknown_level = 0.9  # re-measure an incumbent whose level is known less well than ~one run tells
-    robust_factor = 2.0  # paired: without its best pair a keep must still reach p <= alpha * robust_factor
-    paired_screen_t = 0.0  # paired look 1 (one pair): below this, discarded
-    paired_futility_t = 0.5  # paired looks 2+: below this, discarded
+    robust_factor = 1.0  # paired: without its best pair a keep must still reach p <= alpha * robust_factor
+    # (2.0 before: drift.py's real runs kept 4.7% of nulls, mostly on one lucky pair; 1.0: ~2%, power the same)
+    paired_screen_t = -1.0  # paired look 1 (one pair): below this (clearly slower), discarded
+    # (0.0 before: a one-pair screen lost ~15% of real 18% speed-ups when a pair's noise is about the effect)
+    paired_futility_2 = 0.0  # paired look 2 (two pairs): below this (no better at all), discarded (was 0.5)
+    paired_futility_t = 0.5  # paired looks 3+: below this, discarded
     pairs_per_run = 3  # paired: at most max_runs * pairs_per_run pairs...
     max_pairs = 18  # ...and never more than this: the loop asks a policy at most 20 times per decision
     paired_keep = 0.4  # paired: each look keeps at p <= alpha * paired_keep (many looks share alpha)
@@ -101,8 +110,8 @@ class Confirm:
             return Verdict(False, "only a seed changed: a different draw of the noise, not an improvement",
                            {"test": "seed-only patch", "runs": 1, "seeds": [candidate.seed], "mean": candidate.metric,
                             "rule": "seed-only"})
-        by_commit = _runs_by_commit(ledger, candidate.tag, self.scale)
-        mine, failed = _runs(by_commit, candidate.commit)
+        by_commit = noise.runs_by_commit(ledger, candidate.tag, self.scale)
+        mine, failed = noise.runs(by_commit, candidate.commit)
         if failed:
             f = failed[0]
             return Verdict(False, f"a confirmation run (seed {f['seed']}) ended `{f['status']}`: not reproducible"
@@ -110,8 +119,8 @@ class Confirm:
                            {"test": TEST, "runs": len(mine), "seeds": [m["seed"] for m in mine], "rule": "failed rerun"})
         if self.paired:
             return self._decide_paired(candidate, incumbent, ledger, by_commit)
-        ref, _ = _runs(by_commit, incumbent.commit)
-        sd, df = _pooled(by_commit)
+        ref, _ = noise.runs(by_commit, incumbent.commit)
+        sd, df = noise.pooled(by_commit)
         level = self._level(ledger, candidate, incumbent, by_commit, sd)
         want = self._incumbent_runs(candidate, incumbent, by_commit, level, sd, df)
         if want:
@@ -168,12 +177,12 @@ class Confirm:
         cand, inc = candidate.commit, incumbent.commit
         here = sorted((m for ms in by_commit.values() for m in ms if m["experiment_id"] == candidate.id
                        and m["commit"] in (cand, inc)), key=lambda m: m["id"])
-        bad = [m for m in here if m["commit"] == inc and not _usable(m) and m["status"] != Status.INTERRUPTED]
+        bad = [m for m in here if m["commit"] == inc and not noise.usable(m) and m["status"] != Status.INTERRUPTED]
         if bad:
             return Verdict(False, f"the incumbent's side-by-side run (seed {bad[0]['seed']}) ended "
                                   f"`{bad[0]['status']}`: nothing to pair with, discarded",
                            {"test": PAIRED_TEST + self.scale.label, "paired": True, "rule": "failed rerun"})
-        done, waiting = pairing.pairs([m for m in here if _usable(m)], cand, inc, self.lower)
+        done, waiting = pairing.pairs([m for m in here if noise.usable(m)], cand, inc, self.lower)
         seeds = {c: {m["seed"] for m in by_commit.get(c, [])} for c in (cand, inc)}
         fresh = {c: (c, _fresh(seeds[c], candidate.seed, 1)[0]) for c in (cand, inc)}
         if waiting is not None:  # its partner, right after it
@@ -183,29 +192,45 @@ class Confirm:
         if not done:
             return Verdict(False, "re-measuring the incumbent side by side", more_runs=[fresh[inc]])
         diffs = [p.diff for p in done]
-        sd, df = self._pair_noise(ledger, candidate.tag, by_commit)
-        run_sd, _ = _pooled(by_commit)
-        ev = self._paired_evidence(done, sd, df, ledger, candidate, incumbent, by_commit)
+        sd, df, classes, quiet = self._pair_noise(ledger, candidate.tag, by_commit)
+        run_sd, _ = noise.pooled(by_commit)
+        flags = [pairing.pair_class(p.candidate, p.incumbent, quiet) for p in done]
+        weighted = classes.usable(flags)
+        n, mean_d = len(done), stats.mean(diffs)
         if sd is None:
+            ev = self._paired_evidence(done, sd, df, ledger, candidate, incumbent, by_commit)
             return Verdict(False, "no measure of the noise of a paired difference: discarded; set "
                                   "policy.calibration_runs >= 2", ev | {"rule": "no noise estimate"})
-        n, mean_d = len(done), stats.mean(diffs)
         if sd == 0 and not run_sd:
+            ev = self._paired_evidence(done, sd, df, ledger, candidate, incumbent, by_commit)
             ev["test"] = "deterministic (measured noise is 0)"
             if mean_d > 0:
                 return self._final(True, ev, "deterministic", f"better by {ev['gain']:.6g} and the metric is "
                                    "deterministic", ledger, candidate)
             return self._final(False, ev, "deterministic", "not better (the metric is deterministic)", ledger,
                                candidate)
-        _, t, p = pairing.paired_test(diffs, sd, df)
+        if weighted:
+            est, se, t, p, test_df = pairing.weighted_test(diffs, flags, classes)
+        else:
+            est, t, p = pairing.paired_test(diffs, sd, df)
+            se, test_df = sd / math.sqrt(n), df
+        ev = self._paired_evidence(done, sd, df, ledger, candidate, incumbent, by_commit, (est, se, test_df))
         ev |= {"t": _finite(t), "p_value": p}
-        sig = f"{_finite(ev['effect_sigma']) or 0:+.2f}σ, p={p:.3g}, {n} pair{'s' if n > 1 else ''} side by side"
+        if weighted:
+            ev["test"] = WEIGHTED_TEST + self.scale.label
+            noisy = sum(k != 0 for k in flags)
+            ev["weighted"] = {"noisy_pairs": noisy, "classes": classes.as_dict(), "df": round(test_df, 1),
+                              "quiet_cpu_per_wall": quiet, "mean_unweighted": mean_d}
+            for q, k in zip(ev["pairs"], flags):
+                q["class"] = pairing.CLASSES[k]
+        sig = f"{_finite(ev['effect_sigma']) or 0:+.2f}σ, p={p:.3g}, {n} pair{'s' if n > 1 else ''} side by side" \
+            + (f", {noisy} busy or uneven" if weighted else "")
         too_good = (ev["effect_sigma"] is not None and ev["effect_sigma"] > self.too_good) or \
             self._beyond_floor(stats.mean([q.candidate["metric"] for q in done]))
         more = pairing.next_pair(candidate.id, n, fresh[cand], fresh[inc])
         if n == 1:
             if t < self.paired_screen_t:
-                return self._final(False, ev, "screen", f"not better than the incumbent run beside it ({sig}; "
+                return self._final(False, ev, "screen", f"slower than the incumbent run beside it ({sig}; "
                                    f"confirming needs t >= {self.paired_screen_t:g})", ledger, candidate)
             return Verdict(False, "confirming side by side", ev, more)
         if too_good and n < 3:
@@ -213,46 +238,70 @@ class Confirm:
         if self._beyond_floor(stats.mean([q.candidate["metric"] for q in done])):
             return self._final(False, ev, "floor", f"mean {ev['mean']:.6g} is better than metric.floor "
                                f"{self.floor:g}: impossible, check the evaluation", ledger, candidate)
-        if p <= self.alpha * self.paired_keep:
-            rest = sorted(diffs)[:-1]
-            _, _, p2 = pairing.paired_test(rest, sd, df)
+        passed = p <= self.alpha * self.paired_keep
+        if passed and mean_d <= 0:  # the weights decide how sure, never the direction
+            passed = False
+            ev["unweighted_not_better"] = True
+        if passed:
+            if weighted:  # the pair that adds the most to the weighted mean
+                best = max(range(n), key=lambda i: diffs[i] / classes.var(flags[i]))
+                _, _, _, p2, _ = pairing.weighted_test(diffs[:best] + diffs[best + 1:], flags[:best] + flags[best + 1:],
+                                                    classes)
+            else:
+                _, _, p2 = pairing.paired_test(sorted(diffs)[:-1], sd, df)
             ev["p_without_best_pair"] = p2
             if p2 <= self.alpha * self.robust_factor:
                 return self._final(True, ev, "confirmed", f"confirmed side by side ({sig})", ledger, candidate)
         most = min(self.max_pairs, self.max_runs * self.pairs_per_run)
-        if n >= most or t < self.paired_futility_t:
+        if n >= most or t < (self.paired_futility_2 if n == 2 else self.paired_futility_t):
             why = f"after {n} pairs" + (f" (at most {most}: 3 x policy.max_runs)" if n >= most else "")
-            if p <= self.alpha * self.paired_keep:
+            if ev.get("unweighted_not_better"):
+                why += ", the plain mean of the pairs not better"
+            elif p <= self.alpha * self.paired_keep:
                 why += ", resting on one pair"
             return self._final(False, ev, "not confirmed", f"not confirmed {why} ({sig})", ledger, candidate)
         return Verdict(False, "confirming side by side", ev, more)
 
     def _pair_noise(self, ledger: Ledger, tag: str, by_commit: dict[str, list[dict[str, Any]]]
-                    ) -> tuple[Optional[float], int]:
-        """The sd of one paired difference, pooled over the tag's paired decisions and its calibrations."""
+                    ) -> tuple[Optional[float], int, pairing.ClassNoise, Optional[float]]:
+        """The noise of one paired difference, pooled over the tag's paired decisions and its
+        calibrations: (sd, df) over all pairs, each class's (pairing.pair_class), and the program's
+        quiet CPU share that tells the classes apart."""
         by_exp: dict[int, list[dict[str, Any]]] = {}
         for ms in by_commit.values():
             for m in ms:
-                if _usable(m):
+                if noise.usable(m):
                     by_exp.setdefault(m["experiment_id"], []).append(m)
-        decisions, calibration = [], []
+        quiet = pairing.quiet_share(m for ms in by_exp.values() for m in ms)
+        decisions, calibration, flagged, aa = [], [], [], []
         for e in ledger.experiments(tag):
             runs = sorted(by_exp.get(e.id or -1, []), key=lambda m: m["id"])
             if e.kind == Kind.BASELINE:
-                calibration.append([m["metric"] for m in runs if m["commit"] == e.commit])
+                mine = [m for m in runs if m["commit"] == e.commit]
+                calibration.append([m["metric"] for m in mine])
+                aa += [(a["metric"] - b["metric"], pairing.pair_class(a, b, quiet)) for a, b in zip(mine[0::2], mine[1::2])]
                 continue
             other = next((m["commit"] for m in runs if m["commit"] != e.commit), None)
             if other:
-                decisions.append([p.diff for p in pairing.pairs(runs, e.commit, other, self.lower)[0]])
-        return pairing.pair_noise(decisions, calibration)
+                got = pairing.pairs(runs, e.commit, other, self.lower)[0]
+                decisions.append([p.diff for p in got])
+                flagged.append([(p.diff, pairing.pair_class(p.candidate, p.incumbent, quiet)) for p in got])
+        sd, df = pairing.pair_noise(decisions, calibration)
+        return sd, df, pairing.class_noise(flagged, aa), quiet
 
     def _paired_evidence(self, done: list[pairing.Pair], sd: Optional[float], df: int, ledger: Ledger,
-                         candidate: Experiment, incumbent: Experiment,
-                         by_commit: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+                         candidate: Experiment, incumbent: Experiment, by_commit: dict[str, list[dict[str, Any]]],
+                         estimate: Optional[tuple[float, float, int]] = None) -> dict[str, Any]:
+        """`estimate`: (mean difference, its standard error, degrees of freedom) of the test, when
+        it differs from the plain mean of the pairs with `sd` (noisy pairs weighted less)."""
         units = self.scale.units
         c_vals, i_vals = [p.candidate["metric"] for p in done], [p.incumbent["metric"] for p in done]
         mean_d, ref = stats.mean([p.diff for p in done]), stats.mean(i_vals)
-        earlier = [m for m in _runs(by_commit, incumbent.commit)[0] if m["experiment_id"] != candidate.id]
+        if estimate is None and sd:
+            estimate = (mean_d, sd / math.sqrt(len(done)), df)
+        if estimate is not None:
+            mean_d = estimate[0]
+        earlier = [m for m in noise.runs(by_commit, incumbent.commit)[0] if m["experiment_id"] != candidate.id]
         ev: dict[str, Any] = {
             "test": PAIRED_TEST + self.scale.label, "paired": True, "runs": len(done),
             "mean": units(stats.mean(c_vals)),
@@ -270,8 +319,8 @@ class Confirm:
         }
         if self.scale.relative:
             ev["noise"] = stats.Scale.NOTE + "; std: of one paired difference"
-        if sd:
-            half = stats.t_ppf(1 - self.alpha, df) * sd / math.sqrt(len(done))
+        if estimate is not None and estimate[1]:
+            half = stats.t_ppf(1 - self.alpha, estimate[2]) * estimate[1]
             ev["interval"] = [self.scale.gain(mean_d - half, ref, self.lower), self.scale.gain(mean_d + half, ref,
                                                                                                 self.lower)]
             ev["confidence"] = 1 - 2 * self.alpha
@@ -294,7 +343,7 @@ class Confirm:
     # -- pieces --------------------------------------------------------------------------------
     def _calibrate(self, baseline: Experiment, ledger: Ledger) -> Verdict:
         """The starting point is kept; first its noise is measured on `calibration_runs` seeds."""
-        mine, failed = _runs(_runs_by_commit(ledger, baseline.tag, self.scale), baseline.commit)
+        mine, failed = noise.runs(noise.runs_by_commit(ledger, baseline.tag, self.scale), baseline.commit)
         done = {m["seed"] for m in mine} | {f["seed"] for f in failed}
         if len(mine) < self.calibration_runs and len(done) < 2 * self.calibration_runs:
             return Verdict(False, "calibrating the noise", more_runs=[
@@ -311,11 +360,11 @@ class Confirm:
             ev["noise"] = stats.Scale.NOTE
         if failed:
             ev["failed_runs"] = len(failed)
-        noise = (f"noise sd {sd:.4g}{self.scale.label} over {len(values)} runs"
+        said = (f"noise sd {sd:.4g}{self.scale.label} over {len(values)} runs"
                  if sd is not None else "noise not measured (one run)")
-        ledger.event(baseline.tag, "calibration", f"baseline {baseline.short}: mean {ev['mean']:.6g}, {noise} "
+        ledger.event(baseline.tag, "calibration", f"baseline {baseline.short}: mean {ev['mean']:.6g}, {said} "
                      f"(seeds {', '.join(map(str, ev['seeds']))})", baseline.id)
-        return Verdict(True, f"the starting point; {noise}", ev)
+        return Verdict(True, f"the starting point; {said}", ev)
 
     def _level(self, ledger: Ledger, candidate: Experiment, incumbent: Experiment,
                by_commit: dict[str, list[dict[str, Any]]], sd: Optional[float]) -> Optional[levels.Level]:
@@ -324,7 +373,7 @@ class Confirm:
             return None
         runs: dict[int, list[tuple[str, float]]] = {}
         for commit in by_commit:
-            for m in _runs(by_commit, commit)[0]:
+            for m in noise.runs(by_commit, commit)[0]:
                 runs.setdefault(m["experiment_id"], []).append((m["id"], commit, m["metric"]))
         ordered = {k: [(c, v) for _, c, v in sorted(rs)] for k, rs in runs.items()}
         found, _ = levels.estimate(ledger.experiments(candidate.tag), ordered, sd, self.lower, candidate.id)
@@ -393,47 +442,8 @@ class Confirm:
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-NOT_POSITIVE = 'metric.noise = "relative" needs a positive metric'
 PAIRED_TEST = "paired t (one-sided) against the incumbent re-run side by side"
-
-
-def _usable(m: dict[str, Any]) -> bool:
-    return m["status"] == OK and m["metric"] is not None and math.isfinite(m["metric"])
-
-
-def pooled_noise(ledger: Ledger, tag: str, scale: stats.Scale = stats.Scale()) -> tuple[Optional[float], int]:
-    """(sd, degrees of freedom) of run-to-run noise, pooled over the tag's commits measured more
-    than once, on the test's scale."""
-    return _pooled(_runs_by_commit(ledger, tag, scale))
-
-
-def _pooled(by_commit: dict[str, list[dict[str, Any]]]) -> tuple[Optional[float], int]:
-    return stats.pooled_sd([[m["metric"] for m in _runs(by_commit, c)[0]] for c in by_commit])
-
-
-def _runs_by_commit(ledger: Ledger, tag: str, scale: stats.Scale = stats.Scale()) -> dict[str, list[dict[str, Any]]]:
-    """The tag's measurements by commit, the metric on the test's scale; with relative noise a run
-    with a metric <= 0 counts as failed (status `not_positive`)."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for m in ledger.measurements(tag=tag):
-        v = m["metric"]
-        if scale.relative and m["status"] == OK and v is not None and math.isfinite(v):
-            m = dict(m, metric=scale.judged(v)) if v > 0 else dict(m, status="not_positive")
-        out.setdefault(m["commit"], []).append(m)
-    return out
-
-
-def _runs(by_commit: dict[str, list[dict[str, Any]]], commit: Optional[str]) -> tuple[list[dict], list[dict]]:
-    """(usable runs, failed runs) of one commit; a seed measured twice counts once."""
-    ok, failed, seen = [], [], set()
-    for m in by_commit.get(commit or "", []):
-        good = m["status"] == OK and m["metric"] is not None and math.isfinite(m["metric"])
-        if good and m["seed"] not in seen:
-            seen.add(m["seed"])
-            ok.append(m)
-        elif not good and m["status"] != Status.INTERRUPTED:
-            failed.append(m)
-    return ok, failed
+WEIGHTED_TEST = PAIRED_TEST + ", pairs weighted by their class's noise (busy, uneven)"
 
 
 def _fresh(used: set[int], start: int, count: int) -> list[int]:
