@@ -199,10 +199,15 @@ def _report(args) -> int:
 
         from . import figures
 
+        from . import swarm
+
         rows = ledger.experiments(tag)
         fig = figures.improvement(ledger, tag, figures.Spec.from_config(cfg), rows)
+        # the hub's side as last fetched (the run syncs it): a report never waits on someone else's machine
+        hub = swarm.status(root, tag, ledger, fetch=False) if swarm.load(root) is not None else None
         print(report_html(rows, (out or root) / "report.html", cfg.metric.name, cfg.lower_is_better(), tag=tag,
-                          events=ledger.events(tag), project=root.name, figure=fig, swarm=ledger.swarm_notes(tag)))
+                          events=ledger.events(tag), project=root.name, figure=fig, swarm=ledger.swarm_notes(tag),
+                          swarm_status=hub))
         return 0
     for p in _write_report(root, cfg, tag, out):
         print(p)

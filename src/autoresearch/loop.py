@@ -180,7 +180,7 @@ class Loop:
     # -- propose and check --------------------------------------------------------------
     def propose(self, repair_of: Optional[Experiment] = None) -> Optional[Experiment]:
         """Ask the agent for a change; return a committed, `running` experiment or a finished row."""
-        if repair_of is None and self.swarm is not None and not self.concurrent:
+        if repair_of is None and self.swarm is not None:  # from the proposer thread too (next_candidate's contract)
             adopted = self.swarm.next_candidate()  # a peer's claim, to be measured here before it can be kept
             if adopted is not None:
                 return adopted

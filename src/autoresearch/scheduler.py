@@ -317,6 +317,8 @@ class Scheduler(Decisions):
 
     def _flight(self) -> None:
         self.flight = [e.description for e in self.ready] + [p.exp.description for p in self.pending.values()]
+        if self.loop.swarm is not None:  # published to the swarm's hub at its next sync (swarm.Swarm.in_flight)
+            self.loop.swarm.in_flight([*self.ready, *(p.exp for p in self.pending.values())])
 
     def _flush(self, block: bool = False) -> None:
         if self.deferred and self.files.acquire(blocking=block):

@@ -112,7 +112,8 @@ class Decisions:
         row = dataclasses.replace(exp, id=None, parent=inc.commit, commit=new, kind="rebase", status="running",
                                   reason="", started_at=0.0, ended_at=None, metric=None, metrics={}, wall_s=None,
                                   exit_code=None, log_path="", log_tail="", worker="", pid=None, tokens_in=0,
-                                  tokens_out=0, cost_usd=0.0, evidence={"rebase_of": exp.id})
+                                  tokens_out=0, cost_usd=0.0, evidence={"rebase_of": exp.id, **{  # a swarm claim's
+                                      k: v for k, v in (exp.evidence or {}).items() if k in ("origin", "swarm")}})
         row.patch = self.ws.diff(inc.commit, new)
         self.ledger.begin(row)
         self.ws.pin(row.id, new)
@@ -124,7 +125,8 @@ class Decisions:
 
     def _conclude(self, st: _Pending, verdict: Verdict, inc: Optional[Experiment]) -> None:
         exp = st.exp
-        origin = {k: v for k, v in (exp.evidence or {}).items() if k in ("rebase_of", "resumed_from", "same_code_as")}
+        origin = {k: v for k, v in (exp.evidence or {}).items()
+                  if k in ("rebase_of", "resumed_from", "same_code_as", "origin", "swarm")}  # swarm: swarm.py's claim
         exp.status, exp.reason, exp.evidence = "keep" if verdict.keep else "discard", verdict.reason, \
             {**origin, **(verdict.evidence or {})}
         guards.enforce(self.cfg, self.ws, exp, inc, should_stop=lambda: self.loop.stop_requested is not None,
