@@ -754,3 +754,31 @@ def test_a_peer_flooding_false_claims_is_no_longer_re_measured(tmp_path):
         assert not over_refuted(led.swarm_notes("t", peer="alice"))
     finally:
         led.close()
+
+
+def test_a_claim_is_measured_only_when_it_beats_the_incumbent_by_the_margin(tmp_path):
+    """Swarm.worth: with run-to-run noise measured (pooled sd 0.2 here), a claim must beat the local
+    incumbent by MARGIN_SIGMA sds (0.3) to be worth an experiment; without a noise estimate, any gain."""
+    from types import SimpleNamespace
+
+    from autoresearch.ledger import Experiment, Ledger
+    from autoresearch.swarm import MARGIN_SIGMA, Swarm
+
+    from conftest import load_cfg
+
+    assert MARGIN_SIGMA == 1.5
+    cfg = load_cfg(make_project(tmp_path / "p"))
+    led = Ledger(tmp_path / "ledger.db")
+    try:
+        me = SimpleNamespace(cfg=cfg, ledger=led, tag="t")
+        assert Swarm.worth(me, 0.99, 1.0) and not Swarm.worth(me, 1.01, 1.0)  # no noise known: any gain
+        for commit, runs in (("a" * 40, [1.0, 1.2, 0.8]), ("b" * 40, [2.0, 2.2, 1.8])):
+            exp = Experiment(tag="t", parent=None, commit=commit, description=commit[:1], kind="candidate")
+            led.begin(exp)
+            for seed, value in enumerate(runs):
+                led.add_measurement(exp.id, commit, seed, value, {}, 1.0, "ok")
+        assert not Swarm.worth(me, 0.75, 1.0)  # 1.25 sd better: a lucky run as likely as a gain
+        assert Swarm.worth(me, 0.65, 1.0)  # 1.75 sd better: worth measuring here
+        assert not Swarm.worth(me, 1.5, 1.0)  # worse
+    finally:
+        led.close()
