@@ -692,6 +692,12 @@ def test_in_flight_elsewhere_reaches_the_researchers(swarm):
         ctx = agent.contexts[0]
         assert "In flight elsewhere" in ctx.swarm and "- alice: X = 1.0 and a nap" in ctx.swarm, ctx.swarm
         assert ctx.swarm in ctx.render() and len(ctx.swarm) <= HINTS_CHARS
+        # `swarm status --json` and the HTML report (as last fetched) show it too
+        assert cli("report", "--html", cwd=bob).returncode == 0
+        assert ["alice", "X = 1.0 and a nap"] in table((bob / "report.html").read_text(), "swarm-flight")
+        st = json.loads(cli("swarm", "status", "--json", cwd=bob).stdout)
+        flights = {p["name"]: [r["description"] for r in p["in_flight"]] for p in st["participants"]}
+        assert "X = 1.0 and a nap" in flights["alice"] or proc.poll() is not None
         assert proc.wait(timeout=120) == 0, (tmp / "alice.log").read_text()
     finally:
         kill_group(proc)

@@ -343,7 +343,8 @@ def _swarm_hub(st: dict[str, Any]) -> str:
                if front else "")
             + (f"<h3>How each kept idea spread</h3><table id=swarm-spread><tr><th>idea</th><th>change</th>"
                f"<th>found by</th><th>found</th><th>adopted by (row, when)</th></tr>{spread}</table>" if spread else "")
-            + (f"<h3>In flight elsewhere</h3><table id=swarm-flight><tr><th>participant</th><th>experiment</th></tr>"
+            + (f"<h3>In flight (as last published)</h3><table id=swarm-flight><tr><th>participant</th>"
+               f"<th>experiment</th></tr>"
                f"{flying}</table>" if flying else ""))
 
 
