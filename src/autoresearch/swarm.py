@@ -97,8 +97,9 @@ REFUTES_ALLOWED = 3  # refuted claims a peer may have beyond twice its held ones
 # run-to-run sd; no margin without one). benchmarks/swarm.py: a claim that beats by less is mostly a
 # lucky first run, or a gain too small to confirm; measuring it cost an experiment and was refuted
 # about half the time. Waiting until the peer's lead is worth measuring takes several of its gains in
-# one re-measure: the swarm of 4 reached the best isolated level in 0.57 -> 0.53 of the budget (24 tasks).
-MARGIN_SIGMA = 1.5
+# one re-measure: the swarm of 4 reached the best isolated level in 0.57 (no margin), 0.54 (1 sd),
+# 0.53 (1.5), 0.49 (2.5) of the budget (24 tasks), its adoption latency 2 -> 4 of a peer's experiments.
+MARGIN_SIGMA = 2.5
 
 
 def over_refuted(notes: list[dict[str, Any]]) -> bool:
