@@ -70,6 +70,7 @@ from . import clean
 from . import policy as policies
 from . import stats
 from .errors import AutoresearchError, ConfigError
+from .policy_confirm import pooled_noise
 from .proposal import PROGRAM
 from .workspace import GitError, NothingChanged, RebaseConflict, run_git
 
@@ -499,8 +500,6 @@ class Swarm:
     def worth(self, claim: float, incumbent: float) -> bool:
         """Whether a claimed metric beats the local incumbent's by MARGIN_SIGMA noise sds (on the policy's
         scale: log for relative noise), so that measuring it here is worth an experiment."""
-        from .policy_confirm import pooled_noise
-
         lower = self.cfg.lower_is_better()
         scale = stats.Scale.of(self.cfg.metric.noise)
         if not policies.better(claim, incumbent, lower):
