@@ -18,19 +18,21 @@ has its own real Ledger (SQLite in a temporary folder) and the real `confirm` po
 The swarm, as src/autoresearch/swarm.py builds it. After every keep a participant publishes its best:
 the commit, the changes it holds (what git knows) and its record's metric (the kept experiment's
 first run). When nothing is queued and a sync is due (every `--sync` of its own experiments) it reads
-the others' bests; each one whose metric beats the local incumbent's is queued once (Swarm.consider):
-`adopt` (the peer's code on the local best) and, when the local best has changes of its own,
-`merge` (the peer's change cherry-picked onto the local best). Each queued item that changes the
-local code is run in place of a proposal, judged by the local policy against the local incumbent,
-out of the participant's own share of the budget. Reputation (Swarm.recorded): per peer, `adopt`s
-that held (kept here) and that were refuted (discarded here); a refuted claim is never re-measured.
-`--refutes-allowed N` adds a gate swarm.py does not have (a proposal): a peer whose refuted claims
-exceed N plus twice its held ones is no longer re-measured, its claims stay hints.
+the others' bests; each one whose metric beats the local incumbent's by `--margin` noise sds (the
+tag's pooled sd: Swarm.worth) is queued once, best claim first (Swarm.sync/consider). At its turn
+(Swarm.candidate), against the local best as it is then: dropped if the local best has moved past
+it, or holds its change already (the cherry-pick changes nothing); `merge` (the peer's change on the
+local best) when the local best has changes the peer's commit lacks, else `adopt` (the same code);
+a merge that is not kept is followed by the `adopt` of the peer's code as it is. Each is run in
+place of a proposal, judged by the local policy against the local incumbent, out of the
+participant's own share of the budget. Reputation (Swarm.recorded): per peer, claims that held
+(kept here, merged or as they are) and that were refuted; a judged claim is never re-measured; a
+peer whose refuted claims exceed `--refutes-allowed` plus twice its held ones is no longer heard.
 
-`--variant proposed` measures three changes to swarm.py's logic: claims queued best first; at its
-turn a queued claim is dropped when the local best has moved and now holds it or beats it; no
-`merge` when the local best's changes are all in the peer's commit (it would be the same code as the
-`adopt`). Combine with `--refutes-allowed 3` for the gate.
+`--variant s11` is the logic before (measured in the first report: every claim that beats the local
+incumbent at all, in peer order, `adopt` then `merge`, kind fixed when queued); `--variant proposed`
+is s11 with the three changes proposed then (best first, drop what the local best holds or beats,
+no merge that is the same code as the adopt).
 
 The malicious participant (on P = 4 + 1): it runs nothing and, every round, publishes a new
 commit that is the start with a harmful change (true level `--sabotage` sds worse than the start)
@@ -74,7 +76,8 @@ from typing import Any, Optional
 from autoresearch import policy as policies
 from autoresearch.config import Config, ExperimentConfig, MetricConfig, PolicyConfig
 from autoresearch.ledger import Experiment, Ledger
-from autoresearch.swarm import REFUTES_ALLOWED
+from autoresearch.policy_confirm import pooled_noise
+from autoresearch.swarm import MARGIN_SIGMA, REFUTES_ALLOWED
 
 TAG = "bench"
 SEED = 42
@@ -126,7 +129,7 @@ class Participant:
     """One machine: its own ledger, the real policy, its own noise; publishes and adopts through the hub."""
 
     def __init__(self, world: World, root: Path, index: int, rep_seed: int, p_null: float, sync: int,
-                 refutes_allowed: float, proposed: bool = False):
+                 refutes_allowed: float, variant: str = "as_built", margin_sigma: float = MARGIN_SIGMA):
         self.world, self.index, self.rep_seed = world, index, rep_seed
         self.name = f"p{index}"
         root.mkdir(parents=True)
@@ -134,7 +137,10 @@ class Participant:
                           metric=MetricConfig(name="score", direction="min"), policy=PolicyConfig(name="confirm"))
         self.ledger = Ledger(root / "ledger.db")
         self.policy = policies.make(self.cfg)
-        self.p_null, self.sync, self.refutes_allowed, self.proposed = p_null, sync, refutes_allowed, proposed
+        self.p_null, self.sync, self.refutes_allowed = p_null, sync, refutes_allowed
+        self.variant = variant
+        self.margin_sigma = margin_sigma if variant == "as_built" else 0.0
+        self.proposed = variant == "proposed"
         self.rng = random.Random(f"proposer:{rep_seed}:{index}")
         self.ideas: dict[str, frozenset] = {START: frozenset()}
         self.done = 0
@@ -143,6 +149,7 @@ class Participant:
         self.fake_experiments = self.fake_runs = self.fake_kept = 0
         self.queue: deque[tuple[str, Claim, frozenset]] = deque()  # (adopt | merge, claim, local ideas then)
         self.judged: set[tuple[str, str]] = set()  # (peer, commit) re-measured as `adopt`: never again
+        self.held: set[tuple[str, str]] = set()  # (peer commit, local best) whose change the local best holds
         self.reputation: dict[str, list[int]] = {}  # peer -> [held, refuted]
         self.trajectory: list[float] = []  # the incumbent's true level after each own experiment
         self.run_counts: list[int] = []  # runs taken so far, after each own experiment
@@ -190,11 +197,9 @@ class Participant:
         return refuted > self.refutes_allowed + 2 * held
 
     def sync_hub(self) -> None:
-        """swarm.Swarm.sync/consider: queue each peer's best that claims to beat the local incumbent, once.
-
-        As built: peers in name order; `adopt` (the peer's code on the local best), then, when the local
-        best has changes of its own, `merge` (the peer's change cherry-picked onto the local best as it is
-        now); a claim judged (held or refuted) or queued is never queued again."""
+        """swarm.Swarm.sync/consider: queue each peer's best that claims to beat the local incumbent, once."""
+        if self.variant == "as_built":
+            return self.sync_hub_merge_first()
         inc, mine = self.incumbent()
         order = sorted(self.world.hub, key=lambda p: self.world.hub[p].claim if self.proposed else p)
         for peer in order:
@@ -207,6 +212,24 @@ class Participant:
             if inc.commit != START and not (self.proposed and mine <= c.ideas):
                 self.queue.append(("merge", c, mine))
 
+    def sync_hub_merge_first(self) -> None:
+        """swarm.py as built (Swarm.sync/consider): each peer's best that claims to beat the local incumbent,
+        once, best claim first; what the local best holds already is dropped at its turn (next_candidate)."""
+        inc, mine = self.incumbent()
+        bar = inc.metric - self.margin()
+        for peer in sorted(self.world.hub, key=lambda p: (self.world.hub[p].claim, p)):
+            c = self.world.hub[peer]
+            if peer == self.name or self.gated(peer) or not c.claim < bar or (c.commit, inc.commit) in self.held:
+                continue
+            if (peer, c.commit) in self.judged or any(q[1].commit == c.commit for q in self.queue):
+                continue
+            self.queue.append(("claim", c, mine))
+
+    def margin(self) -> float:
+        """Swarm.worth: a claim must beat the local incumbent by MARGIN_SIGMA x the tag's pooled noise sd."""
+        sd, _ = pooled_noise(self.ledger, TAG)
+        return self.margin_sigma * (sd or 0.0)
+
     def next_candidate(self) -> Optional[tuple[str, Claim, frozenset]]:
         """swarm.Swarm.next_candidate: sync when nothing is queued and a sync is due; the next item that
         changes something, or None (then the researcher proposes)."""
@@ -215,6 +238,18 @@ class Participant:
         inc, mine = self.incumbent()
         while self.queue:
             kind, c, base = self.queue.popleft()
+            if self.variant == "as_built":  # Swarm.candidate: against the local best as it is now
+                if kind == "after_merge":  # the merge was not kept: the peer's code as it is
+                    if c.ideas == mine:  # NothingChanged: judged by the merge
+                        self.reputation.setdefault(c.peer, [0, 0])[1] += 1
+                        continue
+                    return "adopt", c, c.ideas
+                if not c.claim < inc.metric - self.margin():
+                    continue  # the local best moved past it
+                if c.ideas <= mine:  # the cherry-pick changes nothing: the local best holds it
+                    self.held.add((c.commit, inc.commit))
+                    continue
+                return ("adopt" if mine <= c.ideas else "merge"), c, (mine | c.ideas)
             ideas = c.ideas if kind == "adopt" else base | c.ideas
             if self.proposed and (c.ideas <= mine or (kind == "adopt" and not c.claim < inc.metric)):
                 continue  # proposed: the local best moved since the claim was queued and holds it, or beats it
@@ -270,7 +305,14 @@ class Participant:
             self.fake_experiments += 1
             self.fake_runs += self.runs - runs0
             self.fake_kept += exp.status == "keep"
-        if kind == "adopt":  # Swarm.recorded: the reputation counts the peer's own code, measured here
+        if self.variant == "as_built":  # Swarm.recorded: the peer's change measured here, alone or merged
+            self.judged.add((c.peer, c.commit))
+            held = exp.status == "keep"
+            if kind == "merge" and not held:
+                self.queue.appendleft(("after_merge", c, frozenset()))  # its code as it is may still measure best
+            else:
+                self.reputation.setdefault(c.peer, [0, 0])[0 if held else 1] += 1
+        elif kind == "adopt":  # Swarm.recorded: the reputation counts the peer's own code, measured here
             self.judged.add((c.peer, c.commit))
             self.reputation.setdefault(c.peer, [0, 0])[0 if exp.status == "keep" else 1] += 1
         if exp.status == "keep":
@@ -303,7 +345,7 @@ def run_swarm(tmp: Path, label: str, args: argparse.Namespace, rep_seed: int, p:
               refutes_allowed: float, malicious: bool = False) -> dict[str, Any]:
     world = World(rep_seed, args.pool, args.effect_mean, args.sabotage)
     honest = [Participant(world, tmp / label / f"p{i}", i, rep_seed, args.p_null, sync, refutes_allowed,
-                          args.variant == "proposed") for i in range(p)]
+                          args.variant, args.margin) for i in range(p)]
     world.participants = honest
     mallory = Malicious(world, args.claim_margin) if malicious else None
     each = args.total // p
@@ -453,7 +495,7 @@ def summarize(res: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                      "met": goal is not None and goal <= 0.5},
             "setup": {"total": args.total, "reps": args.reps, "pool": args.pool, "effect_mean": args.effect_mean,
                       "p_null": args.p_null, "sync": args.sync, "refutes_allowed": _r(args.refutes_allowed),
-                      "gate": args.gate, "variant": args.variant,
+                      "gate": args.gate, "variant": args.variant, "margin": args.margin,
                       "sabotage": args.sabotage, "claim_margin": args.claim_margin, "seed": args.seed,
                       "policy": "confirm", "seconds": res["seconds"]}}
 
@@ -485,8 +527,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--no-malicious", dest="malicious", action="store_false", help="skip the malicious variant")
     ap.add_argument("--sabotage", type=float, default=1.0, help="how much worse the fake commit truly is (sds)")
     ap.add_argument("--claim-margin", type=float, default=1.0, help="how much better than the best the fake claims")
-    ap.add_argument("--variant", choices=("as_built", "proposed"), default="as_built",
-                    help="the adoption logic: swarm.py's (default), or the proposed changes (see the docstring)")
+    ap.add_argument("--margin", type=float, default=MARGIN_SIGMA,
+                    help=f"as_built: a claim must beat the local incumbent by this many noise sds (swarm.py's: "
+                         f"{MARGIN_SIGMA:g}; 0: any claim that beats it)")
+    ap.add_argument("--variant", choices=("as_built", "s11", "proposed"), default="as_built",
+                    help="the adoption logic: swarm.py's (default), the one before (s11), or s11 with the changes "
+                         "proposed then (see the docstring)")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args(argv)
     if args.refutes_allowed < 0:

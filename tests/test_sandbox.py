@@ -507,6 +507,72 @@ def test_run_folders_of_a_dead_harness_are_removed(tmp_path):
     mine.cleanup()
 
 
+def nest(top: Path, depth: int) -> None:
+    """`depth` folders `d/d/d/...` under `top`, made relative to a folder descriptor (no long path)."""
+    import os
+
+    fd = os.open(top, os.O_RDONLY)
+    for _ in range(depth):
+        os.mkdir("d", dir_fd=fd)
+        inner = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    open(os.open("leaf", os.O_WRONLY | os.O_CREAT, dir_fd=fd), "w").close()
+    os.close(fd)
+
+
+@pytest.mark.parametrize("with_rm", [True, False])
+def test_a_deep_stale_run_folder_is_removed_not_a_crash(tmp_path, monkeypatch, with_rm):
+    """A dead harness's run folder whose artefacts a run nested 3,000 deep (found in /tmp: shutil.rmtree
+    raised RecursionError and every later session died at its start). It is removed, with `rm -rf`
+    and without it (the fallback flattens the tree level by level); the control: shutil.rmtree fails."""
+    import shutil
+    import tempfile
+
+    from autoresearch import workspace
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = Path(tempfile.gettempdir()) / f"{sandbox_mod.RUN_DIR_PREFIX}{dead.pid}-deep"
+    (stale / "artifacts").mkdir(parents=True)
+    try:
+        nest(stale / "artifacts", 3000)
+        if not with_rm:
+            monkeypatch.setattr(workspace.shutil, "which", lambda name: None)
+        assert sandbox_mod.remove_stale_run_dirs() >= 1
+        assert not stale.exists()
+        control = tmp_path / "control"
+        control.mkdir()
+        nest(control, 3000)
+        with pytest.raises((RecursionError, OSError)):
+            shutil.rmtree(control)
+    finally:
+        subprocess.run(["rm", "-rf", str(stale), str(tmp_path / "control")], check=False)
+
+
+def test_a_stale_run_folder_that_cannot_be_removed_is_skipped_with_a_note(monkeypatch, capsys):
+    """Housekeeping never stops a session: a folder that stays (here: removal does nothing) is named on
+    stderr with the command that removes it, and the call returns."""
+    import tempfile
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = Path(tempfile.gettempdir()) / f"{sandbox_mod.RUN_DIR_PREFIX}{dead.pid}-stuck"
+    stale.mkdir()
+    try:
+        monkeypatch.setattr(sandbox_mod, "remove_tree", lambda path: None)
+        sandbox_mod.remove_stale_run_dirs()
+        assert stale.exists() and f"could not remove the stale run folder {stale}" in capsys.readouterr().err
+
+        def boom(path):
+            raise RecursionError("maximum recursion depth exceeded")
+        monkeypatch.setattr(sandbox_mod, "remove_tree", boom)
+        sandbox_mod.remove_stale_run_dirs()
+        assert "maximum recursion depth" in capsys.readouterr().err
+    finally:
+        stale.rmdir()
+
+
 def test_hidden_paths_expand_variables_home_globs_and_installed_packages(tmp_path, monkeypatch):
     import json as json_pkg  # a package every Python has: its files stand in for a corpus in site-packages
 

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_consistent, cli, cli_popen, git, kill_group, ledger_of, make_project, rows_of, wait_until
+from conftest import (assert_consistent, cli, cli_popen, git, kill_group, ledger_of, make_project, rows_of, wait_until,
+                      write_control)
 
 CLASS = "cpu-test"
 IMPROVE = "sed -i 's/^X = .*/X = 1.0/' train.py && echo 'X = 1.0' > \"$AUTORESEARCH_DESCRIPTION_FILE\""
@@ -196,11 +197,57 @@ def test_improvement_spreads_and_poison_is_refused(swarm):
     spread = {s["idea"]: sorted(a["adopted_by"] for a in s["adopted"]) for s in st["spread"]}
     assert spread == {origin_id: ["bob", "carol"]}
     text = cli("swarm", "status", cwd=bob).stdout
-    assert "mallory-evil" in text and "prepare.py" in text and f"idea {origin_id}: adopted by bob, carol" in text
+    in_order = ", ".join(a["adopted_by"] for a in st["spread"][0]["adopted"])  # as they adopted it
+    assert sorted(a["at"] for a in st["spread"][0]["adopted"]) == [a["at"] for a in st["spread"][0]["adopted"]]
+    assert "mallory-evil" in text and "prepare.py" in text and f"idea {origin_id}: adopted by {in_order}" in text
     assert cli("report", "--html", cwd=bob).returncode == 0  # the HTML report's swarm view
     page = (bob / "report.html").read_text()
     view = page[page.index("<h2>The swarm</h2>"):]
     assert origin_id in view and "mallory-evil" in view and "banned 1" in view and "refuted 1" in view
+    # the hub's side, as `swarm status --json` has it: the frontier per class and how the idea spread
+    frontier = table(page, "swarm-frontier")
+    assert {(r[0], r[2]) for r in frontier} == {(CLASS, b["participant"]) for b in st["frontier"][CLASS]} | \
+        {("other-class", "dave")}
+    assert [r[3] for r in frontier if r[0] == CLASS][0] == "0.5" and not [r for r in frontier if "mallory" in r[2]]
+    assert {r[2]: r[4] for r in frontier if r[0] == CLASS}["alice"] == "verified here"
+    spread_rows = {r[0]: r for r in table(page, "swarm-spread")}
+    assert set(spread_rows) == {origin_id} and spread_rows[origin_id][1] == "X = 1.0"
+    assert spread_rows[origin_id][2] == "alice"
+    by = {a["adopted_by"]: a["id"] for a in st["spread"][0]["adopted"]}
+    assert all(f"{name} (#{i}," in spread_rows[origin_id][4] for name, i in by.items()) and set(by) == {"bob", "carol"}
+
+
+def table(page: str, table_id: str) -> list[list[str]]:
+    """The data rows of the table `table_id` in `page`, each a list of its cells' text."""
+    from html.parser import HTMLParser
+
+    class Cells(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inside, self.rows, self.cell = False, [], None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "table" and dict(attrs).get("id") == table_id:
+                self.inside = True
+            elif self.inside and tag == "tr":
+                self.rows.append([])
+            elif self.inside and tag == "td":
+                self.cell = ""
+
+        def handle_endtag(self, tag):
+            if tag == "table":
+                self.inside = False
+            elif tag == "td" and self.cell is not None:
+                self.rows[-1].append(self.cell)
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell += data
+
+    parser = Cells()
+    parser.feed(page)
+    return [r for r in parser.rows if r]
 
 
 def test_rewritten_history_is_refused(swarm):
@@ -285,11 +332,42 @@ def test_a_peers_change_is_also_merged_onto_the_local_best(tmp_path):
     assert run(bob, IDLE, 3, tmp_path / "bob.log").wait(timeout=120) == 0
     rows = assert_consistent(bob, "t")
     swarm_rows = [(e.description.split(":")[0], e.status, e.metric) for e in rows if e.agent == "swarm"]
-    # alice's code as it is (4.5 beats bob's 5.5), then her change on bob's own best: both axes, 1.5
-    assert swarm_rows == [("adopt alice#2", "keep", 4.5), ("merge alice#2", "keep", 1.5)], swarm_rows
+    # her change on bob's own best first (both axes, 1.5): kept, so her code as it is (4.5, which the local
+    # best now holds and beats) is not measured: one experiment instead of two
+    assert swarm_rows == [("merge alice#2", "keep", 1.5)], swarm_rows
     tip = git(bob, "show", "autoresearch/t:train.py")
     assert "X = 1.0" in tip and "Z = 2.0" in tip
-    assert [n["status"] for n in notes_of(bob) if n["peer"] == "alice"] == ["held"]
+    notes = [(n["status"], n["reason"]) for n in notes_of(bob) if n["peer"] == "alice"]
+    assert len(notes) == 1 and notes[0][0] == "held" and "merged onto the local best" in notes[0][1], notes
+
+
+CLASHING_AXES = TWO_AXES.replace('print(f"score: {(X - 1.0) ** 2 + (Z - 1.0) ** 2 + 0.5 + OFFSET:.6f}")',
+                                 'print(f"score: {(X - 1.0) ** 2 + (Z - 1.0) ** 2 + 0.5 + 10 * (X < 2 and Z < 3)'
+                                 ' + OFFSET:.6f}")')
+
+
+def test_when_the_merge_measures_worse_the_peers_code_as_it_is_is_tried_and_kept(tmp_path):
+    """The two changes clash (together they cost 10): alice's change on bob's best (11.5) is not kept,
+    so her code as it is (4.5, better than bob's 5.5) is measured next and kept: what measures best."""
+    origin = make_project(tmp_path / "origin", files={"train.py": CLASHING_AXES})
+    hub = tmp_path / "hub.git"
+    git(tmp_path, "init", "-q", "--bare", str(hub))
+    bob = tmp_path / "bob"
+    git(tmp_path, "clone", "-q", str(origin), str(bob))
+    z2 = "sed -i 's/^Z = .*/Z = 2.0/' train.py && echo 'Z = 2.0' > \"$AUTORESEARCH_DESCRIPTION_FILE\""
+    assert run(bob, z2, 1, tmp_path / "bob.log").wait(timeout=120) == 0  # alone: 8.5 -> 5.5
+    alice = join(tmp_path, origin, hub, "alice")
+    assert run(alice, IMPROVE, 1, tmp_path / "alice.log").wait(timeout=120) == 0  # 8.5 -> 4.5 (X = 1)
+    assert cli("swarm", "init", str(hub), "--name", "bob", "--sync", "0", "--hardware", CLASS, cwd=bob).returncode == 0
+    assert run(bob, IDLE, 3, tmp_path / "bob.log").wait(timeout=120) == 0
+    rows = assert_consistent(bob, "t")
+    swarm_rows = [(e.description.split(":")[0], e.status, e.metric) for e in rows if e.agent == "swarm"]
+    assert swarm_rows == [("merge alice#2", "discard", 11.5), ("adopt alice#2", "keep", 4.5)], swarm_rows
+    tip = git(bob, "show", "autoresearch/t:train.py")
+    assert "X = 1.0" in tip and "Z = 3.0" in tip
+    # one verdict on the claim, from her code as it is (the merge alone says nothing against her)
+    notes = [(n["status"], n["reason"]) for n in notes_of(bob) if n["peer"] == "alice"]
+    assert len(notes) == 1 and notes[0][0] == "held" and "merged" not in notes[0][1], notes
 
 
 @pytest.mark.parametrize("verify", [True, False])
@@ -502,23 +580,167 @@ def test_a_claim_with_a_symlink_is_refused(swarm):
     assert not [e for e in rows_of(bob, "t") if e.agent == "swarm"]
 
 
-def test_a_participant_with_several_workers_publishes_and_adopts(swarm):
-    """With several workers (one driver, proposals from several threads) rows are published as they are
-    recorded, and a peer's improvement is adopted after re-measuring, once: a second researcher asking
-    for the same claim meanwhile gets a `discard` that never runs (same_change_as)."""
+def test_a_participant_with_several_workers_adopts_from_a_researchers_thread(swarm):
+    """With two workers the swarm is asked from a researcher's thread (next_candidate's contract) while the
+    main thread records rows and publishes: alice's improvement is adopted once, after re-measuring, and
+    every finished row reaches the hub."""
     tmp, origin, hub = swarm
     alice = join(tmp, origin, hub, "alice")
     assert run(alice, IMPROVE, 1, tmp / "alice.log").wait(timeout=120) == 0
+    origin_id = f"alice#{[e for e in rows_of(alice, 't') if e.kind != 'baseline'][0].id}"
     bob = join(tmp, origin, hub, "bob")
     p = cli_popen("run", "--tag", "t", "--agent", "command", "--agent-command", IDLE, "--max-experiments", "3",
                   "--workers", "2", "--no-live", cwd=bob, log=tmp / "bob.log")
     assert p.wait(timeout=120) == 0, (tmp / "bob.log").read_text()
-    rows = rows_of(bob, "t")
-    adopted = [e for e in rows if e.agent == "swarm" and e.metric is not None]
-    assert len(adopted) == 1 and adopted[0].status == "keep", [(e.id, e.agent, e.status, e.reason) for e in rows]
-    assert adopted[0].evidence["origin"].startswith("alice#")
-    assert all("same_change_as" in e.evidence for e in rows if e.agent == "swarm" and e is not adopted[0])
+    rows = assert_consistent(bob, "t")
+    adopted = [e for e in rows if e.agent == "swarm"]
+    assert [(e.evidence["origin"], e.status, e.metric) for e in adopted] == [(origin_id, "keep", 0.5)], \
+        [(e.description, e.status) for e in rows]
+    assert "X = 1.0" in git(bob, "show", "autoresearch/t:train.py")
+    assert [n["status"] for n in notes_of(bob) if n["peer"] == "alice"] == ["held"]
     assert set(hub_records(hub, "bob")) == {e.id for e in rows if e.status != "running"}
+
+
+def test_next_candidate_is_one_call_at_a_time_while_rows_are_recorded(swarm, monkeypatch):
+    """Two proposer threads ask at once (the sync made slow) while the main thread publishes rows and
+    reads the hints: alice's claim becomes exactly one experiment (a second ask waits, and does not queue a
+    claim being measured again), and nothing raises."""
+    import threading
+
+    from autoresearch import swarm as swarm_mod
+    from autoresearch.loop import Loop
+
+    from conftest import ScriptedAgent, load_cfg
+
+    tmp, origin, hub = swarm
+    alice = join(tmp, origin, hub, "alice")
+    assert run(alice, IMPROVE, 1, tmp / "alice.log").wait(timeout=120) == 0
+    bob = tmp / "bob"
+    git(tmp, "clone", "-q", str(origin), str(bob))
+    assert run(bob, IDLE, 1, tmp / "bob.log").wait(timeout=120) == 0  # alone: a baseline and one row
+    assert cli("swarm", "init", str(hub), "--name", "bob", "--sync", "0", "--hardware", CLASS, cwd=bob).returncode == 0
+    loop = Loop(load_cfg(bob), "t", ScriptedAgent())  # not run: the test is the driver, its threads ask
+    loop.begin_session()  # the task (start, protected digests) the peers are compared with
+    sw = loop.swarm
+    before = rows_of(bob, "t")
+    real_fetch = swarm_mod.Swarm.fetch
+
+    def slow_fetch(self) -> None:
+        real_fetch(self)
+        time.sleep(0.5)
+
+    monkeypatch.setattr(swarm_mod.Swarm, "fetch", slow_fetch)
+    got, errors = [], []
+
+    def ask() -> None:
+        try:
+            got.append(sw.next_candidate())
+        except Exception as e:  # noqa: BLE001 - the assertion below shows it
+            errors.append(e)
+
+    threads = [threading.Thread(target=ask) for _ in range(2)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        sw.recorded(before[-1])  # publishes (one push at a time with the syncs)
+        sw.in_flight([("something else", None)])
+        sw.hints()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    made = [e for e in got if e is not None]
+    assert len(made) == 1 and made[0].evidence["origin"].startswith("alice#"), got
+    assert [e.agent for e in rows_of(bob, "t")] == [e.agent for e in before] + ["swarm"]
+    assert set(hub_records(hub, "bob")) == {e.id for e in before}
+
+
+def test_in_flight_elsewhere_reaches_the_researchers(swarm):
+    """alice (two workers) is measuring a change; her flight ref on the hub names it, so bob's researcher
+    sees it under "In flight elsewhere" before it is finished; once it is, it shows as kept elsewhere (and
+    no longer in flight)."""
+    from autoresearch.loop import Limits, Loop
+    from autoresearch.swarm import FLIGHT_MAX, HINTS_CHARS
+
+    from conftest import ScriptedAgent, load_cfg
+
+    tmp = swarm[0]
+    ctl = tmp / "ctl.json"
+    write_control(ctl, alice_sleep=15)
+    origin = make_project(tmp / "origin2", control=ctl)
+    hub = tmp / "hub2.git"
+    git(tmp, "init", "-q", "--bare", str(hub))
+    alice = join(tmp, origin, hub, "alice")
+    nap = ("sed -i 's/^X = .*/X = 1.0/' train.py && echo 'time.sleep(float(ctl.get(\"alice_sleep\", 0)))' >> train.py"
+           " && echo 'X = 1.0 and a nap' > \"$AUTORESEARCH_DESCRIPTION_FILE\"")
+    proc = cli_popen("run", "--tag", "t", "--agent", "command", "--agent-command", nap, "--max-experiments", "2",
+                     "--workers", "2", "--no-live", cwd=alice, log=tmp / "alice.log")
+    try:
+        def flying() -> list:
+            sha = hub_refs(hub).get("refs/autoresearch-swarm/alice/flight")
+            if not sha:
+                return []
+            assert git(hub, "ls-tree", "--name-only", sha) == "flight.json"  # one file, no history
+            assert not git(hub, "rev-list", "--parents", "-n", "1", sha).split()[1:]
+            data = json.loads(git(hub, "cat-file", "blob", f"{sha}:flight.json"))
+            assert data["participant"] == "alice" and len(data["rows"]) <= FLIGHT_MAX
+            return [r["description"] for r in data["rows"]]
+        wait_until(lambda: "X = 1.0 and a nap" in flying(), timeout=60, what="alice's flight on the hub")
+        bob = join(tmp, origin, hub, "bob")
+        agent = ScriptedAgent()
+        Loop(load_cfg(bob), "t", agent, limits=Limits(max_experiments=1)).run()
+        assert proc.poll() is None, "alice finished too early for the test to mean anything"
+        ctx = agent.contexts[0]
+        assert "In flight elsewhere" in ctx.swarm and "- alice: X = 1.0 and a nap" in ctx.swarm, ctx.swarm
+        assert ctx.swarm in ctx.render() and len(ctx.swarm) <= HINTS_CHARS
+        # `swarm status --json` and the HTML report (as last fetched) show it too
+        assert cli("report", "--html", cwd=bob).returncode == 0
+        assert ["alice", "X = 1.0 and a nap"] in table((bob / "report.html").read_text(), "swarm-flight")
+        st = json.loads(cli("swarm", "status", "--json", cwd=bob).stdout)
+        flights = {p["name"]: [r["description"] for r in p["in_flight"]] for p in st["participants"]}
+        assert "X = 1.0 and a nap" in flights["alice"] or proc.poll() is not None
+        assert proc.wait(timeout=120) == 0, (tmp / "alice.log").read_text()
+    finally:
+        kill_group(proc)
+    write_control(ctl)  # bob adopts alice's code: no nap for him
+    agent = ScriptedAgent()
+    Loop(load_cfg(bob), "t", agent, limits=Limits(max_experiments=2)).run()
+    text = agent.contexts[-1].swarm
+    assert "Kept elsewhere" in text and "X = 1.0 and a nap (keep" in text, text
+    assert "- alice: X = 1.0 and a nap" not in text  # finished: no longer in flight
+    assert [e.evidence["origin"] for e in rows_of(bob, "t") if e.agent == "swarm" and e.status == "keep"] == \
+        ["alice#2"]
+
+
+def test_in_flight_is_bounded_and_a_malformed_flight_refuses_the_peer(swarm):
+    """in_flight keeps FLIGHT_MAX one-line rows; a flight ref that is not one well-formed flight.json (here:
+    JSON of another participant) refuses its publisher like a malformed record: nothing of it is used."""
+    from autoresearch import swarm as swarm_mod
+    from autoresearch.loop import Limits, Loop
+
+    from conftest import ScriptedAgent, load_cfg
+
+    tmp, origin, hub = swarm
+    alice = join(tmp, origin, hub, "alice")
+    assert run(alice, IDLE, 1, tmp / "alice.log").wait(timeout=120) == 0
+    work = tmp / "forge-flight"
+    git(tmp, "clone", "-q", str(origin), str(work))
+    bad = json.dumps({"v": 1, "participant": "bob", "at": time.time(), "rows": [{"description": "x", "commit": None}]})
+    oid = subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=work, input=bad, text=True,
+                         capture_output=True).stdout.strip()
+    tree = subprocess.run(["git", "mktree"], cwd=work, input=f"100644 blob {oid}\tflight.json\n", text=True,
+                          capture_output=True).stdout.strip()
+    git(work, "push", "-q", "-f", str(hub), f"{git(work, 'commit-tree', tree, '-m', 'f')}:"
+                                          "refs/autoresearch-swarm/alice/flight")
+    bob = join(tmp, origin, hub, "bob")
+    agent = ScriptedAgent()
+    loop = Loop(load_cfg(bob), "t", agent, limits=Limits(max_experiments=1))
+    loop.run()
+    why = [(n["status"], n["reason"]) for n in notes_of(bob) if n["peer"] == "alice"]
+    assert len(why) == 1 and why[0][0] == "refused" and "flight record is malformed" in why[0][1], why
+    assert "alice" not in agent.contexts[0].swarm
+    loop.swarm.in_flight([(f"idea {i} " + "x\n" * 200, None) for i in range(50)])
+    assert len(loop.swarm.flight) == swarm_mod.FLIGHT_MAX
+    assert all("\n" not in r["description"] and len(r["description"]) <= 160 for r in loop.swarm.flight)
 
 
 def test_a_peer_flooding_false_claims_is_no_longer_re_measured(tmp_path):
@@ -536,5 +758,33 @@ def test_a_peer_flooding_false_claims_is_no_longer_re_measured(tmp_path):
         led.swarm_note("t", "mallory", "held", "a real one", commit="e" * 40)
         assert not over_refuted(led.swarm_notes("t", peer="mallory")), "claims that held buy trust back"
         assert not over_refuted(led.swarm_notes("t", peer="alice"))
+    finally:
+        led.close()
+
+
+def test_a_claim_is_measured_only_when_it_beats_the_incumbent_by_the_margin(tmp_path):
+    """Swarm.worth: with run-to-run noise measured (pooled sd 0.2 here), a claim must beat the local
+    incumbent by MARGIN_SIGMA sds to be worth an experiment; without a noise estimate, any gain."""
+    from types import SimpleNamespace
+
+    from autoresearch.ledger import Experiment, Ledger
+    from autoresearch.swarm import MARGIN_SIGMA, Swarm
+
+    from conftest import load_cfg
+
+    cfg = load_cfg(make_project(tmp_path / "p"))
+    led = Ledger(tmp_path / "ledger.db")
+    try:
+        me = SimpleNamespace(cfg=cfg, ledger=led, tag="t")
+        assert Swarm.worth(me, 0.99, 1.0) and not Swarm.worth(me, 1.01, 1.0)  # no noise known: any gain
+        for commit, runs in (("a" * 40, [1.0, 1.2, 0.8]), ("b" * 40, [2.0, 2.2, 1.8])):
+            exp = Experiment(tag="t", parent=None, commit=commit, description=commit[:1], kind="candidate")
+            led.begin(exp)
+            for seed, value in enumerate(runs):
+                led.add_measurement(exp.id, commit, seed, value, {}, 1.0, "ok")
+        assert MARGIN_SIGMA > 0.5
+        assert not Swarm.worth(me, 1.0 - (MARGIN_SIGMA - 0.25) * 0.2, 1.0)  # within the margin: likely luck
+        assert Swarm.worth(me, 1.0 - (MARGIN_SIGMA + 0.25) * 0.2, 1.0)  # beyond it: worth measuring here
+        assert not Swarm.worth(me, 1.5, 1.0)  # worse
     finally:
         led.close()

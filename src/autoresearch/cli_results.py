@@ -209,12 +209,16 @@ def cmd_report(args) -> int:
 
         from . import figures, standings
 
+        from . import swarm
+
         rows = ledger.experiments(tag)
         spec = figures.Spec.from_config(cfg)
         fig = figures.improvement(ledger, tag, spec, rows)
+        # the hub's side as last fetched (the run syncs it): a report never waits on someone else's machine
+        hub = swarm.status(root, tag, ledger, fetch=False) if swarm.load(root) is not None else None
         print(report_html(rows, (out or root) / "report.html", cfg.metric.name, cfg.lower_is_better(), tag=tag,
                           events=ledger.events(tag), project=root.name, figure=fig, swarm=ledger.swarm_notes(tag),
-                          researchers=standings.of(ledger, tag, spec, rows)))
+                          researchers=standings.of(ledger, tag, spec, rows), swarm_status=hub))
         return 0
     for p in write_report(root, cfg, tag, out):
         print(p)

@@ -129,6 +129,7 @@ class Driver(Decisions):
         self.seq = itertools.count(1)
         self.logs = Layout(cfg.root).logs(tag)
         self.started_engine = False
+        self.flight_ids: list[Optional[int]] = []
         s.swarm = swarm.attach(s)  # .autoresearch/swarm.toml: share a frontier over a git hub (swarm.py)
 
     @classmethod
@@ -287,6 +288,15 @@ class Driver(Decisions):
                 raise data[0]
             elif kind == "done":
                 self._done(*data)
+            self._tell_swarm()
+
+    def _tell_swarm(self) -> None:
+        """What is in flight here, for the swarm's hub (published at its next sync; swarm.Swarm.in_flight)."""
+        if self.session.swarm is not None:
+            flight = [*self.ready, *(p.exp for p in self.pending.values() if not p.final)]
+            if [e.id for e in flight] != self.flight_ids:
+                self.flight_ids = [e.id for e in flight]
+                self.session.swarm.in_flight(flight)
 
     def _live_proposals(self) -> int:
         return sum(1 for r in self.proposing if r not in self.abandoned)

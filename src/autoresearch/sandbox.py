@@ -454,13 +454,27 @@ def _bind_back(paths: list[Path], home: Path) -> list[Path]:
 
 
 def remove_stale_run_dirs() -> int:
-    """Delete the run folders (checkpoints: possibly gigabytes) of harness processes that died (SIGKILL)."""
+    """Delete the run folders (checkpoints: possibly gigabytes) of harness processes that died (SIGKILL).
+
+    Housekeeping, never a reason to stop: a folder that cannot be removed (however deep it is nested,
+    remove_tree handles depth; here: permissions, a busy mount) is skipped with a note on stderr, and
+    the next session tries again. Returns the number removed."""
     removed = 0
     for path in Path(tempfile.gettempdir()).glob(f"{RUN_DIR_PREFIX}*-*"):
         pid = path.name[len(RUN_DIR_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        try:
             remove_tree(path)
-            removed += 1
+        except (OSError, RecursionError) as e:  # remove_tree swallows these; a future one must not crash runs
+            print(f"autoresearch: could not remove the stale run folder {path}: {e}; remove it by hand "
+                  f"(`rm -rf {path}`)", file=sys.stderr)
+            continue
+        if os.path.lexists(path):
+            print(f"autoresearch: could not remove the stale run folder {path}; remove it by hand "
+                  f"(`rm -rf {path}`)", file=sys.stderr)
+            continue
+        removed += 1
     return removed
 
 

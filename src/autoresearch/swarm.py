@@ -8,41 +8,48 @@ What it owns:
 - Publishing. A participant writes only under `refs/autoresearch-swarm/<name>/`: `log`, a commit
   chain whose first commit adds `task.json` (the shared starting commit and the protected files'
   digests) and each later commit adds exactly one record `r-<id>.json` (one finished experiment:
-  commit, parent, description, status, metric, evidence, hardware class, agent, cost); and
-  `best/<class>`, its incumbent's commit. One `git push --atomic` with `--force-with-lease` on both
-  refs moves them together or not at all; a lost race is fetched and retried. A participant killed
+  commit, parent, description, status, metric, evidence, hardware class, agent, cost);
+  `best/<class>`, its incumbent's commit; and `flight`, one commit holding `flight.json` (what its
+  researchers are measuring right now: `in_flight()`, at most FLIGHT_MAX one-line rows), rewritten
+  when it changes, no history. One `git push --atomic` with `--force-with-lease` on every ref it
+  moves updates them together or not at all; a lost race is fetched and retried. A participant killed
   mid-push leaves the hub at its previous state (git's ref update is atomic) and publishes what is
   missing at its next sync: records are keyed by ledger id, so nothing is lost or duplicated.
-- Sync and adopt, never trust. Every `sync_s`, between experiments (Loop.propose asks
-  `next_candidate()`), the hub's swarm refs are fetched into `refs/autoresearch-swarm-seen/`.
+- Sync and adopt, never trust. Every `sync_s`, where a proposal is asked for (the driver asks
+  `next_candidate()`, from any thread: see its contract), the hub's swarm refs are fetched into
+  `refs/autoresearch-swarm-seen/`.
   Each peer's log is checked before anything of it is used: a chain of single-parent commits each
   adding one parseable record that names the peer itself (a copy of another participant's records
   is refused), the same task (else ignored with a warning), and an append-only history (a log that
   no longer contains the tip seen before was rewritten: refused). A peer's `best/<class>` of the
   local class that claims to beat the local incumbent becomes a candidate only if it descends from
   the shared start, changes something, and touches only editable, unprotected files (a protected
-  file touched: the peer is refused from then on). The candidate is the peer's code as a new
-  commit on the local incumbent (agent `swarm`, description `adopt alice#17: ...`, evidence
-  `origin`), judged by the local judge, policy and sandbox like any other; where the local best
-  differs from the start, the peer's whole change cherry-picked onto the local best (as it was when
-  the claim was read) is tried next (`merge alice#17: ...`), so what measures best is kept.
+  file touched: the peer is refused from then on), and brings something the local best lacks.
+  Claims are measured best first. Where the local best has changes the peer's commit lacks, the
+  peer's whole change cherry-picked onto today's local best (`merge alice#17: ...`) is measured
+  first; if it is not kept, the peer's code as it is (its files, on the local best: `adopt
+  alice#17: ...`) is measured next, so what measures best is kept; where the two are the same code
+  (or the cherry-pick conflicts) only the adopt. Each is a new commit (agent `swarm`, evidence
+  `origin`) judged by the local judge, policy and sandbox like any other. A claim the local best
+  has since overtaken, or whose change it already holds (a peer that adopted ours), is dropped:
+  benchmarks/swarm.py measured what each re-measure costs.
   Other hardware classes are hints in the researchers' context, never ranked or adopted.
 - Reputation, in the ledger (table `swarm`, Ledger.swarm_note): per peer and commit, `held`
   (re-measured and kept), `refuted` (re-measured, not kept: never adopted again), `refused` (a
   record or claim that fails a check, with its reason), `banned` (a claim touching what a proposal
   may not: the peer is skipped from then on), `ignored` (another task).
-- Seeing it: `hints()` is the researchers' context section (kept and failed elsewhere, other
-  classes as hints; bounded); `status()` / `render()` are `autoresearch swarm status [--json]`
-  (participants, each one's best per class and when, the frontier per class without refused or
-  refuted claims, reputation, who adopted which idea); report_html shows the ledger's side.
+- Seeing it: `hints()` is the researchers' context section (kept, in flight and failed elsewhere,
+  other classes as hints; each section capped, the whole bounded); `status()` / `render()` are
+  `autoresearch swarm status [--json]` (participants, each one's best per class and when, what
+  each has in flight, the frontier per class without refused or refuted claims, reputation, who
+  adopted which idea); report_html shows the same, with the ledger's side.
 
 Not covered: a hub that lets anyone write any ref (a plain bare repository) cannot stop a participant
 from writing into another's namespace; what it can do there is caught only as a rewritten history
 (against the tip seen before) or as records that fail the checks, and in any case a claim is only
-kept after local measurement. Hints from other classes are shown as claimed, not verified. The
-concurrent scheduler publishes its records but does not adopt (sequential loop only). Nothing in
-flight is published (only finished rows). A peer can make the local repository fetch large objects:
-there is no quota.
+kept after local measurement. Hints from other classes, and what a peer says it has in flight, are
+shown as claimed, not verified. A peer can make the local repository fetch large objects: there is
+no quota.
 """
 
 from __future__ import annotations
@@ -51,17 +58,20 @@ import getpass
 import json
 import re
 import socket
+import threading
 import time
 import tomllib
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from . import clean
 from . import policy as policies
+from . import stats
 from .errors import AutoresearchError, ConfigError
 from .layout import Layout
+from .noise import pooled_noise
 from .proposal import PROGRAM
 from .session import hardware
 from .states import Kind, Status
@@ -80,9 +90,19 @@ PUSH_TRIES = 5
 VERIFY = True  # tests switch this off for the controls of the checks on a peer's records and claims
 MAX_RECORD_BYTES = 64 * 1024  # a record is a few hundred bytes; a huge one is refused unread
 HINTS_CHARS = 2500  # the swarm's section of the researchers' context
+FLIGHT_MAX = 16  # experiments in flight published (and read) per participant
+MAX_FLIGHT_BYTES = 16 * 1024  # the flight record: FLIGHT_MAX one-line descriptions
+FLIGHT_STALE_S = 24 * 3600  # a flight record older than this is a participant that stopped: not shown
 
 
 REFUTES_ALLOWED = 3  # refuted claims a peer may have beyond twice its held ones before it is no longer heard
+# A claim is measured here only when it beats the local incumbent by this many noise sds (the tag's pooled
+# run-to-run sd; no margin without one). benchmarks/swarm.py: a claim that beats by less is mostly a
+# lucky first run, or a gain too small to confirm; measuring it cost an experiment and was refuted
+# about half the time. Waiting until the peer's lead is worth measuring takes several of its gains in
+# one re-measure: the swarm of 4 reached the best isolated level in 0.57 (no margin), 0.54 (1 sd),
+# 0.53 (1.5), 0.49 (2.5) of the budget (24 tasks), its adoption latency 2 -> 4 of a peer's experiments.
+MARGIN_SIGMA = 2.5
 
 
 def over_refuted(notes: list[dict[str, Any]]) -> bool:
@@ -178,6 +198,7 @@ class Peer:
     task: dict[str, Any]
     records: list[dict[str, Any]]
     best: dict[str, str]  # hardware class ref -> commit
+    flight: dict[str, Any] = field(default_factory=dict)  # its flight record (read_flight), {} when none
 
 
 class Refused(Exception):
@@ -192,10 +213,21 @@ class Swarm:
         self.ws, self.ledger, self.tag, self.cfg = loop.ws, loop.ledger, loop.tag, loop.cfg
         self.hardware = settings.hardware or self.cfg.engine.hardware or hardware()
         self.last_sync = float("-inf")
-        self.pending: deque[tuple[str, dict[str, Any]]] = deque()  # (kind, claim) candidates to make
+        self.pending: deque[dict[str, Any]] = deque()  # claims to measure, best first (consider, candidate)
         self.peers: dict[str, Peer] = {}  # the peers read at the last sync that passed every check
         self.cache: dict[str, Peer] = {}  # each peer's chain as last read (read_peer continues from it)
         self.warned: set[str] = set()
+        self.held_here: set[tuple[str, str]] = set()  # (peer commit, local best) whose change the best holds
+        self.tried: dict[int, dict[str, Any]] = {}  # experiment id -> the claim it measures (recorded())
+        self.flight: list[dict[str, Any]] = []  # this participant's experiments in flight (in_flight)
+        self.flight_pushed: Optional[list[dict[str, Any]]] = None  # the rows the hub has (None: not known)
+        # Threads (the contract is next_candidate's docstring): `lock` guards the state above, held briefly;
+        # `io` serialises what reads and moves the hub's refs and their local mirror (fetch, publish: a
+        # sync's and recorded()'s would otherwise race their own leases); `asking` makes next_candidate
+        # one call at a time.
+        self.lock = threading.RLock()
+        self.io = threading.RLock()
+        self.asking = threading.Lock()
 
     # -- the git side ------------------------------------------------------------------
     def git(self, *args: str, check: bool = True, input: Optional[str] = None, strip: bool = True) -> str:
@@ -243,15 +275,23 @@ class Swarm:
         return self.git("commit-tree", tree, *(["-p", tip] if tip else []), "-m", f"{self.s.name}: {name}")
 
     def publish(self) -> int:
-        """Push what the hub lacks of this participant's finished rows, and its best; returns records pushed."""
+        """Push what the hub lacks of this participant's finished rows, its best, and its experiments in
+        flight (when they changed); returns records pushed. One push at a time (self.io)."""
         task = self.task()
         if task is None:
             return 0
-        logref, bestref = f"{NS}/{self.s.name}/log", f"{NS}/{self.s.name}/best/{class_ref(self.hardware)}"
+        with self.io:
+            return self.push(task)
+
+    def push(self, task: dict[str, Any]) -> int:
+        me = self.s.name
+        logref, bestref = f"{NS}/{me}/log", f"{NS}/{me}/best/{class_ref(self.hardware)}"
+        flightref = f"{NS}/{me}/flight"
         for attempt in range(PUSH_TRIES):
             seen = self.seen()
-            old_log = seen.get(f"{self.s.name}/log")
-            old_best = seen.get(f"{self.s.name}/best/{class_ref(self.hardware)}")
+            old_log = seen.get(f"{me}/log")
+            old_best = seen.get(f"{me}/best/{class_ref(self.hardware)}")
+            old_flight = seen.get(f"{me}/flight")
             have = set(self.git("ls-tree", "--name-only", old_log).splitlines()) if old_log else set()
             tip = old_log
             if "task.json" not in have:
@@ -267,6 +307,11 @@ class Swarm:
                 refs.append((tip, logref, old_log))
             if best and best != old_best:
                 refs.append((best, bestref, old_best))
+            with self.lock:
+                rows = list(self.flight)
+            if rows != self.flight_pushed and (rows or old_flight):  # one ref, rewritten: no history kept
+                data = {"v": 1, "participant": me, "hardware": self.hardware, "at": time.time(), "rows": rows}
+                refs.append((self.append(None, "flight.json", data), flightref, old_flight))
             if not refs:
                 return 0
             leases = [f"--force-with-lease={ref}:{old or ''}" for _, ref, old in refs]
@@ -276,10 +321,31 @@ class Swarm:
             if r.returncode == 0:
                 for sha, ref, _ in refs:
                     self.git("update-ref", SEEN + ref[len(NS):], sha)
+                self.flight_pushed = rows
                 return n
             time.sleep(0.2 * (attempt + 1))  # lost a race (or the hub is busy): look again and retry
             self.fetch()
         raise GitError(f"could not push to the hub {self.s.hub} after {PUSH_TRIES} tries: {r.stderr.strip()}")
+
+    def in_flight(self, rows: list[Any]) -> None:
+        """What this participant's researchers are measuring right now (experiments begun, not finished),
+        published under its namespace at the next sync or publish as one rewritten ref (`<name>/flight`),
+        so the other participants' researchers do not start the same idea. `rows`: experiments, dicts or
+        (description, commit) pairs; the first FLIGHT_MAX are kept, descriptions as one clean line; a row
+        with the experiment's ledger id stops showing once that id's record is published.
+        Cheap and safe from any thread: it only replaces a list (the driver calls it when its set changes)."""
+        out = []
+        for row in rows[:FLIGHT_MAX]:
+            if isinstance(row, tuple):
+                (desc, commit), rid = row, None
+            elif isinstance(row, dict):
+                desc, commit, rid = row.get("description", ""), row.get("commit"), row.get("id")
+            else:
+                desc, commit, rid = row.description, row.commit, row.id
+            out.append({"description": clean.one_line(str(desc), 160), "commit": commit or None,
+                        "id": rid if isinstance(rid, int) else None})
+        with self.lock:
+            self.flight = out
 
     # -- reading peers ---------------------------------------------------------------------
     def read_peer(self, name: str, refs: dict[str, str]) -> Peer:
@@ -342,23 +408,26 @@ class Swarm:
         return peer
 
     def sync(self) -> None:
-        """Fetch, publish what is missing, and read every peer (queueing the claims worth measuring)."""
+        """Fetch, publish what is missing, and read every peer (queueing the claims worth measuring, best first)."""
         self.last_sync = time.monotonic()
         try:
-            self.fetch()
-            self.publish()
+            with self.io:
+                self.fetch()
+                self.publish()
         except GitError as e:  # the hub is someone else's machine: its failure is noted, the loop goes on
             self.note("hub", f"the hub could not be reached: {clean.one_line(e, 300)}")
             return
         refs = self.seen()
         names = sorted({ref.split("/", 1)[0] for ref in refs} - {self.s.name})
         mine = self.task()
-        self.peers = {}
+        peers: dict[str, Peer] = {}
+        found: list[dict[str, Any]] = []
         for name in names:
             if self.banned(name):
                 continue
             try:
                 peer = self.read_peer(name, refs)
+                peer.flight = read_flight(self.ws, refs.get(f"{name}/flight"), name)
             except Refused as why:
                 self.refuse(name, "", f"{name}'s records refused: {why}; nothing of its state is used")
                 continue
@@ -370,16 +439,25 @@ class Swarm:
                     self.loop.report("note", message=f"swarm: {name} runs another task: ignored")
                 continue
             self.ledger.swarm_seen(self.tag, name, peer.tip)
-            self.consider(peer)
+            item = self.consider(peer)
+            if item is not None:
+                found.append(item)
             if not self.banned(name):  # a peer refused for its claim shows nothing to the researchers either
-                self.peers[name] = peer
+                peers[name] = peer
+        # The best claim first: merged onto the local best it brings the most, and it makes the lesser
+        # claims that it holds (a peer that adopted it) or beats nothing to measure (candidate drops them).
+        found.sort(key=lambda item: item["claim"], reverse=not self.cfg.lower_is_better())
+        with self.lock:
+            self.peers = peers
+            self.pending.extend(found)
 
-    def consider(self, peer: Peer) -> None:
-        """Queue `peer`'s best of the local class if it claims to beat the local incumbent and passes the checks."""
+    def consider(self, peer: Peer) -> Optional[dict[str, Any]]:
+        """`peer`'s best of the local class as a claim to measure, if it claims to beat the local incumbent,
+        brings something the local best lacks and passes the checks; else None (refusals are noted)."""
         commit = peer.best.get(class_ref(self.hardware))
         inc, start = self.ledger.incumbent(self.tag), self.start()
         if not commit or inc is None or inc.metric is None or start is None:
-            return
+            return None
         claim = next((r for r in reversed(peer.records) if r["commit"] == commit and r["status"] == Status.KEEP), None)
         if claim is None:
             return self.refuse(peer.name, commit, f"{peer.name}'s best {commit[:7]} has no kept record claiming it")
@@ -387,19 +465,23 @@ class Swarm:
                 not isinstance(claim.get("metric"), (int, float)):
             return self.refuse(peer.name, commit, f"{peer.name}'s best {commit[:7]} is claimed on another class "
                                                   f"({claim['hardware']!r}) or without a metric")
-        if not policies.better(claim["metric"], inc.metric, self.cfg.lower_is_better()):
-            return
-        if self.ledger.swarm_notes(self.tag, peer=peer.name, commit=commit) or \
-                any(c.get("commit") == commit for _, c in self.pending):
-            return  # judged (held, refuted, refused) or queued already: never twice
+        if not self.worth(claim["metric"], inc.metric):
+            return None
+        with self.lock:
+            queued = any(c["commit"] == commit for c in [*self.pending, *self.tried.values()]) or \
+                (commit, inc.commit) in self.held_here
+        if queued or self.ledger.swarm_notes(self.tag, peer=peer.name, commit=commit):
+            return None  # judged (held, refuted, refused), queued, being measured or held here: never twice
         if over_refuted(self.ledger.swarm_notes(self.tag, peer=peer.name)):
             return self.refuse(peer.name, commit, f"{peer.name} has more refuted claims than its held ones allow "
                                                   f"(over {REFUTES_ALLOWED} + 2 x held): its claims are no longer "
                                                   "re-measured here")
         origin = f"{peer.name}#{claim['id']}"
         changed = self.ws.changed_between(start, commit)
+        item = {"peer": peer.name, "commit": commit, "origin": origin, "claim": claim["metric"],
+                "description": clean.one_line(claim["description"], 120), "files": changed}
         if not VERIFY:
-            return self.queue(peer, commit, origin, claim, changed, inc.commit, start)
+            return item
         if not self.ws.git.ok("merge-base", "--is-ancestor", start, commit):
             return self.refuse(peer.name, commit, f"{origin} ({commit[:7]}) does not descend from the shared start")
         if not changed:
@@ -413,25 +495,29 @@ class Swarm:
             return self.refuse(peer.name, commit, f"{origin} ({commit[:7]}) changes files outside the editable set, "
                                                   f"protected, or not plain files: {', '.join(bad[:5])}: peer refused",
                                ban=True)
-        self.queue(peer, commit, origin, claim, changed, inc.commit, start)
+        return item
 
-    def queue(self, peer: Peer, commit: str, origin: str, claim: dict[str, Any], changed: list[str], inc: str,
-              start: str) -> None:
-        item = {"peer": peer.name, "commit": commit, "origin": origin, "claim": claim["metric"],
-                "description": clean.one_line(claim["description"], 120), "files": changed}
-        self.pending.append(("adopt", item))
-        if inc != start:  # the local best has changes of its own: also try both together
-            merged = self.merged_tree(item, inc, start)
-            if merged:
-                self.pending.append(("merge", dict(item, tree=merged)))
+    def worth(self, claim: float, incumbent: float) -> bool:
+        """Whether a claimed metric beats the local incumbent's by MARGIN_SIGMA noise sds (on the policy's
+        scale: log for relative noise), so that measuring it here is worth an experiment."""
+        lower = self.cfg.lower_is_better()
+        scale = stats.Scale.of(self.cfg.metric.noise)
+        if not policies.better(claim, incumbent, lower):
+            return False
+        if scale.relative and min(claim, incumbent) <= 0:
+            return True
+        sd, _ = pooled_noise(self.ledger, self.tag, scale)
+        gap = abs(scale.judged(incumbent) - scale.judged(claim))
+        return gap > MARGIN_SIGMA * (sd or 0.0)
 
-    def merged_tree(self, item: dict[str, Any], onto: str, start: str) -> str:
-        """The tree of the peer's whole change (start -> its commit) cherry-picked onto `onto`, or ""."""
+    def merged_tree(self, item: dict[str, Any], onto: str, start: str) -> Optional[str]:
+        """The tree of the peer's whole change (start -> its commit) cherry-picked onto `onto`; "" when it
+        conflicts there; None when it changes nothing there (`onto` holds the change already)."""
         squashed = self.git("commit-tree", f"{item['commit']}^{{tree}}", "-p", start, "-m", item["origin"])
         try:
             return self.git("rev-parse", self.ws.rebase(squashed, onto, f"merge {item['origin']}") + "^{tree}")
         except NothingChanged:
-            return ""
+            return None
         except RebaseConflict as c:
             self.ledger.event(self.tag, "swarm", f"{item['origin']} conflicts with the local best in "
                                                  f"{', '.join(c.files)}: only adopting it is tried")
@@ -439,7 +525,7 @@ class Swarm:
 
     def refuse(self, peer: str, commit: str, reason: str, ban: bool = False) -> None:
         if any(n["reason"] == reason for n in self.ledger.swarm_notes(self.tag, peer=peer)):
-            return
+            return None
         self.ledger.swarm_note(self.tag, peer, "banned" if ban else "refused", reason, commit=commit)
         self.loop.report("note", message=f"swarm: {reason}")
 
@@ -450,56 +536,108 @@ class Swarm:
         self.ledger.event(self.tag, "swarm", reason)
         self.loop.report("note", message=f"swarm: {reason}")
 
-    # -- the loop's hooks ---------------------------------------------------------------------
+    # -- the driver's hooks ---------------------------------------------------------------------
     def next_candidate(self) -> Optional["Experiment"]:
-        """A committed, running experiment adopting a peer's claim, or None (then the agent proposes)."""
-        if not self.pending and time.monotonic() - self.last_sync >= self.s.sync_s:
-            self.sync()
-        while self.pending:
-            kind, item = self.pending.popleft()
-            exp = self.candidate(kind, item)
-            if exp is not None:
-                return exp
-        return None
+        """A committed, running experiment measuring a peer's claim, or None (then a researcher proposes).
 
-    def candidate(self, kind: str, item: dict[str, Any]) -> Optional["Experiment"]:
+        The contract with the driver (the swarm is one more researcher): call it where a proposal is
+        asked for, from any thread (the proposer's included), one call at a time (a second concurrent
+        call waits for the first); other threads may meanwhile record rows, call `recorded()`,
+        `in_flight()` and `hints()`. The experiment returned is begun in the ledger, pinned and counted
+        (Loop.count), its parent the incumbent when it was made; the driver runs, judges and records it
+        like any proposal (and rebases it like any winner if the branch moved since), then calls
+        `recorded()`. The hub is synced here, at most every `sync_s` and only when nothing is queued;
+        the wait is a fetch and a push."""
+        with self.asking:
+            with self.lock:
+                due = not self.pending and time.monotonic() - self.last_sync >= self.s.sync_s
+            if due:
+                self.sync()
+            while True:
+                with self.lock:
+                    if not self.pending:
+                        return None
+                    item = self.pending.popleft()
+                exp = self.candidate(item)
+                if exp is not None:
+                    return exp
+
+    def candidate(self, item: dict[str, Any]) -> Optional["Experiment"]:
+        """The claim `item` as an experiment on today's local best, or None when there is nothing to measure.
+
+        Where the local best has changes the peer's commit lacks, the peer's change cherry-picked onto the
+        local best (`merge`) is measured first: it is what can beat both. If it is not kept, the peer's
+        code as it is (`adopt`: its versions of the files it changed, on the local best) is measured next
+        (recorded() queues it), so what measures best is kept. Where both are the same code, or the
+        cherry-pick conflicts, only the adopt. A claim the local best now beats, or whose change it holds
+        (a peer that adopted ours, or a merge kept since), is dropped."""
         loop, inc, start = self.loop, self.ledger.incumbent(self.tag), self.start()
         if inc is None or start is None:
             return None
-        desc = f"{'adopt' if kind == 'adopt' else 'merge'} {item['origin']}: {item['description']}"
-        exp = loop.new_experiment(inc.commit, desc, kind=Kind.CANDIDATE)
-        exp.agent = "swarm"
-        message = f"{desc}\n\nautoresearch: {kind} of {item['origin']} ({item['commit'][:7]}) on {self.tag}"
+        fallback = item.get("after_merge")  # the merge of this claim was not kept: its code as it is
+        if fallback is None and (inc.metric is None or not self.worth(item["claim"], inc.metric)):
+            return None  # the local best moved past it (or close to it) since it was queued
+        message = f"{item['origin']} ({item['commit'][:7]}) on {self.tag}"
+        entries = {p: (oid, mode) for mode, oid, p in self.ws.tree_entries(item["commit"])}
+        data = self.ws.blobs([entries[p][0] for p in item["files"] if p in entries])
+        changes = {p: ((data[entries[p][0]], entries[p][1] == "100755") if p in entries else None)
+                   for p in item["files"]}
+        kind, desc = "adopt", f"adopt {item['origin']}: {item['description']}"
         try:
-            if kind == "adopt":  # the peer's code: its editable files as they are at its commit, on the local best
-                entries = {p: (oid, mode) for mode, oid, p in self.ws.tree_entries(item["commit"])}
-                data = self.ws.blobs([entries[p][0] for p in item["files"] if p in entries])
-                changes = {p: ((data[entries[p][0]], entries[p][1] == "100755") if p in entries else None)
-                           for p in item["files"]}
-                exp.commit = self.ws.commit_files(inc.commit, changes, message, base=start)
-            else:  # its change cherry-picked onto the local best as it was (merged_tree), on today's best
-                if item["tree"] == self.git("rev-parse", f"{inc.commit}^{{tree}}"):
-                    return None
-                exp.commit = self.git("commit-tree", item["tree"], "-p", inc.commit, input=message + "\n")
+            adopted = self.ws.commit_files(inc.commit, changes, f"{desc}\n\nautoresearch: adopt of {message}",
+                                           base=start)
         except NothingChanged:
-            return None  # the local best has this code already
+            adopted = None  # the local best has the peer's files as they are
+        commit = adopted
+        if fallback is None:
+            merged = self.merged_tree(item, inc.commit, start)
+            if merged is None or adopted is None:  # the local best holds the peer's change already
+                with self.lock:
+                    self.held_here.add((item["commit"], inc.commit))
+                return None
+            if merged and merged != self.git("rev-parse", f"{adopted}^{{tree}}"):
+                kind, desc = "merge", f"merge {item['origin']}: {item['description']}"
+                commit = self.git("commit-tree", merged, "-p", inc.commit,
+                                  input=f"{desc}\n\nautoresearch: merge of {message}\n")
+        if commit is None:  # after a merge that was not kept, the local best has the peer's files: judged
+            self.ledger.swarm_note(self.tag, item["peer"], "refuted", fallback["reason"], commit=item["commit"],
+                                   claim=item["claim"], experiment_id=fallback["id"])
+            return None
+        exp = loop.new_experiment(inc.commit, desc, kind=Kind.CANDIDATE)
+        exp.agent, exp.commit = "swarm", commit
         exp.patch = self.ws.diff(inc.commit, exp.commit)
         exp.evidence = {"origin": item["origin"],
                         "swarm": {"kind": kind, "peer": item["peer"], "commit": item["commit"], "claim": item["claim"]}}
         self.ledger.begin(exp)
+        with self.lock:
+            self.tried[exp.id] = item  # recorded() finds the claim again
         self.ws.pin(exp.id, exp.commit)
         loop.count += 1
         return exp
 
     def recorded(self, exp: "Experiment") -> None:
-        """After a row is final: a re-measured claim updates the peer's reputation; then publish (best effort)."""
+        """After a row is final (any thread): a re-measured claim updates the peer's reputation (a merge not
+        kept first has the peer's code measured as it is); then publish (best effort)."""
         sw = (exp.evidence or {}).get("swarm")
-        if isinstance(sw, dict) and sw.get("kind") == "adopt" and exp.status != Status.INTERRUPTED:
+        item, again = None, (exp.evidence or {}).get("rebased_as")  # rebased (winners.py): judged there
+        if isinstance(sw, dict):
+            with self.lock:
+                item = self.tried.pop(exp.id, None)  # no longer being measured (interrupted: queued again later)
+                if again is not None and item is not None:
+                    self.tried[again] = item
+        if isinstance(sw, dict) and sw.get("kind") in ("adopt", "merge") and exp.status != Status.INTERRUPTED \
+                and again is None:
             held = exp.status == Status.KEEP
-            reason = (f"{exp.evidence['origin']} claimed {sw['claim']:g}; re-measured here as #{exp.id}: "
-                      f"{exp.metric if exp.metric is not None else exp.status} ({exp.status}: {exp.reason})")
-            self.ledger.swarm_note(self.tag, sw["peer"], "held" if held else "refuted", reason, commit=sw["commit"],
-                                   claim=sw["claim"], experiment_id=exp.id)
+            measured = exp.metric if exp.metric is not None else exp.status
+            reason = (f"{exp.evidence['origin']} claimed {sw['claim']:g}; re-measured here as #{exp.id}"
+                      f"{' (merged onto the local best)' if sw['kind'] == 'merge' else ''}: {measured} "
+                      f"({exp.status}: {exp.reason})")
+            if sw["kind"] == "merge" and not held and item is not None:
+                with self.lock:  # next: its code as it is, before any other claim
+                    self.pending.appendleft(dict(item, after_merge={"id": exp.id, "reason": reason}))
+            else:
+                self.ledger.swarm_note(self.tag, sw["peer"], "held" if held else "refuted", reason,
+                                       commit=sw["commit"], claim=sw["claim"], experiment_id=exp.id)
         if self.task() is None:
             return
         try:
@@ -508,9 +646,13 @@ class Swarm:
             self.note("hub", f"publishing failed (retried at the next sync): {clean.one_line(e, 300)}")
 
     def hints(self) -> str:
-        """The swarm's section of the researchers' context: kept and failed elsewhere, bounded."""
-        kept, failed, other = [], [], []
-        for peer in self.peers.values():
+        """The swarm's section of the researchers' context: kept, in flight and failed elsewhere, other
+        classes as hints; each section capped, the whole at HINTS_CHARS. Safe from any thread."""
+        with self.lock:
+            peers = list(self.peers.values())
+        kept, failed, other, flying = [], [], [], []
+        now = time.time()
+        for peer in peers:
             for r in peer.records[-40:]:
                 line = f"- {peer.name}#{r['id']}: {clean.one_line(r['description'], 100)} ({r['status']}" + \
                        (f", {r['metric']:g}" if isinstance(r.get("metric"), (int, float)) else "") + ")"
@@ -520,15 +662,56 @@ class Swarm:
                     kept.append(line)
                 elif r["status"] != Status.KEEP:
                     failed.append(line)
-        if not (kept or failed or other):
+            if peer.flight and now - peer.flight.get("at", 0) < FLIGHT_STALE_S:
+                flying += [f"- {peer.name}: {clean.one_line(row['description'], 100)}"
+                           for row in unfinished(peer.flight["rows"], peer.records)]
+        if not (kept or failed or other or flying):
             return ""
         parts = ["# The swarm (other participants; their numbers are claims until measured here)"]
-        for title, lines in (("Kept elsewhere", kept), ("Failed elsewhere (do not repeat)", failed),
-                             ("Other hardware classes", other)):
+        for title, lines, most in (("Kept elsewhere", kept, 12), ("In flight elsewhere (being measured now: "
+                                                                  "do not start the same)", flying, 10),
+                                   ("Failed elsewhere (do not repeat)", failed, 15),
+                                   ("Other hardware classes", other, 8)):
             if lines:
-                parts.append(f"{title}:\n" + "\n".join(lines[-15:]))
+                parts.append(f"{title}:\n" + "\n".join(lines[-most:]))
         text = "\n".join(parts)
         return text if len(text) <= HINTS_CHARS else text[:HINTS_CHARS - 20] + "\n[... cut]"
+
+
+def read_flight(ws: Any, sha: Optional[str], peer: str) -> dict[str, Any]:
+    """Peer `peer`'s flight record at commit `sha` ({} when it has none), checked: one commit holding only
+    flight.json, at most MAX_FLIGHT_BYTES, naming the peer, with up to FLIGHT_MAX rows of one-line text.
+    Raises Refused naming the problem."""
+    if not sha:
+        return {}
+    lines = ws.git("ls-tree", "--full-tree", sha).splitlines() if ws.git.ok("cat-file", "-e", f"{sha}^{{commit}}") \
+        else []
+    entry = lines[0].replace("\t", " ").split() if len(lines) == 1 else []
+    if entry[:2] != ["100644", "blob"] or entry[3:] != ["flight.json"]:
+        raise Refused("its flight ref is not one commit holding flight.json")
+    if int(ws.git("cat-file", "-s", entry[2])) > MAX_FLIGHT_BYTES:
+        raise Refused(f"its flight record is larger than {MAX_FLIGHT_BYTES} bytes")
+    try:
+        data = json.loads(ws.blobs([entry[2]])[entry[2]])
+    except ValueError:
+        raise Refused("its flight record is not JSON")
+    rows = data.get("rows") if isinstance(data, dict) else None
+    if not isinstance(rows, list) or data.get("participant") != peer or not isinstance(data.get("at"), (int, float)) \
+            or not all(isinstance(r, dict) and isinstance(r.get("description"), str)
+                       and isinstance(r.get("commit"), (str, type(None)))
+                       and isinstance(r.get("id"), (int, type(None))) for r in rows):
+        raise Refused("its flight record is malformed (participant, at, rows of description, commit and id)")
+    return {"at": float(data["at"]), "rows": [{"description": clean.one_line(r["description"], 160),
+                                               "commit": r.get("commit"), "id": r.get("id")}
+                                              for r in rows[:FLIGHT_MAX]]}
+
+
+def unfinished(rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The flight rows whose experiment has no published record yet (by id; rows without one, by commit)."""
+    ids = {r["id"] for r in records}
+    commits = {r["commit"] for r in records if r.get("commit")}
+    return [row for row in rows
+            if (row["id"] not in ids if row.get("id") is not None else row.get("commit") not in commits)]
 
 
 def bad_record(fname: str, data: Any, peer: str) -> str:
@@ -550,21 +733,21 @@ def bad_record(fname: str, data: Any, peer: str) -> str:
 
 
 # -- seeing the swarm ---------------------------------------------------------------------------
-def status(root: Path, tag: str, ledger: Any) -> dict[str, Any]:
-    """What `autoresearch swarm status` shows: participants, classes, bests, frontier, reputation, spread."""
+def status(root: Path, tag: str, ledger: Any, fetch: bool = True) -> dict[str, Any]:
+    """What `autoresearch swarm status` shows: participants, classes, bests, in flight, frontier, reputation,
+    spread. `fetch`: read the hub first (else as last fetched: `fetched` is False, as when it is unreachable)."""
     from .workspace import Workspace
 
     s = load(root)
     if s is None:
         raise ConfigError(f"{root} is not in a swarm: run `autoresearch swarm init <hub>` first")
     ws = Workspace(root, tag)
-    r = run_git(["fetch", "--quiet", "--no-tags", "--prune", s.hub, f"+{NS}/*:{SEEN}/*"], ws.top,
-                capture_output=True, text=True, env=ws.git.env)
-    fetched = r.returncode == 0
+    fetched = fetch and run_git(["fetch", "--quiet", "--no-tags", "--prune", s.hub, f"+{NS}/*:{SEEN}/*"], ws.top,
+                                capture_output=True, text=True, env=ws.git.env).returncode == 0
     out = ws.git("for-each-ref", "--format=%(refname) %(objectname)", f"{SEEN}/")
     refs = {ref[len(SEEN) + 1:]: sha for ref, _, sha in (line.partition(" ") for line in out.splitlines())}
     notes = ledger.swarm_notes(tag)
-    participants, frontier, spread = [], {}, {}
+    participants, frontier, spread, found = [], {}, {}, {}
     for name in sorted({ref.split("/", 1)[0] for ref in refs}):
         entry: dict[str, Any] = {"name": name, "me": name == s.name, "bests": {}, "records": 0}
         log = refs.get(f"{name}/log")
@@ -580,6 +763,14 @@ def status(root: Path, tag: str, ledger: Any) -> dict[str, Any]:
                     if isinstance(data, dict) and not bad_record(fname, data, name):
                         records.append(data)
         entry["records"] = len(records)
+        for x in records:
+            found[f"{name}#{x['id']}"] = x
+        try:
+            flight = read_flight(ws, refs.get(f"{name}/flight"), name)
+        except Refused:
+            flight = {}
+        entry["in_flight"] = unfinished(flight["rows"], records) if flight and \
+            time.time() - flight["at"] < FLIGHT_STALE_S else []
         refused = [n for n in notes if n["peer"] == name and n["status"] in ("refused", "banned", "ignored")]
         for ref, sha in refs.items():
             if ref.startswith(f"{name}/best/"):
@@ -604,8 +795,14 @@ def status(root: Path, tag: str, ledger: Any) -> dict[str, Any]:
         participants.append(entry)
     for klass, rows in frontier.items():
         rows.sort(key=lambda b: b["metric"], reverse=not _lower(root))
+    ideas = []
+    for k, v in sorted(spread.items()):
+        first = found.get(k, {})
+        ideas.append({"idea": k, "found_by": k.split("#")[0], "description": first.get("description", ""),
+                      "found_at": first.get("at"), "metric": first.get("metric"),
+                      "adopted": sorted(v, key=lambda a: a.get("at") or 0)})
     return {"name": s.name, "hub": s.hub, "fetched": fetched, "participants": participants, "frontier": frontier,
-            "spread": [{"idea": k, "found_by": k.split("#")[0], "adopted": v} for k, v in sorted(spread.items())]}
+            "spread": ideas}
 
 
 def _lower(root: Path) -> bool:
@@ -623,6 +820,8 @@ def render(st: dict[str, Any]) -> str:
         for klass, b in sorted(p["bests"].items()):
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(b["at"])) if b.get("at") else "?"
             lines.append(f"    best on {klass}: {b['commit'][:7]} {b['metric']} at {when}")
+        for row in p.get("in_flight", [])[:5]:
+            lines.append(f"    in flight: {row['description']}")
         for why in p["reasons"][-3:]:
             lines.append(f"    - {why}")
     for klass, rows in sorted(st["frontier"].items()):

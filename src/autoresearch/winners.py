@@ -127,7 +127,8 @@ class Decisions:
         row = dataclasses.replace(exp, id=None, parent=inc.commit, commit=new, kind=Kind.REBASE, status=Status.RUNNING,
                                   reason="", started_at=0.0, ended_at=None, metric=None, metrics={}, wall_s=None,
                                   exit_code=None, log_path="", log_tail="", worker="", pid=None, tokens_in=0,
-                                  tokens_out=0, cost_usd=0.0, evidence={"rebase_of": exp.id})
+                                  tokens_out=0, cost_usd=0.0, evidence={"rebase_of": exp.id, **{  # a swarm claim's
+                                      k: v for k, v in (exp.evidence or {}).items() if k in ("origin", "swarm")}})
         row.patch = self.ws.diff(inc.commit, new)
         self.ledger.begin(row)
         self.ws.pin(row.id, new)

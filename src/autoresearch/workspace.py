@@ -703,7 +703,9 @@ def remove_tree(path: Path) -> None:
 
     A run or an agent can nest folders thousands deep for free (relative mkdirs); shutil.rmtree
     recurses in Python (3.11) and raised RecursionError, which killed the session. `rm -rf` walks
-    any depth; shutil stays the fallback where there is no `rm`."""
+    any depth; where there is no `rm` (or it left something) the tree is flattened level by level
+    (flatten_remove: no recursion, no long paths). What still cannot be removed (e.g. no permission)
+    stays: the caller sees it exists."""
     path = Path(path)
     if not os.path.lexists(path):
         return
@@ -711,9 +713,32 @@ def remove_tree(path: Path) -> None:
         subprocess.run(["rm", "-rf", "--", str(path)], capture_output=True)
     if os.path.lexists(path):
         try:
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink()
-        except (OSError, RecursionError):
+            flatten_remove(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        except OSError:
             pass
+
+
+def flatten_remove(root: Path) -> None:
+    """Remove folder `root` without recursion and without paths longer than two levels below it: each
+    subfolder's entries are moved up into `root` under fresh names, then the emptied subfolder is removed,
+    until `root` is empty. O(entries) renames; any depth. Raises OSError for what cannot be removed."""
+    fresh = 0
+    while True:
+        entries = list(os.scandir(root))
+        if not entries:
+            break
+        for entry in entries:
+            if not entry.is_dir(follow_symlinks=False):
+                os.unlink(entry.path)
+                continue
+            for inner in list(os.scandir(entry.path)):
+                target = os.path.join(root, f".rm-{fresh}")
+                while os.path.lexists(target):  # a name the tree itself holds
+                    fresh += 1
+                    target = os.path.join(root, f".rm-{fresh}")
+                os.rename(inner.path, target)
+            os.rmdir(entry.path)
+    os.rmdir(root)
 
 
 def valid_tag(tag: str) -> bool:
