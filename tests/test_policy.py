@@ -1,4 +1,4 @@
-"""Acceptance policies: the statistics, the confirm rule on a real ledger, and real runs through the Loop.
+"""Acceptance policies: the statistics, the confirm rule on a real ledger, and real runs through the driver.
 
 The noisy tiny target: `train.py` (protected) reads `params.txt` (editable: MEAN, NOTE, SEED)
 and prints `score: N(MEAN, 0.1)`, drawn from AUTORESEARCH_SEED and a checksum of params.txt —
@@ -428,7 +428,7 @@ def test_auto_policy_and_config_checks(tmp_path):
             load(root)
 
 
-# -- real runs through the Loop ----------------------------------------------------------------------------------
+# -- real runs through the driver ----------------------------------------------------------------------------------
 def lucky_notes(baseline: float, count: int) -> list[int]:
     """NOTE values whose first run (seed 42) is each luckier than the last, and below the baseline's."""
     out, best = [], baseline

@@ -608,7 +608,7 @@ def test_next_candidate_is_one_call_at_a_time_while_rows_are_recorded(swarm, mon
     import threading
 
     from autoresearch import swarm as swarm_mod
-    from autoresearch.loop import Loop
+    from autoresearch.driver import Driver
 
     from conftest import ScriptedAgent, load_cfg
 
@@ -619,9 +619,10 @@ def test_next_candidate_is_one_call_at_a_time_while_rows_are_recorded(swarm, mon
     git(tmp, "clone", "-q", str(origin), str(bob))
     assert run(bob, IDLE, 1, tmp / "bob.log").wait(timeout=120) == 0  # alone: a baseline and one row
     assert cli("swarm", "init", str(hub), "--name", "bob", "--sync", "0", "--hardware", CLASS, cwd=bob).returncode == 0
-    loop = Loop(load_cfg(bob), "t", ScriptedAgent())  # not run: the test is the driver, its threads ask
-    loop.begin_session()  # the task (start, protected digests) the peers are compared with
-    sw = loop.swarm
+    driver = Driver(load_cfg(bob), "t", ScriptedAgent())  # not run: the test is the driver, its threads ask
+    opened = driver.session.open()  # the task (start, protected digests) the peers are compared with
+    opened.__enter__()
+    sw = driver.session.swarm
     before = rows_of(bob, "t")
     real_fetch = swarm_mod.Swarm.fetch
 
@@ -647,6 +648,7 @@ def test_next_candidate_is_one_call_at_a_time_while_rows_are_recorded(swarm, mon
         sw.hints()
     for t in threads:
         t.join()
+    opened.__exit__(None, None, None)
     assert not errors, errors
     made = [e for e in got if e is not None]
     assert len(made) == 1 and made[0].evidence["origin"].startswith("alice#"), got
@@ -658,7 +660,7 @@ def test_in_flight_elsewhere_reaches_the_researchers(swarm):
     """alice (two workers) is measuring a change; her flight ref on the hub names it, so bob's researcher
     sees it under "In flight elsewhere" before it is finished; once it is, it shows as kept elsewhere (and
     no longer in flight)."""
-    from autoresearch.loop import Limits, Loop
+    from autoresearch.driver import Driver, Limits
     from autoresearch.swarm import FLIGHT_MAX, HINTS_CHARS
 
     from conftest import ScriptedAgent, load_cfg
@@ -687,7 +689,7 @@ def test_in_flight_elsewhere_reaches_the_researchers(swarm):
         wait_until(lambda: "X = 1.0 and a nap" in flying(), timeout=60, what="alice's flight on the hub")
         bob = join(tmp, origin, hub, "bob")
         agent = ScriptedAgent()
-        Loop(load_cfg(bob), "t", agent, limits=Limits(max_experiments=1)).run()
+        Driver(load_cfg(bob), "t", agent, limits=Limits(max_experiments=1)).run()
         assert proc.poll() is None, "alice finished too early for the test to mean anything"
         ctx = agent.contexts[0]
         assert "In flight elsewhere" in ctx.swarm and "- alice: X = 1.0 and a nap" in ctx.swarm, ctx.swarm
@@ -703,7 +705,7 @@ def test_in_flight_elsewhere_reaches_the_researchers(swarm):
         kill_group(proc)
     write_control(ctl)  # bob adopts alice's code: no nap for him
     agent = ScriptedAgent()
-    Loop(load_cfg(bob), "t", agent, limits=Limits(max_experiments=2)).run()
+    Driver(load_cfg(bob), "t", agent, limits=Limits(max_experiments=2)).run()
     text = agent.contexts[-1].swarm
     assert "Kept elsewhere" in text and "X = 1.0 and a nap (keep" in text, text
     assert "- alice: X = 1.0 and a nap" not in text  # finished: no longer in flight
@@ -715,7 +717,7 @@ def test_in_flight_is_bounded_and_a_malformed_flight_refuses_the_peer(swarm):
     """in_flight keeps FLIGHT_MAX one-line rows; a flight ref that is not one well-formed flight.json (here:
     JSON of another participant) refuses its publisher like a malformed record: nothing of it is used."""
     from autoresearch import swarm as swarm_mod
-    from autoresearch.loop import Limits, Loop
+    from autoresearch.driver import Driver, Limits
 
     from conftest import ScriptedAgent, load_cfg
 
@@ -733,14 +735,14 @@ def test_in_flight_is_bounded_and_a_malformed_flight_refuses_the_peer(swarm):
                                           "refs/autoresearch-swarm/alice/flight")
     bob = join(tmp, origin, hub, "bob")
     agent = ScriptedAgent()
-    loop = Loop(load_cfg(bob), "t", agent, limits=Limits(max_experiments=1))
+    loop = Driver(load_cfg(bob), "t", agent, limits=Limits(max_experiments=1))
     loop.run()
     why = [(n["status"], n["reason"]) for n in notes_of(bob) if n["peer"] == "alice"]
     assert len(why) == 1 and why[0][0] == "refused" and "flight record is malformed" in why[0][1], why
     assert "alice" not in agent.contexts[0].swarm
-    loop.swarm.in_flight([(f"idea {i} " + "x\n" * 200, None) for i in range(50)])
-    assert len(loop.swarm.flight) == swarm_mod.FLIGHT_MAX
-    assert all("\n" not in r["description"] and len(r["description"]) <= 160 for r in loop.swarm.flight)
+    loop.session.swarm.in_flight([(f"idea {i} " + "x\n" * 200, None) for i in range(50)])
+    assert len(loop.session.swarm.flight) == swarm_mod.FLIGHT_MAX
+    assert all("\n" not in r["description"] and len(r["description"]) <= 160 for r in loop.session.swarm.flight)
 
 
 def test_a_peer_flooding_false_claims_is_no_longer_re_measured(tmp_path):

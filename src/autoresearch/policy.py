@@ -46,7 +46,7 @@ MAX_ASKS = 20  # a policy that still wants runs after this many answers is disca
 def settle(policy: "Policy", candidate: Experiment, incumbent: Optional[Experiment], ledger: Ledger,
            measure: Callable[[str, int], None]) -> Verdict:
     """Ask `policy` until it decides, taking every (commit, seed) run it asks for with `measure` (which
-    records it in `ledger`): the one decision path of the loop, the scheduler's benchmarks and tests."""
+    records it in `ledger`): the one decision path of the benchmarks and tests (the driver asks through winners.py)."""
     for _ in range(MAX_ASKS):
         verdict = policy.decide(candidate, incumbent, ledger)
         if not verdict.more_runs:

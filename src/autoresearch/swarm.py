@@ -544,7 +544,7 @@ class Swarm:
         asked for, from any thread (the proposer's included), one call at a time (a second concurrent
         call waits for the first); other threads may meanwhile record rows, call `recorded()`,
         `in_flight()` and `hints()`. The experiment returned is begun in the ledger, pinned and counted
-        (Loop.count), its parent the incumbent when it was made; the driver runs, judges and records it
+        (RunSession.count), its parent the incumbent when it was made; the driver runs, judges and records it
         like any proposal (and rebases it like any winner if the branch moved since), then calls
         `recorded()`. The hub is synced here, at most every `sync_s` and only when nothing is queued;
         the wait is a fetch and a push."""

@@ -1,7 +1,7 @@
 """What each worker did, from the ledger alone: runs, busy time, utilisation, runs per hour, and
 what it runs now. Read by `autoresearch status` and the scaling benchmark.
 
-A run counts for the worker that ran it (the scheduler stores every measurement with its
+A run counts for the worker that ran it (the driver stores every measurement with its
 worker and hardware class in the row's evidence `measurements`; a row without them (older versions)
 counts as one run of worker `local`). The window is the tag's latest session: from its
 start to its end, or to now while rows are running. Utilisation is busy time (the

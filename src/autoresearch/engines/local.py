@@ -10,7 +10,7 @@ Guarantees:
 - Jobs run in threads of the head that only wait on the experiment's process tree (the
   judge does the work), so a slot cannot die without the head: a killed *experiment*
   process is the experiment's crash, recorded as such. Head restarts are covered by the
-  scheduler's resume.
+  driver's resume.
 - `cancel()` asks the judge to stop (SIGTERM, grace, SIGKILL of the tree): the result
   then says `interrupted`.
 """

@@ -1,7 +1,7 @@
 """`ray`: experiments as Ray tasks, on a local Ray instance or a cluster (`engine.address`).
 
 Guarantees:
-- One job = one Ray task with `max_retries=0` (retries are the scheduler's, so a lost
+- One job = one Ray task with `max_retries=0` (retries are the driver's, so a lost
   worker is seen and counted), reserving `engine.num_cpus`, `engine.num_gpus` (default:
   1 when the cluster has GPUs; Ray then sets CUDA_VISIBLE_DEVICES) and `engine.resources`.
 - No shared filesystem is assumed: the session's starting commit goes to the object store
