@@ -120,6 +120,7 @@ class Driver(Decisions):
         self.losses: Counter = Counter()
         self.expired: dict[str, float] = {}
         self.repairs: deque[Experiment] = deque()
+        self.recorded: deque[Experiment] = deque()  # final rows whose after_record is still to do
         self.proposing: dict[Researcher, tuple[threading.Thread, float]] = {}
         self.abandoned: set[Researcher] = set()  # hung past agent.timeout_s: their late answer is dropped
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
@@ -306,6 +307,7 @@ class Driver(Decisions):
             job = self._next_job(slot)
             if job is not None:
                 self._submit(job, slot)
+        self._after_records()  # after the slots have their next jobs, before anyone proposes the next change
         if not propose or self.draining or self.paused or self.session.stop_requested or any(
                 e.kind == Kind.BASELINE for e in [*self.ready, *(p.exp for p in self.pending.values())]):
             return
@@ -386,13 +388,13 @@ class Driver(Decisions):
                 exp.status, exp.reason = Status.INTERRUPTED, "proposed after its researcher was given up on (timeout)"
                 self._record(exp)
             elif exp is not None:
-                self.session.after_record(exp)
+                self.recorded.append(exp)
             return
         self.latencies.append(time.monotonic() - t0)
         if exp is None:
             return
         if exp.status != Status.RUNNING:  # finished as it was proposed (crash, violation, discard)
-            self.session.after_record(exp)
+            self.recorded.append(exp)
             return
         if self.session.stop_requested:
             exp.status, exp.reason = Status.INTERRUPTED, f"{self.session.stop_requested} (before it ran)"
@@ -409,7 +411,13 @@ class Driver(Decisions):
 
     def _record(self, exp: Experiment) -> None:
         self.ledger.finish(exp)
-        self.session.after_record(exp)
+        self.recorded.append(exp)
+
+    def _after_records(self) -> None:
+        """What follows each final row (results.tsv, tracker, swarm, reporter), done after free slots have
+        taken their next jobs: a burst of results never holds up the workers."""
+        while self.recorded:
+            self.session.after_record(self.recorded.popleft())
 
     # -- jobs -----------------------------------------------------------------------------------
     def _next_job(self, slot: Slot) -> Optional[Job]:
@@ -617,6 +625,8 @@ class Driver(Decisions):
             e.status, e.reason = Status.INTERRUPTED, f"{why} (before it ran)"
             self._safely(self._record, e)
         self._safely(self.engine.stop)
+        while self.recorded:
+            self._safely(self.session.after_record, self.recorded.popleft())
 
     def _pump(self, timeout: float = 0.2) -> None:
         """Take in what arrives while stopping: results are recorded, new proposals wait to be interrupted."""
@@ -632,7 +642,7 @@ class Driver(Decisions):
             if exp is not None and exp.status == Status.RUNNING:
                 self.ready.append(exp)
             elif exp is not None:
-                self._safely(self.session.after_record, exp)
+                self.recorded.append(exp)
 
     def _safely(self, fn, *args) -> None:
         try:

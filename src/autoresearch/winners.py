@@ -170,7 +170,7 @@ class Decisions:
         self.ledger.finish(exp)
         if exp.status == Status.KEEP and exp.kind != Kind.BASELINE:
             self.ws.advance(exp.commit, exp.parent)
-        self.session.after_record(exp)
+        self.recorded.append(exp)  # its after_record: once the free slots have their next jobs (driver.py)
         if exp.kind == Kind.BASELINE and exp.status not in (Status.KEEP, Status.INTERRUPTED):
             raise AutoresearchError(
                 f"the baseline (unchanged {exp.commit[:7]}) ended `{exp.status}`: {exp.reason}. See {exp.log_path}; "
