@@ -76,7 +76,7 @@ from typing import Any, Optional
 from autoresearch import policy as policies
 from autoresearch.config import Config, ExperimentConfig, MetricConfig, PolicyConfig
 from autoresearch.ledger import Experiment, Ledger
-from autoresearch.policy_confirm import pooled_noise
+from autoresearch.noise import pooled_noise
 from autoresearch.swarm import MARGIN_SIGMA, REFUTES_ALLOWED
 
 TAG = "bench"

@@ -709,8 +709,8 @@ def test_in_flight_elsewhere_reaches_the_researchers(swarm):
     text = agent.contexts[-1].swarm
     assert "Kept elsewhere" in text and "X = 1.0 and a nap (keep" in text, text
     assert "- alice: X = 1.0 and a nap" not in text  # finished: no longer in flight
-    assert [e.evidence["origin"] for e in rows_of(bob, "t") if e.agent == "swarm" and e.status == "keep"] == \
-        ["alice#2"]
+    kept = [f"alice#{e.id}" for e in rows_of(alice, "t") if e.status == "keep" and e.kind != "baseline"]
+    assert [e.evidence["origin"] for e in rows_of(bob, "t") if e.agent == "swarm" and e.status == "keep"] == kept
 
 
 def test_in_flight_is_bounded_and_a_malformed_flight_refuses_the_peer(swarm):

@@ -65,7 +65,7 @@ def test_a_fake_claim_is_measured_here_refuted_and_never_tried_again(tmp_path):
     fake = world.hub["mallory"]
     assert fake.fake and fake.claim < world.hub["p0"].claim  # it claims to beat alice
     alice.sync_hub()
-    assert [(kind, c.commit) for kind, c, _ in alice.queue] == [("adopt", fake.commit)]  # alice is at the start
+    assert [(kind, c.commit) for kind, c, _ in alice.queue] == [("claim", fake.commit)]  # adopt or merge: at its turn
     alice.step()  # re-measures the fake code here, under alice's own policy and noise
     rows = alice.ledger.experiments(bench.TAG)
     assert rows[-1].description.startswith("adopt mallory") and rows[-1].status == "discard"

@@ -298,6 +298,15 @@ class Driver(Decisions):
             if [e.id for e in flight] != self.flight_ids:
                 self.flight_ids = [e.id for e in flight]
                 self.session.swarm.in_flight(flight)
+                threading.Thread(target=self._publish, name="autoresearch-swarm-publish", daemon=True).start()
+
+    def _publish(self) -> None:
+        """Push what changed to the hub now, off the driver's thread (a remote hub can take seconds)."""
+        try:
+            with self.session.swarm_lock:
+                self.session.swarm.publish()
+        except Exception as e:  # noqa: BLE001 - the hub is someone else's machine: noted, the research goes on
+            self.ledger.event(self.tag, "swarm", f"publishing what is in flight failed: {type(e).__name__}: {e}")
 
     def _live_proposals(self) -> int:
         return sum(1 for r in self.proposing if r not in self.abandoned)

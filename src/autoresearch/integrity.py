@@ -32,6 +32,7 @@ import os
 import re
 import struct
 import textwrap
+import threading
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -106,6 +107,17 @@ def _changed(ws, parent: str, commit: str) -> list[str]:
     return [ws.project_path(p) for p in out.splitlines() if p]
 
 
+_PARSE = threading.Lock()
+
+
+def parse_python(source: str) -> ast.Module:
+    """ast.parse, one call at a time in this process: CPython 3.11's parser can fail with "AST constructor
+    recursion depth mismatch" (SystemError) when threads parse at once, and the driver's threads do
+    (a researcher's agent, the integrity review of a run)."""
+    with _PARSE:
+        return ast.parse(source)
+
+
 def change_kind(old: Optional[str], new: Optional[str], path: str) -> Optional[str]:
     """'noop', 'seed' or None (a real change) for one file, `old` -> `new` (None: absent).
 
@@ -116,7 +128,7 @@ def change_kind(old: Optional[str], new: Optional[str], path: str) -> Optional[s
     if old is None or new is None or not path.endswith(".py"):
         return "noop" if old == new else None
     try:
-        a, b = _strip_docstrings(ast.parse(old)), _strip_docstrings(ast.parse(new))
+        a, b = _strip_docstrings(parse_python(old)), _strip_docstrings(parse_python(new))
     except SyntaxError:
         return None
     contexts = _constant_diffs(a, b, ())

@@ -31,6 +31,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..integrity import parse_python
 from ..states import Kind, Status
 from .base import Proposal
 from .context import Context
@@ -143,7 +144,7 @@ def module_level_lines(source: str) -> list[int]:
     A file that does not parse (the agent may have broken it; a repair follows) falls back to its
     unindented `NAME = number` lines."""
     try:
-        tree = ast.parse(source)
+        tree = parse_python(source)
     except (SyntaxError, ValueError):
         return [i for i, ln in enumerate(source.splitlines()) if (m := ASSIGN.match(ln)) and not m.group("indent")]
     out = []
