@@ -60,6 +60,9 @@ from autoresearch.judge import parse_metric
 from autoresearch.ledger import Experiment, Ledger
 from autoresearch.procs import run_tree
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tally.py, also when loaded by path
+from tally import pct, ratio, rounded  # noqa: E402
+
 TAG = "drift"
 SEED = 42
 WORK = 1_000_000  # the baseline's loop iterations: ~45 ms on a quiet core here
@@ -148,28 +151,12 @@ class Tally:
         cols = list(zip(*self.sessions)) if self.sessions else [()] * 6
         out: dict[str, Any] = {}
         for key, num, den in (("null_keep_rate", 1, 0), ("speedup_keep_rate", 3, 2), ("runs_per_decision", 5, 4)):
-            rate, se = _ratio(cols[num], cols[den])
-            out[key], out[key + "_se"] = _round(rate), _round(se)
+            rate, se = ratio(cols[num], cols[den])
+            out[key], out[key + "_se"] = rounded(rate), rounded(se)
         out.update(nulls=self.null, null_kept=self.null_kept, speedups=self.real, speedups_kept=self.real_kept,
                    decisions=self.decisions, runs=self.runs, calibration_runs=self.calibration_runs,
                    runs_under_load=round(self.loaded_runs / max(1, self.runs + self.calibration_runs), 3))
         return out
-
-
-def _round(x: float) -> Optional[float]:
-    return round(x, 4) if math.isfinite(x) else None
-
-
-def _ratio(ys, xs) -> tuple[float, float]:
-    """A ratio of sums and its cluster-robust standard error (clusters: sessions)."""
-    n, sx = len(xs), sum(xs)
-    if not n or not sx:
-        return float("nan"), float("nan")
-    r = sum(ys) / sx
-    if n < 2:
-        return r, float("nan")
-    resid = sum((y - r * x) ** 2 for x, y in zip(xs, ys))
-    return r, math.sqrt(resid / (n * (n - 1))) / (sx / n)
 
 
 class Simulated:
@@ -400,19 +387,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"{'policy':8} {'null kept':>16} {'speed-ups kept':>16} {'runs/decision':>14}   "
           "(± standard error over sessions)")
     for label, r in res.items():
-        print(f"{label:8} {_pct(r, 'null_keep_rate'):>16} {_pct(r, 'speedup_keep_rate'):>16} "
+        print(f"{label:8} {pct(r, 'null_keep_rate'):>16} {pct(r, 'speedup_keep_rate'):>16} "
               f"{r['runs_per_decision'] or 0:>9.2f} ± {r['runs_per_decision_se'] or 0:.2f}   "
               f"{r['null_kept']}/{r['nulls']} null, {r['speedups_kept']}/{r['speedups']} real, "
               f"{r['calibration_runs']} calibration runs")
     print("goals: null kept <= 5%, speed-ups kept >= 80%")
     print(json.dumps({**res, "setup": setup}))
     return 0
-
-
-def _pct(r: dict[str, Any], key: str) -> str:
-    if r[key] is None:
-        return "-"
-    return f"{r[key] * 100:.1f}% ± {(r[key + '_se'] or 0) * 100:.1f}"
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import random
 import sys
 import tempfile
@@ -51,6 +50,9 @@ from autoresearch import levels
 from autoresearch import policy as policies
 from autoresearch.config import Config, ExperimentConfig, MetricConfig, PolicyConfig
 from autoresearch.ledger import Experiment, Ledger
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tally.py, also when loaded by path
+from tally import pct, ratio, rounded  # noqa: E402
 
 TAG = "bench"
 SEED = 42
@@ -84,29 +86,13 @@ class Tally:
         cols = list(zip(*self.sessions)) if self.sessions else [()] * 6
         out: dict[str, Any] = {}
         for key, num, den in (("null_keep_rate", 1, 0), ("power_2sigma", 3, 2), ("extra_run_fraction", 5, 4)):
-            rate, se = _ratio(cols[num], cols[den])
-            out[key], out[key + "_se"] = _round(rate), _round(se)
+            rate, se = ratio(cols[num], cols[den])
+            out[key], out[key + "_se"] = rounded(rate), rounded(se)
         kept = self.null_kept + self.real_kept
         out.update(noise_share_of_keeps=round(self.null_kept / kept, 4) if kept else None,
                    real_gains_per_100_runs=round(100 * self.real_kept / max(1, self.primary + self.extra), 2),
                    nulls=self.null, reals=self.real, primary_runs=self.primary, extra_runs=self.extra)
         return out
-
-
-def _round(x: float) -> float | None:
-    return round(x, 4) if math.isfinite(x) else None  # JSON has no NaN: none proposed, no rate
-
-
-def _ratio(ys, xs) -> tuple[float, float]:
-    """A ratio of sums and its cluster-robust standard error (clusters: sessions)."""
-    n, sx = len(xs), sum(xs)
-    if not n or not sx:
-        return float("nan"), float("nan")
-    r = sum(ys) / sx
-    if n < 2:
-        return r, float("nan")
-    resid = sum((y - r * x) ** 2 for x, y in zip(xs, ys))
-    return r, math.sqrt(resid / (n * (n - 1))) / (sx / n)
 
 
 class Session:
@@ -206,20 +192,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{'gains/100 runs':>14}   (± standard error over sessions)")
     for label, r in res.items():
         share = f"{r['noise_share_of_keeps'] * 100:.0f}%" if r["noise_share_of_keeps"] is not None else "-"
-        print(f"{label:18} {_pct(r, 'null_keep_rate'):>14} {_pct(r, 'power_2sigma'):>14} "
-              f"{_pct(r, 'extra_run_fraction'):>14} {share:>11} {r['real_gains_per_100_runs']:>14.1f}   "
+        print(f"{label:18} {pct(r, 'null_keep_rate'):>14} {pct(r, 'power_2sigma'):>14} "
+              f"{pct(r, 'extra_run_fraction'):>14} {share:>11} {r['real_gains_per_100_runs']:>14.1f}   "
               f"{r['nulls']} null, {r['reals']} real, {r['seconds']}s")
     print("goals (confirm): null kept <= 5%, real kept >= 80%, extra runs <= 30%")
     setup = {"sessions": args.sessions, "candidates": args.candidates, "p_null": args.p_null,
              "effect_sigma": args.effect, "seed": args.seed}
     print(json.dumps({**res, "setup": setup}))
     return 0
-
-
-def _pct(r: dict[str, Any], key: str) -> str:
-    if r[key] is None:
-        return "-"
-    return f"{r[key] * 100:.1f}% ± {(r[key + '_se'] or 0) * 100:.1f}"
 
 
 if __name__ == "__main__":
