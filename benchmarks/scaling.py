@@ -13,7 +13,7 @@ experiments and reads, from the ledger alone (each run's worker, start, end, wal
     throughput   sum over slots of runs / (last end - first start)  [a slot's span: ramp-up and
                  drain at the ends of the session are excluded; every gap between its runs counts]
     efficiency   throughput(N) / (N x throughput(1))                [goal >= 0.9 at N = 16]
-    busy         experiment wall time / slot span, over all slots   [goal >= 0.97 when the agent is
+    busy         experiment wall time / slot span, over all slots   [goal >= 0.97 at N = 16 when the agent is
                                                                      faster than budget / N]
     wall eff.    all runs / (N x whole session) / throughput(1)     [for context: ramp-up included]
 

@@ -336,7 +336,7 @@ class Driver(Decisions):
             return len(self.free)
         if self.parallel != "auto" or self.cfg.engine.proposals_ahead is not None or not self.latencies:
             return len(self.free) + self.ahead
-        horizon, busy_s, now = statistics.median(self.latencies) * AUTO_MARGIN, self._slot_seconds(), time.monotonic()
+        horizon, busy_s, now = statistics.median(self.latencies) * AUTO_MARGIN, self.slot_seconds(), time.monotonic()
         soon = sum(1 for _, _, t0 in self.running.values() if now - t0 >= busy_s - horizon)
         return len(self.free) + max(soon, 1)
 
@@ -350,9 +350,11 @@ class Driver(Decisions):
             return self.parallel
         return max(1, len(self.slots) + self.ahead)
 
-    def _slot_seconds(self) -> float:
-        """How long a slot is busy per run (submit to result, the evaluation included): the latest runs'
-        median, else the budget."""
+    def slot_seconds(self) -> float:
+        """How long a slot is busy per run: the latest runs' median time on their worker (the evaluation
+        included), else the budget. Not submit to result: a worker's cold start (a fresh Ray worker
+        importing the harness, seconds) happens once, and counting it would make every later
+        proposal late."""
         return max(statistics.median(self.run_walls) if self.run_walls else self.cfg.experiment.budget_s, 1e-3)
 
     def _idle_researcher(self) -> Optional[Researcher]:
@@ -473,12 +475,12 @@ class Driver(Decisions):
         if took is None:
             return  # given up on by the watchdog; its slot was freed then
         self.free.append(slot)
-        self.run_walls.append(time.monotonic() - took[2])
         st = self.pending.get(job.exp_id)
         try:
             res: Result = fut.result()
         except WorkerLost as e:
             return self._lost(st, job, slot, str(e))
+        self.run_walls.append(res.ended_at - res.started_at)
         if job.key in self.expired and res.measurement.status == Status.INTERRUPTED:
             return self._lost(st, job, slot, "no answer past its hard timeout (cancelled)")
         if st is not None:
