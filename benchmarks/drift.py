@@ -29,7 +29,7 @@ enough to tell 5% of null keeps from 10%. The two policies are interleaved propo
 proposal (each on its own ledger and ratchet, the one going first alternating), so both see
 the same load over the same minutes.
 
-    python benchmarks/drift.py                    # 9 minutes (the reported figures: --minutes 14, the machine busy)
+    python benchmarks/drift.py                    # 9 minutes (the README's figures; also with other users' load: --minutes 14)
     python benchmarks/drift.py --minutes 2        # a quick look
     python benchmarks/drift.py --records r.jsonl  # and one line per decision: its rule, every run and its load
     python benchmarks/drift.py --simulated 150 --replay r.jsonl   # a rule on that run's real pairs, in seconds

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -156,6 +159,12 @@ def test_confirm_runs_are_guarded(tmp_path):
     Driver(load_cfg(root), "conf", ScriptedAgent([nothing]), limits=Limits(max_experiments=1)).run()
     before = (root / "results.tsv").read_text()
     write_control(control, forge=str(root / "results.tsv"))
+    # the control: the same run, unguarded (straight from a shell), does forge the record
+    r = subprocess.run([sys.executable, "train.py"], cwd=root, env=dict(os.environ, CONTROL=str(control)),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert (root / "results.tsv").read_text() == "forged\n"
+    (root / "results.tsv").write_text(before)
     confirm(load_cfg(root), "conf", runs=2)
     assert (root / "results.tsv").read_text() == before
 
