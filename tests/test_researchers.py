@@ -249,3 +249,32 @@ def test_a_slots_busy_time_is_its_runs_time_on_the_worker_not_a_cold_start(tmp_p
     ran = sorted(r["end"] - r["start"] for e in rows for r in e.evidence.get("measurements", []))
     assert max(ran) < cold, ran  # the runs themselves are short: the cold start is outside them
     assert d.slot_seconds() < cold / 2, (d.slot_seconds(), ran)
+
+
+
+def test_program_md_read_is_recorded_once_when_researchers_start_together(tmp_path):
+    """Every researcher notes the steering files (program.md, ideas.md) from its own thread as it builds its
+    context; two starting at once recorded (and printed) `program.md read` twice (seen on the quickstart
+    with parallel = "auto"). Here reporting is slow, so the two calls surely overlap."""
+    import threading
+
+    from autoresearch.control import Control
+    from autoresearch.ledger import Ledger
+
+    root = team_project(tmp_path, 2)
+    led = Ledger(root / ".autoresearch" / "ledger.db")
+    printed: list[str] = []
+
+    def report(kind, message="", **_):
+        time.sleep(0.3)
+        printed.append(message)
+
+    control = Control(root, "steer", led, report)
+    threads = [threading.Thread(target=control.note_steering) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    steering = [e for e in led.events("steer") if e["kind"] == "steering"]
+    assert len(steering) == 1 and "program.md read" in steering[0]["message"], steering
+    assert len(printed) == 1, printed

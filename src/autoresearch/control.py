@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -82,6 +83,7 @@ class Control:
         self._digests: Optional[dict[str, str]] = None  # file -> last digest the ledger knows
         self._texts: dict[str, str] = {}
         self._seen = False  # note_steering() ran once in this process
+        self._steering = threading.Lock()  # researchers call note_steering() from their own threads
         self.holding, self.held_since, self.held_after = False, 0.0, None  # a pause in effect (watch())
 
     def watch(self, idle: bool, stopped: bool) -> float:
@@ -113,7 +115,12 @@ class Control:
         return rows[-1].id if rows else None
 
     def note_steering(self) -> list[str]:
-        """Record a `steering` event for each steering file that changed; returns the messages."""
+        """Record a `steering` event for each steering file that changed; returns the messages. Safe from
+        several researchers' threads at once: each change is recorded once."""
+        with self._steering:
+            return self._note_steering()
+
+    def _note_steering(self) -> list[str]:
         if self._digests is None:
             self._digests = known_digests(self.ledger, self.tag)
         notes = []
