@@ -325,3 +325,32 @@ def test_flaky_checks_are_run_again_as_the_loop_does(tmp_path: Path):
     verdict.parent.rmdir()
     assert r.returncode == 0, r.stdout + r.stderr
     assert "the checks failed (exit 1); running them again" in r.stdout
+
+
+def test_a_timing_metric_gets_relative_noise_so_its_keeps_are_paired(tmp_path: Path):
+    """The mistune report: `init --here ... --metric time_ms` wrote metric.noise = "absolute" (the default), so the
+    default policy judged the timing unpaired, against incumbent runs taken at another time: the load drift that
+    kept a do-nothing change as an 18.8% speed-up. A timing now gets "relative", which pairs; a loss does not."""
+    from autoresearch import pairing
+
+    root = make_repo(tmp_path / "r", MISTUNE)
+    r = cli(root, *BENCH, "--editable", "src/mistune/*.py")
+    assert r.returncode == 0, r.stderr
+    assert 'time_ms reads as a timing: metric.noise = "relative"' in r.stdout
+    cfg = load(root)
+    assert cfg.metric.noise == "relative"
+    assert pairing.enabled(cfg.policy.paired, cfg.metric.noise == "relative")
+    other = make_repo(tmp_path / "loss")
+    r = cli(other, *FLAGS)
+    assert r.returncode == 0, r.stderr
+    assert load(other).metric.noise == "absolute" and "reads as a timing" not in r.stdout
+
+
+def test_is_timing_reads_names_by_their_words():
+    from autoresearch.setup_here import is_timing
+
+    for name in ("time_ms", "latency_us", "wall_seconds", "render.time", "parse-ns", "elapsed", "runtime"):
+        assert is_timing(name, "min"), name
+    for name in ("val_loss", "steps", "timestamps", "mse", "accuracy"):
+        assert not is_timing(name, "min"), name
+    assert not is_timing("time_ms", "max")  # a metric to make larger is not a time to save

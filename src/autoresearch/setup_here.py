@@ -14,6 +14,9 @@ Guarantees:
   environment and AUTORESEARCH_BUDGET_S. It must exit 0 and print the metric; otherwise
   the error quotes the end of its output and names the metrics it did print. A `--checks`
   command must pass there too (a failure is run again, as the loop does: checks_retries).
+- A metric named as a time to make smaller (`time_ms`, `latency_us`: is_timing) gets
+  `metric.noise = "relative"`, so the default policy pairs its would-be keeps (pairing.py);
+  the run says so.
 - Only the new files are committed (`git commit -- <them>`); anything else staged or
   modified stays as it was.
 - With stdin a terminal, a missing answer is asked for, and a failed one asked again;
@@ -82,6 +85,10 @@ def init_here(root: Path, answers: Answers, ask: Optional[Ask] = None, say: Call
     a = _complete(answers, committed, ask)
     for line in describe_patterns(a.editable, a.protected, committed):
         say(f"autoresearch: {line}")
+    if is_timing(a.metric, a.direction):
+        say(f"autoresearch: {a.metric} reads as a timing: metric.noise = \"relative\", so each would-be keep is "
+            "judged against the best re-run side by side (a machine's load drifts); remove that line from "
+            "autoresearch.toml if it is not a time")
     head = git("rev-parse", "HEAD")
     dirty = ws.dirty_tracked()
     if dirty:
@@ -238,8 +245,22 @@ def _toml(a: Answers) -> str:
              f"protected = [{', '.join(map(q, a.protected))}]"]
     if a.checks:
         lines.append(f"checks = {q(a.checks)}")
-    lines += ["", "[metric]", f"name = {q(a.metric)}", f"direction = {q(a.direction)}", ""]
-    return "\n".join(lines)
+    lines += ["", "[metric]", f"name = {q(a.metric)}", f"direction = {q(a.direction)}"]
+    if is_timing(a.metric, a.direction):
+        lines.append('noise = "relative"  # a timing: judged by ratio, against the incumbent re-run side by side')
+    return "\n".join(lines + [""])
+
+
+TIMING_WORDS = frozenset({"ms", "us", "ns", "s", "sec", "secs", "seconds", "time", "latency", "duration", "elapsed",
+                          "runtime", "wall"})
+
+
+def is_timing(metric: str, direction: str) -> bool:
+    """Whether the metric reads as a time to make smaller (`time_ms`, `latency_us`, `wall_seconds`): then
+    autoresearch.toml gets `metric.noise = "relative"`, which makes the default policy judge each would-be
+    keep against the incumbent re-run side by side (a machine's load drifts; pairing.py), as the perf
+    template does. A word of the name split at `_`, `-`, `.`; never for a metric to make larger."""
+    return direction == "min" and bool(TIMING_WORDS & set(re.split(r"[_.\-]+", metric.lower())))
 
 
 def _toml_str(s: str) -> str:
