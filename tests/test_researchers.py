@@ -278,3 +278,19 @@ def test_program_md_read_is_recorded_once_when_researchers_start_together(tmp_pa
     steering = [e for e in led.events("steer") if e["kind"] == "steering"]
     assert len(steering) == 1 and "program.md read" in steering[0]["message"], steering
     assert len(printed) == 1, printed
+
+
+class OutOfIdeas:
+    name = "idle"
+
+    def propose(self, ctx, wt):
+        return Proposal("", stop="nothing left to try")
+
+
+def test_researchers_stopping_for_the_same_reason_are_named_together(tmp_path):
+    """A team of three that all had nothing to propose printed the same long reason three times in one line."""
+    root = team_project(tmp_path, 2)
+    out = Driver(load_cfg(root), "idle", [OutOfIdeas(), OutOfIdeas(), OutOfIdeas()],
+                 limits=Limits(max_experiments=5)).run()
+    assert out.stop_reason == ("every researcher stopped: the agents idle#1, idle#2, idle#3 stopped: "
+                               "nothing left to try"), out.stop_reason

@@ -232,8 +232,7 @@ class Driver(Decisions):
                 s.report("note", message=cap)
         if self.team and all(r.done for r in self.team) and not (
                 self.grow is not None and all(r.hung for r in self.team)):  # a hung one is replaced when it can be
-            return self.team[0].done if len(self.team) == 1 else "every researcher stopped: " + "; ".join(
-                r.done for r in self.team)
+            return self.team[0].done if len(self.team) == 1 else "every researcher stopped: " + why_stopped(self.team)
         if lim.max_experiments and s.count + self._live_proposals() >= lim.max_experiments:
             return f"reached --max-experiments {lim.max_experiments}"
         if lim.max_hours and time.monotonic() - s.started >= lim.max_hours * 3600:
@@ -660,6 +659,20 @@ class Driver(Decisions):
             fn(*args)
         except Exception as e:  # noqa: BLE001 - stopping must reach every record; the first error is raised
             self.ledger.event(self.tag, "shutdown", f"while stopping: {type(e).__name__}: {e}")
+
+
+def why_stopped(team: Sequence[Researcher]) -> str:
+    """The researchers' reasons, each said once: researchers stopped for the same reason are named together
+    ("the agents mutate#1, mutate#2 stopped: ...")."""
+    groups: dict[str, list[str]] = {}
+    for r in team:
+        groups.setdefault(r.done.replace(r.label, "\0"), []).append(r.label)
+    said = []
+    for text, who in groups.items():
+        if len(who) > 1:
+            text = text.replace("the agent \0", "the agents \0")
+        said.append(text.replace("\0", ", ".join(who)))
+    return "; ".join(said)
 
 
 def local_engine(cfg: Config):
