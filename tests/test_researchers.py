@@ -294,3 +294,39 @@ def test_researchers_stopping_for_the_same_reason_are_named_together(tmp_path):
                  limits=Limits(max_experiments=5)).run()
     assert out.stop_reason == ("every researcher stopped: the agents idle#1, idle#2, idle#3 stopped: "
                                "nothing left to try"), out.stop_reason
+
+
+SLOW_COMMAND_AGENT = '''\
+import os, random, re, time
+from pathlib import Path
+
+# the three researchers' calls overlap; the first researcher's (folder `propose`) ends first
+time.sleep(0.3 if os.environ["AUTORESEARCH_WORKTREE"].endswith("propose") else 2.0)
+train = Path("train.py")
+text = train.read_text()
+new = round(random.uniform(0.1, 0.9), 6)
+train.write_text(re.sub(r"(?m)^X = .*$", f"X = {new}", text, count=1))
+print(f"slow command: X -> {new}")
+'''
+
+
+def test_command_researchers_proposing_at_once_keep_their_own_logs_and_processes(tmp_path):
+    """Each call of a process agent (command, claude-code, codex, ...) named its log and its processes' marker
+    after the history's length alone. Researchers proposing at once see the same history: the calls shared one
+    log (each deleting the others') and one marker, and the first to finish killed the others' processes — on
+    tomli with three `command` researchers: one `crash` (exited -9) and two rows without their description."""
+    from autoresearch.agents.command import CommandAgent
+
+    (tmp_path / "agent.py").write_text(SLOW_COMMAND_AGENT)
+    root = team_project(tmp_path, 2, extra=f'[agent]\nname = "command"\ncommand = "python {tmp_path / "agent.py"}"\n')
+    cfg = load_cfg(root)
+    Driver(cfg, "cmd", [CommandAgent(cfg) for _ in range(3)], limits=Limits(max_experiments=3)).run()
+    rows = [e for e in rows_of(root, "cmd") if e.kind == "candidate"]
+    assert len(rows) == 3, [(e.id, e.status, e.reason) for e in rows]
+    assert all(e.status != "crash" for e in rows), [(e.id, e.status, e.reason) for e in rows]
+    for e in rows:  # each row's description is its own call's output
+        assert e.description.startswith("slow command: X -> "), e.description
+        assert f"+X = {e.description.rsplit(' ', 1)[1]}" in e.patch, (e.description, e.patch)
+    logs = sorted(p.name for p in (root / ".autoresearch" / "logs" / "cmd").glob("agent-*.log"))
+    assert logs == ["agent-00001-2.log", "agent-00001-3.log", "agent-00001.log"], logs
+    assert_consistent(root, "cmd")

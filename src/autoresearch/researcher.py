@@ -130,15 +130,17 @@ class Researcher:
         s, root = self.session, self.session.cfg.root
         s.control.note_steering()  # program.md / ideas.md edited mid-run: noted in the ledger
         read = lambda name: (root / name).read_text(encoding="utf-8") if (root / name).exists() else ""  # noqa: E731
+        history = s.ledger.experiments(s.tag)
         return Context(
             cfg=self.cfg, tag=s.tag, program=read("program.md"), ideas=read("ideas.md"),
             files=read_files(wt, s.cfg.experiment.editable, s.cfg.experiment.protected),
             readonly=read_files(wt, s.cfg.experiment.protected),
             tracked=frozenset(self.folder.manifest), sandbox=s.sandbox(),
-            history=s.ledger.experiments(s.tag), incumbent=s.ledger.incumbent(s.tag), repair=repair_of,
+            history=history, incumbent=s.ledger.incumbent(s.tag), repair=repair_of,
             running=running + [f"(another researcher is working on a change right now: {o})" for o in others],
             figure=figures.improvement(s.ledger, s.tag, figures.Spec.from_config(s.cfg)),
             swarm=self.swarm_hints(),
+            call=f"{len(history):05d}" + (f"-{self.index}" if self.index > 1 else ""),  # unique among calls at once
         )
 
     def swarm_hints(self) -> str:

@@ -129,7 +129,7 @@ class CLIAgent:
         prompt = ctx.render() + "\n" + INSTRUCTIONS
         logs = Layout(self.cfg.root).logs(ctx.tag)
         logs.mkdir(parents=True, exist_ok=True)
-        log = logs / f"agent-{len(ctx.history):05d}.log"
+        log = logs / f"agent-{ctx.call_id()}.log"
         log.unlink(missing_ok=True)
         with tempfile.TemporaryDirectory(prefix=f"autoresearch-{self.name}-") as tmp:
             run = Run(Path(tmp) / "prompt.md", Path(tmp) / "stdout.txt", Path(tmp),
@@ -147,7 +147,7 @@ class CLIAgent:
                                               readable=[Path(self.exe)])
             res = run_tree(cmd, cwd=workdir, env=env, log_path=log, timeout_s=a.timeout_s, wrap=wrap,
                            grace_s=self.cfg.experiment.grace_s,
-                           marker=f"{marker_prefix(self.cfg.root, ctx.tag)}agent:{len(ctx.history)}")
+                           marker=f"{marker_prefix(self.cfg.root, ctx.tag)}agent:{ctx.call_id()}:{os.getpid()}")
             stdout = run.out_file.read_text(encoding="utf-8", errors="replace") if run.out_file.exists() else ""
             try:
                 result = self.parse(stdout, run)

@@ -56,8 +56,8 @@ class CommandAgent:
     def propose(self, ctx: Context, workdir: Path) -> Proposal:
         logs = Layout(self.cfg.root).logs(ctx.tag)
         logs.mkdir(parents=True, exist_ok=True)
-        n = len(ctx.history)
-        log = logs / f"agent-{n:05d}.log"
+        call = ctx.call_id()
+        log = logs / f"agent-{call}.log"
         log.unlink(missing_ok=True)
         with tempfile.TemporaryDirectory(prefix="autoresearch-agent-") as tmp:
             ctx_path = Path(tmp) / "context.md"
@@ -80,7 +80,7 @@ class CommandAgent:
             res = run_tree(self.cfg.agent.command, cwd=workdir, env=env, log_path=log, wrap=wrap,
                            timeout_s=self.cfg.agent.timeout_s, grace_s=self.cfg.experiment.grace_s,
                            # under the tag's marker prefix: a restart after a SIGKILL finds what it left
-                           marker=f"{marker_prefix(self.cfg.root, ctx.tag)}agent:{n}:{os.getpid()}")
+                           marker=f"{marker_prefix(self.cfg.root, ctx.tag)}agent:{call}:{os.getpid()}")
             written = desc_path.read_text(encoding="utf-8").strip() if desc_path.exists() else ""
         output = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
         if res.timed_out:

@@ -66,6 +66,14 @@ class Context:
     sandbox: Any = None  # the session's sandbox.Sandbox: process agents run through its wrap_agent()
     figure: Any = None  # figures.Figure: the improvement of the best over the start, as every view shows it
     swarm: str = ""  # what other participants kept and failed (swarm.Swarm.hints: bounded there)
+    call: str = ""  # this agent call's name, unique among calls in flight (researchers propose at once); see call_id
+
+    def call_id(self) -> str:
+        """The name of this agent call: its log is `agent-<call>.log` and its processes carry it in their
+        marker. Researchers proposing at once see the same history, so the history's length alone is not
+        enough: two calls would share a log (each deleting the other's) and a marker (the first to finish
+        killing the others' processes)."""
+        return self.call or f"{len(self.history):05d}"
 
     @property
     def lower_is_better(self) -> bool:
