@@ -318,8 +318,10 @@ print(f"score: {(X - 1.0) ** 2 + (Z - 1.0) ** 2 + 0.5 + OFFSET:.6f}")
 '''
 
 
-def test_a_peers_change_is_also_merged_onto_the_local_best(tmp_path):
-    origin = make_project(tmp_path / "origin", files={"train.py": TWO_AXES})
+def bob_meets_alice(tmp_path, train: str):
+    """bob sets Z = 2 alone (8.5 -> 5.5), alice in the swarm sets X = 1 (8.5 -> 4.5); then bob joins the swarm
+    and runs three idle rounds, adopting what he can of hers. Returns bob's folder."""
+    origin = make_project(tmp_path / "origin", files={"train.py": train})
     hub = tmp_path / "hub.git"
     git(tmp_path, "init", "-q", "--bare", str(hub))
     bob = tmp_path / "bob"
@@ -330,6 +332,11 @@ def test_a_peers_change_is_also_merged_onto_the_local_best(tmp_path):
     assert run(alice, IMPROVE, 1, tmp_path / "alice.log").wait(timeout=120) == 0  # 8.5 -> 4.5 (X = 1)
     assert cli("swarm", "init", str(hub), "--name", "bob", "--sync", "0", "--hardware", CLASS, cwd=bob).returncode == 0
     assert run(bob, IDLE, 3, tmp_path / "bob.log").wait(timeout=120) == 0
+    return bob
+
+
+def test_a_peers_change_is_also_merged_onto_the_local_best(tmp_path):
+    bob = bob_meets_alice(tmp_path, TWO_AXES)
     rows = assert_consistent(bob, "t")
     swarm_rows = [(e.description.split(":")[0], e.status, e.metric) for e in rows if e.agent == "swarm"]
     # her change on bob's own best first (both axes, 1.5): kept, so her code as it is (4.5, which the local
@@ -349,17 +356,7 @@ CLASHING_AXES = TWO_AXES.replace('print(f"score: {(X - 1.0) ** 2 + (Z - 1.0) ** 
 def test_when_the_merge_measures_worse_the_peers_code_as_it_is_is_tried_and_kept(tmp_path):
     """The two changes clash (together they cost 10): alice's change on bob's best (11.5) is not kept,
     so her code as it is (4.5, better than bob's 5.5) is measured next and kept: what measures best."""
-    origin = make_project(tmp_path / "origin", files={"train.py": CLASHING_AXES})
-    hub = tmp_path / "hub.git"
-    git(tmp_path, "init", "-q", "--bare", str(hub))
-    bob = tmp_path / "bob"
-    git(tmp_path, "clone", "-q", str(origin), str(bob))
-    z2 = "sed -i 's/^Z = .*/Z = 2.0/' train.py && echo 'Z = 2.0' > \"$AUTORESEARCH_DESCRIPTION_FILE\""
-    assert run(bob, z2, 1, tmp_path / "bob.log").wait(timeout=120) == 0  # alone: 8.5 -> 5.5
-    alice = join(tmp_path, origin, hub, "alice")
-    assert run(alice, IMPROVE, 1, tmp_path / "alice.log").wait(timeout=120) == 0  # 8.5 -> 4.5 (X = 1)
-    assert cli("swarm", "init", str(hub), "--name", "bob", "--sync", "0", "--hardware", CLASS, cwd=bob).returncode == 0
-    assert run(bob, IDLE, 3, tmp_path / "bob.log").wait(timeout=120) == 0
+    bob = bob_meets_alice(tmp_path, CLASHING_AXES)
     rows = assert_consistent(bob, "t")
     swarm_rows = [(e.description.split(":")[0], e.status, e.metric) for e in rows if e.agent == "swarm"]
     assert swarm_rows == [("merge alice#2", "discard", 11.5), ("adopt alice#2", "keep", 4.5)], swarm_rows
